@@ -1,0 +1,47 @@
+# reprun: two commands do all set-up on a fresh machine — `make demo` and `make test`.
+VENV     ?= .venv
+PYTHON   ?= python3
+BIN      := $(VENV)/bin
+REPRUN   := $(BIN)/reprun
+STAMP    := $(VENV)/.installed
+
+.PHONY: all install engine images test-deps demo test test-fast bench clean
+
+all: install
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# A Docker engine (the user's own, or Debian's dockerd started here) and a registry on 127.0.0.1.
+engine:
+	bash scripts/engine.sh
+
+# The base image (debootstrap, no registry needed) and the example training image, both pushed
+# to the local registry; the example specs are then locked to this machine's image IDs.
+images: engine install
+	bash images/base/build.sh
+	bash scripts/images.sh
+
+demo: images
+	bash scripts/demo.sh
+
+test: images test-deps
+	$(BIN)/pytest -q -n 2 --dist loadgroup
+
+test-fast: install
+	$(BIN)/pytest -q -m 'not engine'
+
+bench: images
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .reprun build *.egg-info
+
+# Debian packages only the tests use (a headless Chromium opens the HTML report).
+test-deps:
+	bash scripts/test-deps.sh

@@ -1,0 +1,284 @@
+"""The `reprun` command: parses arguments, calls the library, maps outcomes to exit codes."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from tabulate import tabulate
+
+from . import __version__
+from .errors import ExitCode, ReprunError, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Retrain a pinned ML job in a hermetic container, compare, explain.")
+runs_app = typer.Typer(help="List and show recorded runs (for audits).", no_args_is_help=False)
+app.add_typer(runs_app, name="runs")
+
+
+VERDICT_EXIT = {"identical": 0, "equivalent": 0, "differs": int(ExitCode.DIFFERS),
+                "incomplete": int(ExitCode.JOB_FAILED)}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"reprun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(ctx: typer.Context,
+          store: Optional[Path] = typer.Option(None, "--store", envvar="REPRUN_STORE",
+                                               help="Store folder (default .reprun)."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    ctx.obj = {"store": store}
+
+
+def _store(ctx: typer.Context):
+    from .store import Store
+    store = Store(ctx.obj.get("store") if ctx.obj else None)
+    store.repair()
+    return store
+
+
+def _observer(quiet: bool = False, parallel: bool = False):
+    from .events import RunObserver, TerminalObserver
+    return RunObserver() if quiet else TerminalObserver(prefix_output=parallel)
+
+
+@app.command()
+def validate(specs: List[Path] = typer.Argument(..., help="Spec files to check.")) -> None:
+    """Check spec files without running anything (exit 2 when any is invalid)."""
+    from .spec import validate_specs
+    worst = ExitCode.OK
+    for path, error in validate_specs(specs):
+        if error is None:
+            typer.echo(f"{path}: valid")
+        else:
+            typer.echo(error.render(), err=True)
+            worst = max(worst, error.exit_code)
+    raise typer.Exit(int(worst))
+
+
+@app.command()
+def run(ctx: typer.Context, spec: Path,
+        seed: Optional[int] = typer.Option(None, help="Override the spec's seed (recorded)."),
+        no_cache: bool = typer.Option(False, "--no-cache", help="Re-read every dataset byte."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or job output.")) -> None:
+    """Run a spec once in a hermetic container and record it."""
+    from .engine import LocalEngine
+    from .runner import execute, prepare
+    from .spec import load_spec
+    spec_value = load_spec(spec)
+    store, engine, observer = _store(ctx), LocalEngine(), _observer(quiet)
+    prepared = prepare(spec_value, store=store, engine=engine, observer=observer,
+                       use_cache=not no_cache)
+    record = execute(prepared, store=store, engine=engine, observer=observer)
+    _print_run_summary(record)
+    _raise_for_failed([record], store)
+
+
+def _print_run_summary(record) -> None:
+    outputs = record.outputs
+    typer.echo(f"run {record.id}: {record.status} in {outputs.duration_s:.1f}s")
+    if outputs.metrics:
+        rows = [(k, f"{v:.6g}") for k, v in sorted(outputs.metrics.items())]
+        typer.echo(tabulate(rows, headers=["metric", "value"], tablefmt="simple"))
+
+
+def _raise_for_failed(records, store) -> None:
+    from .records import ERROR, INTERRUPTED, SUCCEEDED
+    from .runner import failure_of
+    for record in records:
+        if record.status == SUCCEEDED:
+            continue
+        if record.status == INTERRUPTED:
+            raise KeyboardInterrupt
+        log = store.run_dir(record.id) / "log.txt"
+        tail = log.read_bytes()[-4096:].decode("utf-8", "replace").splitlines()[-15:] if log.exists() else []
+        error = failure_of(record, tail)
+        if record.status == ERROR:
+            from .errors import InfrastructureError
+            error = InfrastructureError(error.message, details=error.details)
+        raise error
+
+
+@app.command()
+def verify(ctx: typer.Context, spec: Path,
+           times: int = typer.Option(2, "--times", "-n", min=2, help="How many runs (≥ 2)."),
+           sequential: bool = typer.Option(False, "--sequential", help="Never run in parallel."),
+           report: List[Path] = typer.Option([], "--report", help="Write a report (.md .html .json .xml); repeatable."),
+           no_cache: bool = typer.Option(False, "--no-cache", help="Re-read every dataset byte."),
+           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Train a spec N times (default twice) and say whether the results match."""
+    from .engine import LocalEngine
+    from .runner import prepare
+    from .spec import load_spec
+    from .verify import RunPlan, fits_in_parallel, run_all
+    spec_value = load_spec(spec)
+    _check_report_paths(report)
+    store, engine = _store(ctx), LocalEngine()
+    prepared = prepare(spec_value, store=store, engine=engine, observer=_observer(quiet),
+                       use_cache=not no_cache)
+    parallel = not sequential and fits_in_parallel(
+        spec_value.resources.cpus, times, prepared.host.get("host_cpus"))
+    observer = _observer(quiet, parallel=parallel)
+    observer.stage("verify", f"{times} runs, {'in parallel' if parallel else 'one after another'}")
+    plans = [RunPlan(label=f"run {i + 1}/{times}") for i in range(times)]
+    records = run_all(prepared, plans, store=store, engine=engine, observer=observer,
+                      parallel=parallel)
+    _raise_for_failed(records, store)
+    _compare_and_report(store, records, report)
+
+
+def _check_report_paths(paths: List[Path]) -> None:
+    from .reports import format_for_path
+    for path in paths:
+        format_for_path(path)
+
+
+def _compare_and_report(store, records, report_paths: List[Path], extra: dict | None = None) -> None:
+    from .compare import combined_verdict, compare_many
+    from .reports import format_for_path, render
+    comparisons = compare_many(records)
+    for comparison in comparisons:
+        typer.echo(render(comparison, "terminal"))
+        text = render(comparison, "json")
+        saved = store.save_report([comparison.a.run_id, comparison.b.run_id],
+                                  comparison.verdict, text)
+        for path in report_paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            target = path if len(comparisons) == 1 else path.with_name(
+                f"{path.stem}-{comparison.b.run_id}{path.suffix}")
+            target.write_text(render(comparison, format_for_path(path)))
+            typer.echo(f"report written: {target}", err=True)
+        typer.echo(f"report saved in the store: {saved}", err=True)
+    raise typer.Exit(VERDICT_EXIT[combined_verdict(comparisons)])
+
+
+@app.command()
+def diff(ctx: typer.Context, run_a: str, run_b: str,
+         report: List[Path] = typer.Option([], "--report", help="Write a report; repeatable.")) -> None:
+    """Compare two recorded runs (exit 0 identical/equivalent, 1 differs)."""
+    _check_report_paths(report)
+    store = _store(ctx)
+    _compare_and_report(store, [store.get(run_a), store.get(run_b)], report)
+
+
+@app.command("report")
+def report_cmd(path: Path, fmt: str = typer.Option("terminal", "--format", "-f",
+                                                 help="terminal, md, html, json or junit."),
+               output: Optional[Path] = typer.Option(None, "--output", "-o")) -> None:
+    """Render a stored JSON report again, in any format."""
+    from .reports import FORMATS, load_json_report, render
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(sorted(FORMATS))}.")
+    text = render(load_json_report(path), fmt)
+    if output:
+        output.write_text(text)
+    else:
+        typer.echo(text)
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs_list(ctx: typer.Context,
+              spec: Optional[str] = typer.Option(None, help="Only runs of this spec name."),
+              status: Optional[str] = typer.Option(None, help="succeeded, failed, interrupted, error, running."),
+              since: Optional[str] = typer.Option(None, help="Started at or after (ISO date/time, UTC)."),
+              until: Optional[str] = typer.Option(None, help="Started before (ISO date/time, UTC)."),
+              limit: int = typer.Option(50, help="At most this many (newest first)."),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """List recorded runs, newest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    summaries = _store(ctx.parent).list(spec=spec, status=status, since=since, until=until,
+                                        limit=limit)
+    if as_json:
+        typer.echo(json.dumps([s.__dict__ for s in summaries], indent=2))
+        return
+    rows = [(s.id, s.spec, s.status, s.started_at[:19].replace("T", " "),
+             "" if s.duration_s is None else f"{s.duration_s:.1f}s",
+             (s.image_id or "")[7:19], s.note or "") for s in summaries]
+    typer.echo(tabulate(rows, headers=["run", "spec", "status", "started (UTC)", "took",
+                                       "image", "note"]) if rows else "no runs recorded")
+
+
+@runs_app.command("show")
+def runs_show(ctx: typer.Context, run_id: str,
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print one run record readably (or as JSON)."""
+    from .show import render_record
+    record = _store(ctx.parent.parent).get(run_id)
+    typer.echo(record.to_json() if as_json else render_record(record))
+
+
+@app.command()
+def lock(specs: List[Path],
+         check: bool = typer.Option(False, "--check", help="Only say whether the pins are current (exit 0/1)."),
+         quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Fill in or update a spec's pins: image digest or ID, dataset checksum."""
+    from .engine import LocalEngine
+    from .lock import lock_spec
+    engine, stale = LocalEngine(), []
+    for path in specs:
+        changes = lock_spec(path, engine=engine, write=not check)
+        for change in changes:
+            if not quiet or check:
+                typer.echo(f"{path}: {change}", err=True)
+        if changes:
+            stale.append(path)
+    if check and stale:
+        raise typer.Exit(int(ExitCode.DIFFERS))
+
+
+@app.command()
+def gc(ctx: typer.Context) -> None:
+    """Remove containers reprun left behind and repair runs a dead reprun left `running`."""
+    from .engine import LocalEngine, remove_leftovers
+    store = _store(ctx)
+    for line in store.repair():
+        typer.echo(f"repaired {line}")
+    for name in remove_leftovers(LocalEngine().client):
+        typer.echo(f"removed container {name}")
+
+
+INTERRUPTED_EXIT = 130
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    # SIGTERM ends a run the way Ctrl-C does: container removed, record marked interrupted.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        code = app(standalone_mode=False)
+    except ReprunError as error:
+        typer.echo(f"reprun: {error.render()}", err=True)
+        code = int(error.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        code = INTERRUPTED_EXIT
+    except typer.TyperException as error:   # argument errors: Typer explains them itself
+        show = getattr(error, "show", None)
+        show() if show else typer.echo(f"reprun: {error.format_message()}", err=True)
+        code = error.exit_code
+    except Exception as error:  # a bug: one paragraph for the user, the details in a file
+        crash = Path("/tmp") / "reprun-crash.txt"
+        crash.write_text(traceback.format_exc())
+        typer.echo(f"reprun: internal error ({type(error).__name__}: {error}). This is a bug in "
+                   f"reprun; the traceback is in {crash}.", err=True)
+        code = int(ExitCode.INFRASTRUCTURE)
+    if code == INTERRUPTED_EXIT:
+        typer.echo("reprun: interrupted; runs under way were stopped and recorded as interrupted.",
+                   err=True)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,529 @@
+"""Pinned datasets: the sha256 of a file, or the tree hash of a directory, checked before a run.
+
+The tree hash is defined by a coreutils pipeline, so anyone can check a pin without reprun:
+
+    (cd DIR && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum
+
+This module produces exactly those bytes, only faster: files are hashed in parallel threads
+(hashlib releases the GIL on large updates), each streamed through a reusable buffer so memory
+stays bounded whatever the size, and a file whose identity (device, inode, size, mtime, ctime)
+is unchanged since it was last hashed is not read again.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import queue
+import re
+import sqlite3
+import stat
+import threading
+import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+from .errors import InfrastructureError, PinMismatch, SpecError
+
+Progress = Callable[[int, int], None]
+
+BLOCK = 1 << 20                    # read size; per worker, so memory is workers x BLOCK
+READ_AHEAD_FROM = 64 << 20         # files this big are read by a second thread while hashed
+PROGRESS_INTERVAL = 0.1            # seconds between progress calls
+LISTED_PER_KIND = 20               # files named per kind (added/removed/changed) on a mismatch
+
+# A file modified within one timestamp tick after we read it would keep its mtime, and the
+# cache would then vouch for bytes it never saw. Files written this recently are hashed but
+# not cached; 2 s covers the coarsest common timestamp granularity (FAT, some network mounts).
+RACY_NS = 2_000_000_000
+
+# What `xargs -0 sha256sum` prints for an empty directory: with no names, GNU xargs still runs
+# sha256sum once, which then hashes its (empty) stdin. The pinned tree hash includes that line.
+_EMPTY_TREE_LINE = hashlib.sha256(b"").hexdigest().encode() + b"  -\n"
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str       # "./"-prefixed as `find .` prints it (a single-file dataset: its name)
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class DatasetDigest:
+    sha256: str                     # bare hex: the file hash, or the tree hash of a directory
+    kind: str                       # "file" | "tree"
+    files: tuple[FileEntry, ...]    # sorted as the tree hash sorts them
+    bytes: int
+    cache_hits: int                 # files whose hash came from the cache, unread
+    bytes_read: int = 0             # bytes actually read from disk for this digest
+
+
+@dataclass(frozen=True)
+class ManifestDiff:
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
+# --------------------------------------------------------------------------- tree hash
+
+def _sha256sum_line(hex_digest: str, name: bytes) -> bytes:
+    # GNU sha256sum (9.1) escapes a name holding a backslash, newline or carriage return and
+    # flags the line with a leading backslash, so one name is always one line.
+    if b"\\" in name or b"\n" in name or b"\r" in name:
+        name = name.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+        return b"\\" + hex_digest.encode() + b"  " + name + b"\n"
+    return hex_digest.encode() + b"  " + name + b"\n"
+
+
+def tree_sha256(entries: Iterable[FileEntry]) -> str:
+    """The tree hash of these files, byte-identical to the coreutils pipeline above."""
+    return _tree_sha256(sorted((os.fsencode(e.path), e.sha256) for e in entries))
+
+
+def _tree_sha256(named: list[tuple[bytes, str]]) -> str:
+    """`named`: (path as `find .` prints it, hex digest), sorted by path bytes as `sort -z` does."""
+    if not named:
+        return hashlib.sha256(_EMPTY_TREE_LINE).hexdigest()
+    return hashlib.sha256(b"".join(_sha256sum_line(digest, name) for name, digest in named)).hexdigest()
+
+
+def diff_manifests(old: Iterable[FileEntry], new: Iterable[FileEntry]) -> ManifestDiff:
+    before = {e.path: e for e in old}
+    after = {e.path: e for e in new}
+    key = os.fsencode
+    return ManifestDiff(
+        added=tuple(sorted(after.keys() - before.keys(), key=key)),
+        removed=tuple(sorted(before.keys() - after.keys(), key=key)),
+        changed=tuple(sorted((p for p in before.keys() & after.keys()
+                              if (before[p].sha256, before[p].size) != (after[p].sha256, after[p].size)),
+                             key=key)),
+    )
+
+
+# --------------------------------------------------------------------------- the cache
+
+def _i64(n: int) -> int:
+    # SQLite integers are signed 64-bit; some filesystems hand out device and inode numbers
+    # above 2**63. Folding them keeps equality, which is all the cache needs.
+    return n - (1 << 64) if n >= (1 << 63) else n
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    # ctime as well as mtime: tools that restore mtime after writing (rsync -t --inplace,
+    # touch -r) cannot set ctime, so a rewritten file is never mistaken for the one we hashed.
+    return (_i64(st.st_dev), _i64(st.st_ino), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hash_cache (
+    path      BLOB PRIMARY KEY,     -- absolute path, raw bytes
+    device    INTEGER NOT NULL,
+    inode     INTEGER NOT NULL,
+    size      INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    ctime_ns  INTEGER NOT NULL,
+    sha256    TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dataset_manifests (
+    sha256      TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    files       INTEGER NOT NULL,
+    bytes       INTEGER NOT NULL,
+    recorded_at TEXT NOT NULL,
+    manifest    TEXT NOT NULL       -- JSON list of [path, sha256, size]
+);
+"""
+
+
+class HashCache:
+    """Cache of file hashes in an SQLite file, keyed by (device, inode, size, mtime_ns) (plus the path).
+
+    ctime_ns is part of the key too. Several processes may use one file at once: it runs in WAL
+    mode, waits for locks instead of failing, and writes each dataset's entries in one
+    transaction. It also keeps the per-file manifest of every dataset hash it has seen, so that
+    a later mismatch can name the files that differ.
+    """
+
+    def __init__(self, db_path: Path):
+        self.db_path = Path(db_path)
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise self._broken(exc) from exc
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # One short-lived connection per operation: safe across threads and processes, and
+        # the cost (well under a millisecond) is paid once per dataset, not per file.
+        with closing(sqlite3.connect(self.db_path, timeout=60, isolation_level=None)) as db:
+            db.execute("PRAGMA busy_timeout = 60000")
+            db.execute("PRAGMA synchronous = NORMAL")
+            yield db
+
+    def _broken(self, exc: Exception) -> InfrastructureError:
+        return InfrastructureError(
+            f"the dataset hash cache {self.db_path} cannot be used: {exc}",
+            details=["Delete that file (it is only a cache) or run without the cache."])
+
+    def _load(self, root: bytes, tree: bool) -> dict[bytes, tuple]:
+        """Every cached entry for one file, or for everything under one directory, in one read."""
+        columns = "path, device, inode, size, mtime_ns, ctime_ns, sha256"
+        try:
+            with self._connect() as db:
+                if tree:
+                    low = root if root.endswith(b"/") else root + b"/"
+                    high = low[:-1] + b"0"      # "0" is the byte after "/"
+                    rows = db.execute(f"SELECT {columns} FROM hash_cache WHERE path >= ? AND path < ?",
+                                      (low, high)).fetchall()
+                else:
+                    rows = db.execute(f"SELECT {columns} FROM hash_cache WHERE path = ?",
+                                      (root,)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._broken(exc) from exc
+        return {bytes(r[0]): (tuple(r[1:6]), r[6]) for r in rows}
+
+    def _store(self, fresh: list[tuple], stale: list[bytes]) -> None:
+        if not fresh and not stale:
+            return
+        try:
+            with self._connect() as db:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany("DELETE FROM hash_cache WHERE path = ?", ((p,) for p in stale))
+                    db.executemany("INSERT OR REPLACE INTO hash_cache VALUES (?, ?, ?, ?, ?, ?, ?)", fresh)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise self._broken(exc) from exc
+
+    def remember_manifest(self, digest: DatasetDigest) -> None:
+        """Keep the per-file manifest of this dataset hash (once; the hash determines it)."""
+        try:
+            with self._connect() as db:
+                if db.execute("SELECT 1 FROM dataset_manifests WHERE sha256 = ?",
+                              (digest.sha256,)).fetchone():
+                    return
+                manifest = json.dumps([[e.path, e.sha256, e.size] for e in digest.files],
+                                      separators=(",", ":"))
+                db.execute("INSERT OR IGNORE INTO dataset_manifests VALUES (?, ?, ?, ?, ?, ?)",
+                           (digest.sha256, digest.kind, len(digest.files), digest.bytes,
+                            datetime.now(timezone.utc).isoformat(timespec="seconds"), manifest))
+        except sqlite3.Error as exc:
+            raise self._broken(exc) from exc
+
+    def manifest_for(self, sha256: str) -> tuple[FileEntry, ...] | None:
+        try:
+            with self._connect() as db:
+                row = db.execute("SELECT manifest FROM dataset_manifests WHERE sha256 = ?",
+                                 (sha256.lower(),)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._broken(exc) from exc
+        if row is None:
+            return None
+        return tuple(FileEntry(path, digest, size) for path, digest, size in json.loads(row[0]))
+
+
+# --------------------------------------------------------------------------- finding files
+
+class _File(NamedTuple):     # tuples, not dataclasses: there is one per file, and they add up
+    rel: bytes          # "./a/b" (a single-file dataset: its name)
+    abs: bytes
+    st: os.stat_result
+
+
+def _resolve(path: Path) -> tuple[bytes, os.stat_result]:
+    # Resolved like `cd DIR` and `sha256sum FILE` would: the dataset path itself may be a link.
+    try:
+        root = os.fsencode(os.path.realpath(path, strict=True))
+        return root, os.stat(root)
+    except FileNotFoundError:
+        raise SpecError(f"the dataset {path} does not exist",
+                        details=["Check dataset.path in the spec; it is relative to the spec file."]) from None
+    except OSError as exc:
+        raise SpecError(f"the dataset {path} cannot be read: {exc.strerror}") from None
+
+
+def _inside(target: bytes, root: bytes) -> bool:
+    return root == b"/" or target == root or target.startswith(root + b"/")
+
+
+def _walk(path: Path, root: bytes) -> list[_File]:
+    """Regular files under root as `find . -type f` lists them; refuses links that leave it.
+
+    A link that resolves outside the dataset would be dangling (or worse, a host file) once the
+    folder is mounted into the container, and its target is not covered by the pin.
+    """
+    files: list[_File] = []
+    escaping: list[tuple[str, str]] = []
+    pending = [b"."]
+    while pending:
+        rel_dir = pending.pop()
+        abs_dir = root + rel_dir[1:]
+        try:
+            with os.scandir(abs_dir) as listing:
+                for entry in listing:
+                    rel = rel_dir + b"/" + entry.name
+                    if entry.is_symlink():
+                        target = os.path.realpath(entry.path)
+                        if not _inside(target, root):
+                            escaping.append((os.fsdecode(rel), os.fsdecode(os.readlink(entry.path))))
+                    elif entry.is_dir(follow_symlinks=False):
+                        pending.append(rel)
+                    elif entry.is_file(follow_symlinks=False):
+                        files.append(_File(rel, entry.path, entry.stat(follow_symlinks=False)))
+        except OSError as exc:
+            raise SpecError(f"the dataset folder {os.fsdecode(abs_dir)} cannot be listed: "
+                            f"{exc.strerror}") from None
+    if escaping:
+        link, target = escaping[0]
+        raise SpecError(
+            f"the dataset {path} contains a symbolic link that leads outside it: {link} -> {target}",
+            details=[f"{link} -> {target}" for link, target in escaping[:LISTED_PER_KIND]]
+            + _and_more(len(escaping), "links")
+            + ["Copy the target into the dataset folder, or point dataset.path at a folder "
+               "that contains it."])
+    return files
+
+
+# --------------------------------------------------------------------------- reading files
+
+class _Stopped(Exception):
+    pass
+
+
+class _Hashed(NamedTuple):
+    sha256: str
+    size: int             # bytes actually read
+    cacheable: bool       # unchanged while read, and not written too recently
+
+
+class _Workers:
+    """Hashes a list of files on a few threads; the caller's thread only reports progress."""
+
+    def __init__(self, jobs: list[_File], workers: int, not_after_ns: int):
+        self.jobs = jobs
+        self.results: list[_Hashed | None] = [None] * len(jobs)
+        self.read = [0] * workers           # bytes read, one slot per thread (no lock needed)
+        self.not_after_ns = not_after_ns
+        self.stop = threading.Event()
+        self.failures: list[BaseException] = []
+        self._next = itertools.count().__next__   # atomic under the GIL
+        self.threads = [threading.Thread(target=self._work, args=(slot,), daemon=True,
+                                         name=f"reprun-hash-{slot}") for slot in range(workers)]
+
+    def run(self, report: Callable[[int], None]) -> None:
+        for thread in self.threads:
+            thread.start()
+        try:
+            for thread in self.threads:
+                while thread.is_alive():
+                    thread.join(PROGRESS_INTERVAL)
+                    report(sum(self.read))
+        finally:
+            self.stop.set()
+        if self.failures:
+            raise self.failures[0]
+
+    def _work(self, slot: int) -> None:
+        view = memoryview(bytearray(BLOCK))
+        try:
+            while not self.stop.is_set():
+                i = self._next()
+                if i >= len(self.jobs):
+                    return
+                self.results[i] = self._hash(self.jobs[i], view, slot)
+        except _Stopped:
+            pass
+        except OSError as exc:
+            self.failures.append(SpecError(
+                f"the dataset file {os.fsdecode(self.jobs[i].abs)} cannot be read: {exc.strerror}"))
+            self.stop.set()
+        except BaseException as exc:
+            self.failures.append(exc)
+            self.stop.set()
+
+    def _hash(self, job: _File, view: memoryview, slot: int) -> _Hashed:
+        # O_NOFOLLOW: a file swapped for a link since the walk is not followed out of the dataset.
+        fd = os.open(job.abs, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            if job.st.st_size >= READ_AHEAD_FROM:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                digest, size = self._read_ahead(fd, slot)
+            else:
+                digest, size = hashlib.sha256(), 0
+                while n := os.readv(fd, [view]):
+                    digest.update(view[:n])
+                    size += n
+                    self.read[slot] += n
+                    if self.stop.is_set():
+                        raise _Stopped
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        unchanged = _identity(after) == _identity(job.st) and size == job.st.st_size
+        settled = job.st.st_mtime_ns < self.not_after_ns
+        return _Hashed(digest.hexdigest(), size, unchanged and settled)
+
+    def _read_ahead(self, fd: int, slot: int):
+        # One thread copies the next blocks out of the page cache (or waits on the disk) while
+        # this one hashes: about 10% faster than one stream for a big file, nothing for a small.
+        free: queue.SimpleQueue = queue.SimpleQueue()
+        full: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(3):
+            free.put(bytearray(BLOCK))
+
+        def read() -> None:
+            try:
+                while (buf := free.get()) is not None:
+                    n = os.readv(fd, [buf])
+                    full.put((buf, n))
+                    if n == 0:
+                        return
+            except OSError as exc:
+                full.put((exc, 0))
+
+        reader = threading.Thread(target=read, daemon=True, name=f"reprun-read-{slot}")
+        reader.start()
+        digest, size = hashlib.sha256(), 0
+        try:
+            while True:
+                buf, n = full.get()
+                if isinstance(buf, OSError):
+                    raise buf
+                if n == 0:
+                    return digest, size
+                digest.update(memoryview(buf)[:n])
+                size += n
+                self.read[slot] += n
+                if self.stop.is_set():
+                    raise _Stopped
+                free.put(buf)
+        finally:
+            free.put(None)
+            reader.join()   # before the caller closes fd: the reader must be done with it
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))    # honours CPU pinning and container cpusets
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------- public entry points
+
+def hash_dataset(path: Path, *, cache: HashCache | None = None, progress: Progress | None = None,
+                 workers: int | None = None) -> DatasetDigest:
+    """Hash a dataset file (as `sha256sum FILE`) or folder (the coreutils tree hash).
+
+    With a cache, files unchanged since they were last hashed are not read, the new hashes are
+    written back in one transaction, and the dataset's manifest is remembered. `progress` is
+    called from this thread now and then with (bytes done, bytes in total), last with done ==
+    total.
+    """
+    path = Path(path)
+    started_ns = time.time_ns()
+    root, st = _resolve(path)
+    if stat.S_ISDIR(st.st_mode):
+        kind, files = "tree", _walk(path, root)
+    elif stat.S_ISREG(st.st_mode):
+        kind, files = "file", [_File(os.fsencode(path.name or os.path.basename(root)), root, st)]
+    else:
+        raise SpecError(f"the dataset {path} is neither a regular file nor a folder")
+
+    cached = cache._load(root, kind == "tree") if cache is not None else {}
+    known: dict[int, str] = {}
+    jobs: list[int] = []
+    for i, f in enumerate(files):
+        hit = cached.get(f.abs)
+        if hit is not None and hit[0] == _identity(f.st):
+            known[i] = hit[1]
+        else:
+            jobs.append(i)
+
+    total = sum(f.st.st_size for f in files)
+    hit_bytes = sum(files[i].st.st_size for i in known)
+    # Largest first, so one big file does not start last while the other threads sit idle.
+    jobs.sort(key=lambda i: -files[i].st.st_size)
+    hashed: dict[int, _Hashed] = {}
+    if progress is not None:
+        progress(hit_bytes, total)
+    if jobs:
+        pool = _Workers([files[i] for i in jobs], max(1, min(workers or _default_workers(), len(jobs))),
+                        not_after_ns=started_ns - RACY_NS)
+        report = (lambda done: progress(min(hit_bytes + done, total), total)) if progress else (lambda done: None)
+        pool.run(report)
+        hashed = dict(zip(jobs, pool.results))
+
+    listed = sorted((f.rel, known[i], f.st.st_size) if i in known else (f.rel, hashed[i].sha256, hashed[i].size)
+                    for i, f in enumerate(files))
+    digest = DatasetDigest(
+        sha256=_tree_sha256([(rel, sha) for rel, sha, _ in listed]) if kind == "tree" else listed[0][1],
+        kind=kind,
+        files=tuple(FileEntry(os.fsdecode(rel), sha, size) for rel, sha, size in listed),
+        bytes=sum(size for _, _, size in listed),
+        cache_hits=len(known),
+        bytes_read=sum(h.size for h in hashed.values()),
+    )
+    if progress is not None:
+        progress(digest.bytes, digest.bytes)
+
+    if cache is not None:
+        fresh = [(files[i].abs, *_identity(files[i].st), h.sha256) for i, h in hashed.items() if h.cacheable]
+        present = {f.abs for f in files}
+        cache._store(fresh, [p for p in cached if p not in present])
+        cache.remember_manifest(digest)
+    return digest
+
+
+def verify_dataset(path: Path, expected_sha256: str, *, cache: HashCache | None = None,
+                   progress: Progress | None = None, workers: int | None = None) -> DatasetDigest:
+    """Hash the dataset and refuse it (PinMismatch, exit 3) unless it matches its pin."""
+    expected = expected_sha256.strip().lower().removeprefix("sha256:")
+    if not _HEX64.fullmatch(expected):
+        raise SpecError(f"the pinned dataset sha256 {expected_sha256!r} is not 64 hex digits")
+    digest = hash_dataset(path, cache=cache, progress=progress, workers=workers)
+    if digest.sha256 == expected:
+        return digest
+
+    what = "tree hash" if digest.kind == "tree" else "sha256"
+    message = (f"the dataset {path} does not match its pin: the spec pins {what} {expected}, "
+               f"the {'folder' if digest.kind == 'tree' else 'file'} now hashes to {digest.sha256}")
+    earlier = cache.manifest_for(expected) if cache is not None else None
+    if earlier is None:
+        details = ["No earlier manifest of the pinned dataset is known here, so the files that "
+                   "differ cannot be named."]
+    else:
+        details = _describe(diff_manifests(earlier, digest.files))
+    details.append("If the change is intended, pin the new hash with `reprun lock`.")
+    raise PinMismatch(message, details=details)
+
+
+def _and_more(count: int, what: str) -> list[str]:
+    return [f"... and {count - LISTED_PER_KIND} more {what}"] if count > LISTED_PER_KIND else []
+
+
+def _describe(diff: ManifestDiff) -> list[str]:
+    lines: list[str] = []
+    for what, names in (("changed", diff.changed), ("added", diff.added), ("removed", diff.removed)):
+        lines += [f"{what}: {name}" for name in names[:LISTED_PER_KIND]]
+        lines += _and_more(len(names), what)
+    if not lines:
+        lines.append("The same files with the same contents: the pin itself was edited.")
+    return lines

@@ -1,0 +1,262 @@
+"""Where containers run: one small interface, with the local Docker engine behind it.
+
+Everything above this module hands over a `ContainerJob` (what to run, fully resolved and
+hermetic) and gets back a `ContainerOutcome`; it does not know which engine ran it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from .errors import InfrastructureError
+
+LABEL = "io.reprun"            # every container reprun starts carries it, so leftovers can be found
+LABEL_RUN = "io.reprun.run-id"
+LABEL_SPEC = "io.reprun.spec"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class ContainerJob:
+    name: str
+    image_id: str
+    entrypoint: tuple[str, ...]
+    command: tuple[str, ...]
+    env: dict[str, str]
+    mounts: tuple[Mount, ...]
+    hostname: str
+    user: str
+    network: str                      # "none" or "host"
+    read_only_root: bool
+    tmpfs: dict[str, str]
+    cap_drop: tuple[str, ...]
+    security_opt: tuple[str, ...]
+    nano_cpus: int
+    memory_bytes: int
+    pids: int
+    timeout_s: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContainerOutcome:
+    exit_code: int | None
+    reason: str           # ok | exit | timeout | oom | interrupted | engine
+    duration_s: float
+    message: str | None = None
+
+
+LogSink = Callable[[bytes], None]
+
+
+class Executor(Protocol):
+    def run(self, job: ContainerJob, on_output: LogSink) -> ContainerOutcome: ...
+    def interrupt(self) -> None: ...
+    def host_facts(self) -> dict[str, Any]: ...
+
+
+def engine_unreachable(exc: Exception) -> InfrastructureError:
+    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return InfrastructureError(
+        f"cannot reach the Docker engine at {where} ({type(exc).__name__}: {exc}). "
+        "Start one with `make engine`, or point DOCKER_HOST at a running engine.")
+
+
+def connect() -> docker.DockerClient:
+    try:
+        # version="auto": the engine here can be older than the SDK's default API version.
+        client = docker.from_env(version="auto", timeout=120)
+        client.ping()
+        return client
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise engine_unreachable(exc) from None
+
+
+class LocalEngine:
+    """Runs jobs on the Docker engine this process talks to (DOCKER_HOST or the local socket)."""
+
+    def __init__(self, client: docker.DockerClient | None = None):
+        self._client = client
+        self._live: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._interrupted = threading.Event()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = connect()
+        return self._client
+
+    def host_facts(self) -> dict[str, Any]:
+        try:
+            info = self.client.info()
+            version = self.client.version()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise engine_unreachable(exc) from None
+        return {
+            "engine": "docker",
+            "engine_version": version.get("Version"),
+            "api_version": version.get("ApiVersion"),
+            "storage_driver": info.get("Driver"),
+            "cgroup_version": info.get("CgroupVersion"),
+            "host_os": info.get("OperatingSystem"),
+            "host_kernel": info.get("KernelVersion"),
+            "host_cpus": info.get("NCPU"),
+            "host_memory_bytes": info.get("MemTotal"),
+        }
+
+    def interrupt(self) -> None:
+        """Stop every container this engine started; their runs end as `interrupted`."""
+        self._interrupted.set()
+        with self._lock:
+            containers = list(self._live.values())
+        for container in containers:
+            _remove_quietly(container)
+
+    def run(self, job: ContainerJob, on_output: LogSink) -> ContainerOutcome:
+        started = time.monotonic()
+        try:
+            container = self.client.containers.create(**_create_kwargs(job))
+        except docker.errors.ImageNotFound as exc:
+            raise InfrastructureError(f"the image {job.image_id} vanished from the engine: {exc}")
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _as_infrastructure(exc) from None
+        with self._lock:
+            self._live[container.id] = container
+        try:
+            return self._run_created(container, job, on_output, started)
+        finally:
+            _remove_quietly(container)
+            with self._lock:
+                self._live.pop(container.id, None)
+
+    def _run_created(self, container, job: ContainerJob, on_output: LogSink,
+                     started: float) -> ContainerOutcome:
+        try:
+            stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
+            pump = threading.Thread(target=_pump, args=(stream, on_output), daemon=True)
+            pump.start()
+            container.start()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _as_infrastructure(exc) from None
+        # A watchdog kills the job at its deadline; the wait itself has no HTTP timeout, so a
+        # slow engine is never mistaken for a slow job.
+        timed_out = threading.Event()
+
+        def expire() -> None:
+            timed_out.set()
+            _kill_quietly(container)
+
+        watchdog = threading.Timer(job.timeout_s, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            exit_code = container.wait().get("StatusCode")
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            if self._interrupted.is_set():
+                return ContainerOutcome(None, "interrupted", time.monotonic() - started,
+                                        "reprun was interrupted; the container was removed")
+            return ContainerOutcome(None, "engine", time.monotonic() - started,
+                                    f"lost the engine during the run: {exc}")
+        finally:
+            watchdog.cancel()
+        pump.join(timeout=10)
+        duration = time.monotonic() - started
+        if self._interrupted.is_set():
+            return ContainerOutcome(exit_code, "interrupted", duration,
+                                    "reprun was interrupted; the container was removed")
+        if timed_out.is_set():
+            return ContainerOutcome(None, "timeout", duration,
+                                    f"the job ran past its timeout of {job.timeout_s:g}s and was killed")
+        try:
+            state = self.client.api.inspect_container(container.id)["State"]
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            state = {}
+        if state.get("OOMKilled"):
+            return ContainerOutcome(exit_code, "oom", duration,
+                                    f"the job was killed for running out of memory "
+                                    f"(limit {job.memory_bytes} bytes)")
+        if exit_code != 0:
+            return ContainerOutcome(exit_code, "exit", duration,
+                                    f"the job exited with status {exit_code}"
+                                    + (f" (killed by signal {exit_code - 128})" if exit_code and exit_code > 128 else ""))
+        return ContainerOutcome(0, "ok", duration)
+
+
+def _create_kwargs(job: ContainerJob) -> dict[str, Any]:
+    return dict(
+        image=job.image_id,
+        name=job.name,
+        entrypoint=list(job.entrypoint),
+        command=list(job.command),
+        environment=dict(job.env),
+        hostname=job.hostname,
+        user=job.user,
+        network_mode=job.network,
+        read_only=job.read_only_root,
+        tmpfs=dict(job.tmpfs),
+        cap_drop=list(job.cap_drop),
+        security_opt=list(job.security_opt),
+        nano_cpus=job.nano_cpus,
+        mem_limit=job.memory_bytes,
+        memswap_limit=job.memory_bytes,   # no swap: an over-limit job is OOM-killed, not slowed
+        pids_limit=job.pids,
+        labels={LABEL: "1", **job.labels},
+        volumes={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
+                 for m in job.mounts},
+        detach=True,
+    )
+
+
+def _pump(stream, on_output: LogSink) -> None:
+    try:
+        for chunk in stream:
+            on_output(chunk)
+    except Exception:
+        # The stream ends abruptly when the container is removed; what was read is kept.
+        pass
+
+
+def _kill_quietly(container) -> None:
+    try:
+        container.kill()
+    except Exception:
+        pass
+
+
+def _remove_quietly(container) -> None:
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except Exception:
+        pass
+
+
+def _as_infrastructure(exc: Exception) -> InfrastructureError:
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return engine_unreachable(exc)
+    explanation = getattr(exc, "explanation", None) or str(exc)
+    return InfrastructureError(f"the engine refused to run the container: {explanation}")
+
+
+def remove_leftovers(client: docker.DockerClient) -> list[str]:
+    """Containers reprun started and never removed (e.g. after a SIGKILL): gone afterwards."""
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        _remove_quietly(container)
+        removed.append(container.name)
+    return removed

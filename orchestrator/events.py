@@ -1,0 +1,81 @@
+"""Run events: orchestration announces them, observers (progress display, logs) listen.
+
+The orchestration code never prints; it calls these hooks. The base observer ignores them all.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import TextIO
+
+
+class RunObserver:
+    def stage(self, label: str, text: str) -> None: ...
+    def progress(self, label: str, phase: str, done: int, total: int, text: str = "") -> None: ...
+    def output(self, label: str, chunk: bytes) -> None: ...
+    def finished(self, label: str, record) -> None: ...
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+class TerminalObserver(RunObserver):
+    """Progress and live job output on a terminal (stderr); plain lines when not a TTY."""
+
+    def __init__(self, stream: TextIO | None = None, *, show_output: bool = True,
+                 prefix_output: bool = False):
+        self.stream = stream or sys.stderr
+        self.show_output = show_output
+        self.prefix_output = prefix_output
+        self.tty = self.stream.isatty()
+        self._lock = threading.Lock()
+        self._last_progress: dict[tuple[str, str], float] = {}
+        self._partial: dict[str, bytes] = {}
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            self.stream.write(text)
+            self.stream.flush()
+
+    def stage(self, label: str, text: str) -> None:
+        self._write(("\r\033[K" if self.tty else "") + f"[{label}] {text}\n")
+
+    def progress(self, label: str, phase: str, done: int, total: int, text: str = "") -> None:
+        key = (label, phase)
+        now = time.monotonic()
+        final = total and done >= total
+        # On a TTY, redraw at most ten times a second; otherwise a line every few seconds.
+        interval = 0.1 if self.tty else 5.0
+        last = self._last_progress.get(key)
+        if last == -1.0 or (not final and last is not None and now - last < interval):
+            return
+        self._last_progress[key] = -1.0 if final else now  # a finished bar is drawn once
+        if phase == "hash":
+            amount = f"{_human_bytes(done)} / {_human_bytes(total)}"
+        else:
+            amount = f"{done}/{total}"
+        fraction = done / total if total else 0.0
+        bar = "#" * int(fraction * 24)
+        line = f"[{label}] {phase:5} [{bar:<24}] {amount} {text[:50]}"
+        if self.tty:
+            self._write("\r\033[K" + line + ("\n" if final else ""))
+        else:
+            self._write(line + "\n")
+
+    def output(self, label: str, chunk: bytes) -> None:
+        if not self.show_output:
+            return
+        text = chunk.decode("utf-8", errors="replace")
+        if self.prefix_output:
+            pending = self._partial.get(label, b"").decode("utf-8", "replace") + text
+            *lines, rest = pending.split("\n")
+            self._partial[label] = rest.encode()
+            text = "".join(f"[{label}] | {line}\n" for line in lines)
+        if text:
+            self._write(text)

@@ -1,0 +1,105 @@
+"""The hermetic, seeded container configuration of a run, as one pure function of its inputs.
+
+Every default of DESIGN's "Hermetic, seeded execution" is applied here and nowhere else; what
+was applied is recorded with the run (`applied_settings`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .engine import LABEL_RUN, LABEL_SPEC, ContainerJob, Mount
+
+HOSTNAME = "reprun"           # Docker's default is the random container ID: a needless difference
+META_MOUNT = "/reprun"        # the probe wrapper and its manifest
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Host folders of one run in the store."""
+    root: Path
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "reprun"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.txt"
+
+
+def thread_count(cpus: float) -> int:
+    return max(1, math.floor(cpus))
+
+
+def dataset_mount(dataset_path: Path, mount: str) -> Mount:
+    # A single file appears inside the mount folder under its own name, so that the job sees
+    # the same layout whether the dataset is one file or a tree.
+    if dataset_path.is_file():
+        return Mount(str(dataset_path), f"{mount.rstrip('/')}/{dataset_path.name}", read_only=True)
+    return Mount(str(dataset_path), mount, read_only=True)
+
+
+def container_job(spec, *, run_id: str, image_id: str, seed: int, paths: RunPaths) -> ContainerJob:
+    threads = thread_count(spec.resources.cpus)
+    env = {
+        **spec.env,
+        "REPRUN_SEED": str(seed),
+        "REPRUN_RUN_ID": run_id,
+        "REPRUN_PARAMS": json.dumps(spec.params, sort_keys=True),
+        "PYTHONHASHSEED": "0",
+        **{name: str(threads) for name in THREAD_VARIABLES},
+        "TZ": "UTC",
+        "LC_ALL": "C.UTF-8",
+        "LANG": "C.UTF-8",
+        "HOME": "/tmp",   # the non-root user has no home; many libraries want one
+    }
+    hermetic = spec.hermetic
+    return ContainerJob(
+        name=f"reprun-{run_id}",
+        image_id=image_id,
+        entrypoint=("/bin/sh", f"{META_MOUNT}/wrap.sh"),
+        command=tuple(spec.render_command(seed)),
+        env=env,
+        mounts=(
+            dataset_mount(spec.dataset.path, spec.dataset.mount),
+            Mount(str(paths.outputs), spec.outputs.dir, read_only=False),
+            Mount(str(paths.meta), META_MOUNT, read_only=False),
+        ),
+        hostname=HOSTNAME,
+        user=hermetic.user,
+        network=hermetic.network,
+        read_only_root=hermetic.read_only_root,
+        tmpfs={"/tmp": f"rw,nosuid,nodev,size={hermetic.tmp_size},mode=1777"},
+        cap_drop=("ALL",),
+        security_opt=("no-new-privileges",),
+        nano_cpus=int(spec.resources.cpus * 1e9),
+        memory_bytes=spec.resources.memory_bytes,
+        pids=spec.resources.pids,
+        timeout_s=spec.resources.timeout_s,
+        labels={LABEL_RUN: run_id, LABEL_SPEC: spec.name},
+    )
+
+
+def applied_settings(job: ContainerJob) -> dict:
+    """The hermetic settings a run actually had, for its record (no host paths, no secrets)."""
+    return {
+        "network": job.network,
+        "read_only_root": job.read_only_root,
+        "user": job.user,
+        "hostname": job.hostname,
+        "cap_drop": list(job.cap_drop),
+        "security_opt": list(job.security_opt),
+        "tmpfs": dict(job.tmpfs),
+        "mounts": [{"target": m.target, "read_only": m.read_only} for m in job.mounts],
+        "pinned_env": {k: v for k, v in job.env.items()
+                       if k in THREAD_VARIABLES or k in ("PYTHONHASHSEED", "TZ", "LC_ALL", "LANG")},
+    }

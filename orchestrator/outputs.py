@@ -1,0 +1,106 @@
+"""What a job leaves behind: its metrics file, its artifacts, its log."""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .records import Artifact
+
+MAX_METRICS_BYTES = 10 * 1024 * 1024
+MAX_METRICS_DEPTH = 32
+
+
+class OutputsError(Exception):
+    """The job's outputs are not usable; the message says what is wrong (exit 5)."""
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """Metrics as flat dotted names → floats. Raises OutputsError with a clear sentence."""
+    if path.is_symlink():
+        raise OutputsError(f"the metrics file {path.name} is a symlink; a job must write it as a file")
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise OutputsError(f"the job wrote no metrics file ({path.name} is missing from its outputs)") from None
+    if size > MAX_METRICS_BYTES:
+        raise OutputsError(f"the metrics file {path.name} is {size} bytes, over the "
+                           f"{MAX_METRICS_BYTES}-byte limit")
+    raw = path.read_bytes()
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise OutputsError(f"the metrics file {path.name} is not UTF-8 text") from None
+    except (ValueError, RecursionError) as exc:
+        raise OutputsError(f"the metrics file {path.name} is not valid JSON ({_short(exc)})") from None
+    if not isinstance(document, dict):
+        raise OutputsError(f"the metrics file {path.name} must hold a JSON object of numbers, "
+                           f"not a {type(document).__name__}")
+    metrics: dict[str, float] = {}
+    problems: list[str] = []
+    _flatten(document, "", metrics, problems, depth=0)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise OutputsError(f"the metrics file {path.name} has values that are not numbers: {shown}")
+    return metrics
+
+
+def _flatten(node: dict, prefix: str, into: dict[str, float], problems: list[str], depth: int) -> None:
+    if depth > MAX_METRICS_DEPTH:
+        problems.append(f"{prefix or '(top)'} nests deeper than {MAX_METRICS_DEPTH} levels")
+        return
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _flatten(value, name + ".", into, problems, depth + 1)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{name} = {_short(value)}")
+        else:
+            try:
+                into[name] = float(value)
+            except OverflowError:
+                into[name] = math.copysign(math.inf, value)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, Exception) else str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def hash_artifacts(out_dir: Path, patterns: tuple[str, ...]) -> dict[str, Artifact]:
+    """Every regular file under the outputs folder whose relative path matches a pattern.
+
+    Symlinks are never followed: one pointing outside the outputs folder is refused.
+    """
+    artifacts: dict[str, Artifact] = {}
+    root = out_dir.resolve()
+    for dirpath, dirnames, filenames in os.walk(out_dir):
+        dirnames.sort()
+        for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = Path(dirpath, name)
+            rel = path.relative_to(out_dir).as_posix()
+            if not any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns):
+                continue
+            if path.is_symlink():
+                target = path.resolve()
+                if root not in target.parents and target != root:
+                    raise OutputsError(f"the artifact {rel} is a symlink to {os.readlink(path)}, "
+                                       "outside the outputs folder; refused")
+                continue
+            if path.is_file():
+                sha, size = sha256_file(path)
+                artifacts[rel] = Artifact(sha256=sha, size=size)
+    return artifacts

@@ -1,0 +1,246 @@
+"""The environment manifest: facts read inside the training container, just before the job.
+
+Each fact source is a small declared probe: a POSIX sh snippet that prints a raw fact, and a
+parser that turns it into manifest fields. The snippets are joined into one wrapper script that
+runs in the container before `exec`ing the job, so the facts are those the job saw. A probe whose
+command fails or whose output cannot be parsed marks its fact missing; it never fails the run.
+"""
+from __future__ import annotations
+
+import json
+import re
+import secrets as _secrets
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Callable
+
+from .records import EnvironmentManifest
+
+REDACTED = "<redacted>"
+_SECRET_NAME = re.compile(r"(?i)(secret|token|passw|_pwd$|api_?key|private_?key|credential|auth)")
+
+
+def looks_secret(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+def redact_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: (REDACTED if looks_secret(k) else v) for k, v in env.items()}
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    shell: str                                  # prints the raw fact; stderr is discarded
+    parse: Callable[[str], dict[str, Any]]      # raw text -> EnvironmentManifest fields
+
+
+def _key_values(text: str, sep: str = "=") -> dict[str, str]:
+    pairs = (line.split(sep, 1) for line in text.splitlines() if sep in line)
+    return {k.strip(): v.strip().strip('"') for k, v in pairs}
+
+
+def parse_os_release(text: str) -> dict[str, Any]:
+    release = _key_values(text)
+    wanted = ("ID", "VERSION_ID", "VERSION_CODENAME", "PRETTY_NAME")
+    return {"os": {k.lower(): release[k] for k in wanted if k in release}}
+
+
+def parse_dpkg(text: str) -> dict[str, Any]:
+    packages, name, version, installed = {}, None, None, False
+    # A stanza ends where the next begins (the probe keeps only three fields, no blank lines).
+    for line in text.splitlines() + ["Package:"]:
+        if line.startswith("Package:"):
+            if name and version and installed:
+                packages[name] = version
+            name, version, installed = line.split(":", 1)[1].strip(), None, False
+        elif line.startswith("Version:"):
+            version = line.split(":", 1)[1].strip()
+        elif line.startswith("Status:"):
+            installed = line.rstrip().endswith(" installed")
+    return {"os_packages": packages, "package_manager": "dpkg"} if packages else {}
+
+
+def parse_apk(text: str) -> dict[str, Any]:
+    packages, name = {}, None
+    for line in text.splitlines():
+        if line.startswith("P:"):
+            name = line[2:]
+        elif line.startswith("V:") and name:
+            packages[name] = line[2:]
+    return {"os_packages": packages, "package_manager": "apk"} if packages else {}
+
+
+def parse_rpm(text: str) -> dict[str, Any]:
+    pairs = (line.split(" ", 1) for line in text.splitlines() if " " in line)
+    packages = {name: version for name, version in pairs}
+    return {"os_packages": packages, "package_manager": "rpm"} if packages else {}
+
+
+def parse_kernel(text: str) -> dict[str, Any]:
+    return {"kernel": text.strip()} if text.strip() else {}
+
+
+def parse_cpuinfo(text: str) -> dict[str, Any]:
+    first = _key_values(text.split("\n\n", 1)[0], sep=":")
+    cpu: dict[str, Any] = {}
+    if "model name" in first:
+        cpu["model"] = first["model name"]
+    if "flags" in first:
+        cpu["flags"] = sorted(first["flags"].split())
+    return {"cpu": cpu} if cpu else {}
+
+
+def parse_nproc(text: str) -> dict[str, Any]:
+    return {"cpu": {"count": int(text.strip())}}
+
+
+def parse_cgroup(text: str) -> dict[str, Any]:
+    """cgroup v2 (cpu.max, memory.max, pids.max) or v1 (quota/period, limit_in_bytes)."""
+    raw = _key_values(text)
+    limits: dict[str, Any] = {}
+    if raw.get("cpu.max") and raw["cpu.max"].split()[0] != "max":
+        quota, period = raw["cpu.max"].split()
+        limits["cpus"] = round(int(quota) / int(period), 3)
+    elif raw.get("cfs_quota_us", "-1").lstrip("-").isdigit() and int(raw.get("cfs_quota_us", -1)) > 0:
+        limits["cpus"] = round(int(raw["cfs_quota_us"]) / int(raw.get("cfs_period_us", 100000)), 3)
+    memory = raw.get("memory.max") or raw.get("memory.limit_in_bytes")
+    if memory and memory.isdigit() and int(memory) < 2**62:
+        limits["memory_bytes"] = int(memory)
+    pids = raw.get("pids.max")
+    if pids and pids.isdigit():
+        limits["pids"] = int(pids)
+    return {"limits": limits}
+
+
+def parse_identity(text: str) -> dict[str, Any]:
+    raw = _key_values(text)
+    user = {"uid": int(raw["uid"]), "gid": int(raw["gid"])}
+    if raw.get("name"):
+        user["name"] = raw["name"]
+    fields: dict[str, Any] = {"user": user}
+    if raw.get("umask"):
+        fields["locale"] = {"umask": raw["umask"]}
+    if raw.get("hostname"):
+        fields["hostname"] = raw["hostname"]
+    return fields
+
+
+def parse_env(text: str) -> dict[str, Any]:
+    env = dict(item.split("=", 1) for item in text.split("\0") if "=" in item)
+    locale = {k: env[k] for k in ("LANG", "LC_ALL", "TZ") if k in env}
+    return {"env": redact_env(env), "locale": locale}
+
+
+def parse_python(text: str) -> dict[str, Any]:
+    facts = json.loads(text)
+    fields: dict[str, Any] = {"python": facts["python"],
+                              "python_distributions": facts.get("distributions", {}),
+                              "blas": facts.get("blas", [])}
+    if facts.get("missing"):
+        fields["missing"] = facts["missing"]
+    return fields
+
+
+_CGROUP = """
+for f in cpu.max memory.max pids.max; do [ -r /sys/fs/cgroup/$f ] && echo "$f=$(cat /sys/fs/cgroup/$f)"; done
+[ -r /sys/fs/cgroup/cpu/cpu.cfs_quota_us ] && echo "cfs_quota_us=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us)"
+[ -r /sys/fs/cgroup/cpu/cpu.cfs_period_us ] && echo "cfs_period_us=$(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)"
+[ -r /sys/fs/cgroup/memory/memory.limit_in_bytes ] && echo "memory.limit_in_bytes=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"
+[ -r /sys/fs/cgroup/pids/pids.max ] && echo "pids.max=$(cat /sys/fs/cgroup/pids/pids.max)"
+true
+"""
+_IDENTITY = 'echo "uid=$(id -u)"; echo "gid=$(id -g)"; echo "name=$(id -un)"; ' \
+            'echo "umask=$(umask)"; echo "hostname=$(hostname 2>/dev/null || cat /etc/hostname)"'
+
+PROBES: tuple[Probe, ...] = (
+    Probe("os_release", "cat /etc/os-release", parse_os_release),
+    Probe("dpkg", "grep -E '^(Package|Status|Version):' /var/lib/dpkg/status", parse_dpkg),
+    Probe("apk", "cat /lib/apk/db/installed", parse_apk),
+    Probe("rpm", "rpm -qa --qf '%{NAME} %{VERSION}-%{RELEASE}\\n'", parse_rpm),
+    Probe("kernel", "uname -r", parse_kernel),
+    Probe("cpuinfo", "cat /proc/cpuinfo", parse_cpuinfo),
+    Probe("nproc", "env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc", parse_nproc),
+    Probe("cgroup", _CGROUP, parse_cgroup),
+    Probe("identity", _IDENTITY, parse_identity),
+    Probe("env", "env -0", parse_env),
+    Probe("python", "python3 /reprun/pyprobe.py", parse_python),
+)
+# Sources that only exist on some images: their absence is expected, not a missing fact.
+_OPTIONAL = {"dpkg", "apk", "rpm"}
+
+
+def wrapper_script(marker: str, probes: tuple[Probe, ...] = PROBES) -> str:
+    """The container's entrypoint: every probe into /reprun/manifest.txt, then the job itself.
+
+    Sections are framed by a random marker so that nothing a probe prints can forge a section.
+    """
+    parts = ["#!/bin/sh", "{"]
+    for probe in probes:
+        parts.append(f"echo '{marker} {probe.name}'")
+        # The extra newline keeps the frame intact after output that does not end in one.
+        parts.append(f"( {probe.shell} ) 2>/dev/null; status=$?; echo")
+        parts.append(f"echo '{marker} {probe.name} exit' $status")
+    parts.append("} > /reprun/manifest.txt")
+    parts.append('exec "$@"')
+    return "\n".join(parts) + "\n"
+
+
+def new_marker() -> str:
+    return "@@reprun-" + _secrets.token_hex(8)
+
+
+def pyprobe_source() -> str:
+    return resources.files(__package__).joinpath("pyprobe.py").read_text()
+
+
+def split_sections(text: str, marker: str) -> dict[str, tuple[str, int | None]]:
+    """Raw output per probe name, with the probe's exit status (None when it never finished)."""
+    sections: dict[str, tuple[str, int | None]] = {}
+    current, lines = None, []
+    for line in text.split("\n"):
+        if line.startswith(marker + " "):
+            head = line[len(marker) + 1:].split(" ")
+            if len(head) == 3 and head[1] == "exit" and head[0] == current:
+                status = int(head[2]) if head[2].isdigit() else None
+                sections[current] = ("\n".join(lines), status)
+                current, lines = None, []
+            else:
+                current, lines = head[0], []
+        elif current is not None:
+            lines.append(line)
+    if current is not None:
+        sections[current] = ("\n".join(lines), None)
+    return sections
+
+
+def _merge(fields: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(fields.get(key), dict):
+            fields[key] = {**fields[key], **value}
+        else:
+            fields[key] = value
+
+
+def parse_manifest(text: str | None, marker: str, host: dict[str, Any],
+                   probes: tuple[Probe, ...] = PROBES) -> EnvironmentManifest:
+    fields: dict[str, Any] = {"missing": {}, "host": host}
+    if text is None:
+        fields["missing"]["container"] = "the probe wrote no manifest (the job never started?)"
+        return EnvironmentManifest(**fields)
+    sections = split_sections(text, marker)
+    for probe in probes:
+        raw, status = sections.get(probe.name, ("", None))
+        if status != 0:
+            if probe.name not in _OPTIONAL:
+                fields["missing"][probe.name] = (
+                    "the probe did not finish" if status is None
+                    else f"the command failed in the image (exit {status})")
+            continue
+        try:
+            _merge(fields, probe.parse(raw))
+        except Exception as exc:  # a fact we cannot read must never fail the run
+            fields["missing"][probe.name] = f"unreadable output ({type(exc).__name__}: {exc})"
+    if "os_packages" not in fields:
+        fields["missing"]["os_packages"] = "no dpkg, apk or rpm database in the image"
+    return EnvironmentManifest(**fields)

@@ -1,0 +1,142 @@
+"""The run record: what one execution of a spec was given, where it ran, and what it produced.
+
+A record is a fact. Once a run is finished its record is frozen, written once into the store,
+and read back years later by auditors; everything in it is JSON-friendly and self-describing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+RECORD_SCHEMA = "reprun.run/1"
+
+# Statuses a record can have. `running` only exists while reprun is still working on it.
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"            # the job failed: non-zero exit, timeout, OOM, bad outputs
+INTERRUPTED = "interrupted"  # reprun was stopped (Ctrl-C, SIGTERM, crash) before the end
+ERROR = "error"              # infrastructure failed mid-run (engine went away)
+FINAL_STATUSES = (SUCCEEDED, FAILED, INTERRUPTED, ERROR)
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    id: str                          # the image ID (sha256:...) the container ran
+    ref: str | None = None           # the pinned reference from the spec, if pulled
+    repo_digest: str | None = None   # registry/name@sha256:... when the image came from one
+    build_context: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    path: str               # as resolved on the host
+    sha256: str             # file hash, or tree hash for a directory
+    kind: str               # "file" or "tree"
+    files: int
+    bytes: int
+    mount: str
+
+
+@dataclass(frozen=True)
+class Inputs:
+    spec_name: str
+    spec_path: str
+    spec_sha256: str
+    seed: int
+    command: list[str]               # with placeholders substituted
+    params: dict[str, Any]
+    env: dict[str, str]              # secrets already redacted
+    resources: dict[str, Any]        # cpus, memory_bytes, timeout_s, pids
+    container: dict[str, Any]        # the hermetic settings actually applied
+    image: ImageFacts
+    dataset: DatasetFacts
+
+
+@dataclass(frozen=True)
+class Artifact:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Outputs:
+    exit_code: int | None
+    reason: str                      # ok | exit | timeout | oom | interrupted | outputs | engine
+    duration_s: float
+    metrics: dict[str, float]
+    artifacts: dict[str, Artifact]
+    log_sha256: str | None
+    log_bytes: int
+    log_truncated: bool
+    message: str | None = None       # a one-paragraph explanation when something went wrong
+
+
+@dataclass(frozen=True)
+class EnvironmentManifest:
+    """Facts read inside the training container, plus the host's. Missing facts say why."""
+
+    os: dict[str, str] = field(default_factory=dict)
+    os_packages: dict[str, str] = field(default_factory=dict)
+    package_manager: str | None = None
+    python: dict[str, Any] = field(default_factory=dict)        # version, executable
+    python_distributions: dict[str, str] = field(default_factory=dict)
+    blas: list[dict[str, Any]] = field(default_factory=list)    # threadpoolctl's info()
+    cpu: dict[str, Any] = field(default_factory=dict)           # model, flags, count
+    limits: dict[str, Any] = field(default_factory=dict)        # cpus, memory_bytes, pids
+    kernel: str | None = None
+    locale: dict[str, str] = field(default_factory=dict)        # LANG, LC_ALL, TZ, umask
+    user: dict[str, Any] = field(default_factory=dict)          # uid, gid, name
+    hostname: str | None = None
+    env: dict[str, str] = field(default_factory=dict)           # secrets redacted
+    host: dict[str, Any] = field(default_factory=dict)          # engine, storage driver, reprun
+    missing: dict[str, str] = field(default_factory=dict)       # fact -> why it is missing
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    status: str
+    started_at: str                  # ISO 8601, UTC
+    finished_at: str | None
+    inputs: Inputs
+    environment: EnvironmentManifest
+    outputs: Outputs | None
+    compare: dict[str, Any]          # the spec's tolerances, so any two records can be diffed
+    reprun_version: str
+    schema: str = RECORD_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=True)
+
+    def content_sha256(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
+        inputs = dict(data["inputs"])
+        inputs["image"] = ImageFacts(**inputs["image"])
+        inputs["dataset"] = DatasetFacts(**inputs["dataset"])
+        outputs = data.get("outputs")
+        if outputs is not None:
+            outputs = dict(outputs)
+            outputs["artifacts"] = {k: Artifact(**v) for k, v in outputs["artifacts"].items()}
+            outputs = Outputs(**outputs)
+        return cls(
+            id=data["id"], status=data["status"], started_at=data["started_at"],
+            finished_at=data.get("finished_at"), inputs=Inputs(**inputs),
+            environment=EnvironmentManifest(**data.get("environment", {})),
+            outputs=outputs, compare=data.get("compare", {}),
+            reprun_version=data.get("reprun_version", "?"),
+            schema=data.get("schema", RECORD_SCHEMA),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunRecord":
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,232 @@
+"""Reports: thin renderers over one `Comparison`.
+
+Each format module has `render(comparison) -> str` and computes nothing about the runs; the
+tables they draw are laid out once here (`tables`) so that every format shows the same cells.
+A JSON report can be read back with `load_json_report` and rendered again in any format.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from orchestrator.compare import Comparison
+from orchestrator.errors import UsageError
+
+FORMATS = frozenset({"terminal", "md", "html", "json", "junit"})
+
+# File extension -> format, for `--report PATH`.
+EXTENSIONS = {
+    ".md": "md", ".markdown": "md",
+    ".html": "html", ".htm": "html",
+    ".json": "json",
+    ".xml": "junit",
+}
+
+_MODULES = {
+    "terminal": "orchestrator.reports.terminal",
+    "md": "orchestrator.reports.markdown",
+    "html": "orchestrator.reports.html",
+    "json": "orchestrator.reports.json_report",
+    "junit": "orchestrator.reports.junit",
+}
+
+SCHEMA_RESOURCE = "report-v1.schema.json"
+
+# The terminal and Markdown reports list at most this many environment changes.
+ENVIRONMENT_ROWS_SHOWN = 30
+
+
+def format_for_path(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    try:
+        return EXTENSIONS[suffix]
+    except KeyError:
+        supported = ", ".join(sorted(EXTENSIONS))
+        raise UsageError(
+            f"cannot tell the report format of {path}: use one of the extensions {supported} "
+            "(.xml is JUnit XML)") from None
+
+
+def render(comparison: Comparison, fmt: str, **options: Any) -> str:
+    """Render in one of FORMATS; options go to that format (e.g. color=True for terminal)."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown report format {fmt!r}; use one of {', '.join(sorted(FORMATS))}")
+    module = importlib.import_module(_MODULES[fmt])
+    return module.render(comparison, **options)
+
+
+def write_report(comparison: Comparison, path: str | Path) -> str:
+    """Write the report in the format its extension names; returns the format."""
+    fmt = format_for_path(path)
+    text = render(comparison, fmt)
+    Path(path).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    return fmt
+
+
+def report_schema() -> dict[str, Any]:
+    text = resources.files("orchestrator").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def load_json_report(path: str | Path) -> Comparison:
+    """Read a JSON report written by reprun, checked against the report schema."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read the report {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{path} is not a reprun report: it is not JSON ({exc})") from None
+    problems = validation_errors(data)
+    if problems:
+        raise UsageError(
+            f"{path} is not a reprun report (schema reprun.report/1); the first problems:",
+            details=problems[:5])
+    return Comparison.from_dict(data)
+
+
+def validation_errors(data: Any) -> list[str]:
+    """Where `data` departs from the report schema, one line per problem (empty when valid)."""
+    if not isinstance(data, dict) or data.get("schema") != "reprun.report/1":
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        return [f"schema: expected 'reprun.report/1', found {found!r}"]
+    try:
+        import jsonschema
+    except ImportError:  # pragma: no cover - jsonschema comes with the test extra
+        required = report_schema()["required"]
+        return [f"{key}: missing" for key in required if key not in data]
+    validator = jsonschema.Draft202012Validator(report_schema())
+    return [
+        f"{'/'.join(str(p) for p in error.absolute_path) or '(top)'}: {error.message}"
+        for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# The cells every format draws
+# --------------------------------------------------------------------------------------------
+
+MISSING = "—"
+
+
+@dataclass(frozen=True)
+class Table:
+    key: str                          # "runs", "metrics", "artifacts", "inputs", ...
+    title: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    statuses: tuple[str, ...] = ()    # one per row, for colour or styling; "" when none
+    more: int = 0                     # rows left out of `rows`
+    empty: str = "none"               # what to say when there are no rows
+
+
+def number(x: float | None, *, signed: bool = False) -> str:
+    """Shortest text that reads back as the same float: 0.9533333333333334, not 0.953333."""
+    if x is None:
+        return MISSING
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "+inf" if x > 0 and signed else "inf" if x > 0 else "-inf"
+    return f"{x:+}" if signed and x != 0 else repr(float(x))
+
+
+def text(value: str | None) -> str:
+    return MISSING if value is None else value
+
+
+def short_sha(digest: str | None, chars: int | None) -> str:
+    if digest is None:
+        return MISSING
+    if chars is None:
+        return digest
+    head, _, hexpart = digest.rpartition(":")
+    return (head + ":" if head else "") + hexpart[:chars]
+
+
+def size(n: int | None) -> str:
+    return MISSING if n is None else f"{n:,}"
+
+
+def run_label(comparison: Comparison, side: str) -> str:
+    run = comparison.a if side == "a" else comparison.b
+    return f"{run.run_id} (baseline)" if run.baseline else run.run_id
+
+
+def tables(
+    comparison: Comparison, *, environment_rows: int | None = ENVIRONMENT_ROWS_SHOWN,
+    sha_chars: int | None = 12,
+) -> list[Table]:
+    """The runs, metrics, artifacts, inputs that differ, environment changes, then extras."""
+    s = comparison.sections
+    runs = Table(
+        "runs", "Runs", ("", "run", "spec", "status", "started", "image"),
+        tuple((side, run_label(comparison, side), run.spec_name,
+               run.status + (f" ({run.reason})" if run.reason not in (None, "ok") else ""),
+               run.started_at, short_sha(run.image_id, sha_chars))
+              for side, run in (("a", comparison.a), ("b", comparison.b))),
+        tuple(run.status for run in (comparison.a, comparison.b)))
+    metrics = Table(
+        "metrics", "Metrics", ("metric", "a", "b", "delta", "tolerance", "status"),
+        tuple((m.name, number(m.a), number(m.b), number(m.delta, signed=True), m.tolerance,
+               m.status) for m in s.metrics),
+        tuple(m.status for m in s.metrics), empty="no metrics in either run")
+    artifacts = Table(
+        "artifacts", "Artifacts", ("artifact", "a sha256", "b sha256", "a bytes", "b bytes",
+                                   "status"),
+        tuple((f.name, short_sha(f.a_sha256, sha_chars), short_sha(f.b_sha256, sha_chars),
+               size(f.a_size), size(f.b_size), f.status) for f in s.artifacts),
+        tuple(f.status for f in s.artifacts), empty="no artifacts in either run")
+    differ = comparison.inputs_that_differ
+    inputs = Table(
+        "inputs", "Inputs that differ", ("input", "a", "b"),
+        tuple((row.field, text(row.a), text(row.b)) for row in differ),
+        tuple("differs" for _ in differ), empty="all inputs identical")
+    env_rows = s.environment if environment_rows is None else s.environment[:environment_rows]
+    environment = Table(
+        "environment", "Environment changes", ("section", "name", "a", "b", "change"),
+        tuple((row.section, row.name, text(row.a), text(row.b), row.change)
+              for row in env_rows),
+        tuple(row.change for row in env_rows), more=len(s.environment) - len(env_rows),
+        empty="no environment changes")
+    return [runs, metrics, artifacts, inputs, environment, *extra_tables(comparison.extra)]
+
+
+def extra_tables(extra: dict[str, Any]) -> list[Table]:
+    """Free-form sections, shown generically: a list of mappings is a table, a mapping is
+    key/value rows, anything else one value per row."""
+    result = []
+    for key in sorted(extra):
+        value = extra[key]
+        title = str(key).replace("_", " ").capitalize()
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            headers: list[str] = []
+            for item in value:
+                headers.extend(k for k in item if k not in headers)
+            rows = tuple(tuple(_cell(item.get(h)) for h in headers) for item in value)
+            result.append(Table(f"extra.{key}", title, tuple(map(str, headers)), rows))
+        elif isinstance(value, dict):
+            rows = tuple((str(k), _cell(v)) for k, v in value.items())
+            result.append(Table(f"extra.{key}", title, ("key", "value"), rows))
+        elif isinstance(value, list):
+            result.append(Table(f"extra.{key}", title, ("value",),
+                                tuple((_cell(v),) for v in value)))
+        else:
+            result.append(Table(f"extra.{key}", title, ("value",), ((_cell(value),),)))
+    return result
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        return number(value)
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)

@@ -1,0 +1,58 @@
+"""The Markdown report: GitHub-flavoured, fit for a pull-request comment."""
+from __future__ import annotations
+
+import re
+
+from orchestrator.compare import Comparison
+from orchestrator.reports import Table, tables
+
+# Characters that would start Markdown or HTML inside a table cell or a list item. A backslash
+# before ASCII punctuation is always a literal in CommonMark, so escaping more is harmless.
+_SPECIAL = re.compile(r"([\\`|*_\[\]<>&~#!])")
+
+
+def escape(value: str) -> str:
+    one_line = " ".join(value.splitlines())
+    return _SPECIAL.sub(r"\\\1", one_line)
+
+
+def render(comparison: Comparison) -> str:
+    a, b = comparison.a, comparison.b
+    out = [
+        f"## reprun: {comparison.verdict}",
+        "",
+        f"**Verdict: {comparison.verdict.upper()}** — run `{_code(a.run_id)}` vs run "
+        f"`{_code(b.run_id)}` of spec `{_code(a.spec_name)}`",
+        "",
+        escape(comparison.summary),
+    ]
+    for table in tables(comparison):
+        out += ["", f"### {escape(table.title)}", ""]
+        out += _table(table)
+    if comparison.causes:
+        out += ["", "### Likely causes", ""]
+        for number, cause in enumerate(comparison.causes, 1):
+            out.append(f"{number}. {escape(cause.summary)}")
+            out += [f"   - {escape(detail)}" for detail in cause.details]
+    if comparison.notes:
+        out += ["", "### Notes", ""]
+        out += [f"- {escape(note)}" for note in comparison.notes]
+    return "\n".join(out) + "\n"
+
+
+def _code(value: str) -> str:
+    # Inside a code span nothing is interpreted, but a backtick would end it.
+    return value.replace("`", "'")
+
+
+def _table(table: Table) -> list[str]:
+    if not table.rows:
+        return [f"_{escape(table.empty)}_"]
+    lines = [
+        "| " + " | ".join(escape(h) or " " for h in table.headers) + " |",
+        "|" + "|".join("---" for _ in table.headers) + "|",
+    ]
+    lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in table.rows]
+    if table.more:
+        lines += ["", f"… and {table.more} more"]
+    return lines

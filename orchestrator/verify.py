@@ -1,0 +1,42 @@
+"""Train a spec several times and compare: in parallel when the CPU limits allow it."""
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass
+
+from .engine import LocalEngine
+from .events import RunObserver
+from .records import RunRecord
+from .runner import JobTransform, Prepared, execute
+from .store import Store
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    label: str
+    seed: int | None = None
+    transform: JobTransform | None = None
+
+
+def fits_in_parallel(cpus_per_run: float, runs: int, host_cpus: int | None) -> bool:
+    """Two 1-CPU runs on two cores go side by side; anything that would contend waits its turn."""
+    return bool(host_cpus) and cpus_per_run * runs <= host_cpus
+
+
+def run_all(prepared: Prepared, plans: list[RunPlan], *, store: Store, engine: LocalEngine,
+            observer: RunObserver, parallel: bool) -> list[RunRecord]:
+    if not parallel or len(plans) < 2:
+        return [execute(prepared, store=store, engine=engine, observer=observer,
+                        label=p.label, seed=p.seed, transform=p.transform) for p in plans]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(plans)) as pool:
+        futures = [pool.submit(execute, prepared, store=store, engine=engine, observer=observer,
+                               label=p.label, seed=p.seed, transform=p.transform) for p in plans]
+        try:
+            concurrent.futures.wait(futures)
+        except KeyboardInterrupt:
+            # Worker threads never see the signal: stop their containers, let each write its
+            # `interrupted` record, then let the interrupt go on.
+            engine.interrupt()
+            concurrent.futures.wait(futures)
+            raise
+        return [f.result() for f in futures]

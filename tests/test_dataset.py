@@ -1,0 +1,378 @@
+"""Pinned datasets: the hash anyone can recompute with coreutils, the cache, and refusals."""
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import dataset
+from orchestrator.dataset import (
+    DatasetDigest, FileEntry, HashCache, ManifestDiff, diff_manifests, hash_dataset,
+    tree_sha256, verify_dataset,
+)
+from orchestrator.errors import ExitCode, PinMismatch, SpecError
+
+AN_HOUR_AGO = time.time() - 3600
+
+
+def coreutils_tree_hash(folder: Path) -> str:
+    out = subprocess.run(
+        ["bash", "-c",
+         '(cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum',
+         "tree-hash", str(folder)],
+        check=True, capture_output=True,
+    )
+    return out.stdout.split()[0].decode()
+
+
+def coreutils_file_hash(path: Path) -> str:
+    return subprocess.run(["sha256sum", str(path)], check=True, capture_output=True).stdout.split()[0].decode()
+
+
+def written_an_hour_ago(root: Path) -> Path:
+    """Datasets are usually old; files written this very second are deliberately not cached."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            os.utime(os.path.join(folder, name), (AN_HOUR_AGO, AN_HOUR_AGO), follow_symlinks=False)
+    return root
+
+
+def make_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for name, content in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content)
+    return root
+
+
+@pytest.fixture
+def digits(tmp_path: Path) -> Path:
+    return written_an_hour_ago(make_tree(tmp_path / "digits", {
+        "train/part-0.csv": b"0,1,2\n" * 500,
+        "train/part-1.csv": b"3,4,5\n" * 500,
+        "test.csv": b"6,7,8\n" * 100,
+        "README": b"UCI digits\n",
+    }))
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> HashCache:
+    return HashCache(tmp_path / "cache" / "hashes.sqlite")
+
+
+# --------------------------------------------------------------------------- the coreutils contract
+
+def test_the_tree_hash_is_the_one_coreutils_computes_for_awkward_names(tmp_path: Path):
+    tree = make_tree(tmp_path / "awkward", {
+        "a/b/c/deep.bin": os.urandom(3000),
+        "a-b/next-to-a.txt": b"sorts before a/ in the C locale\n",
+        "empty": b"",
+        "sub/also-empty": b"",
+        "données/été.csv": "unicode\n".encode(),
+        "with space.txt": b"spaces\n",
+        "back\\slash": b"backslash\n",
+        "new\nline": b"newline\n",
+        "carriage\rreturn": b"cr\n",
+        "Upper": b"upper sorts before lower\n",
+        "big.bin": os.urandom(3 * dataset.BLOCK + 17),
+    })
+    (tree / "empty-folder").mkdir()
+    (tree / "a" / "empty-folder").mkdir()
+    os.mkfifo(tree / "a-fifo")       # not a regular file: neither find -type f nor reprun read it
+    (tree / "link-inside").symlink_to("with space.txt")
+
+    digest = hash_dataset(tree)
+
+    assert digest.kind == "tree"
+    assert digest.sha256 == coreutils_tree_hash(tree)
+    assert "./a-fifo" not in {e.path for e in digest.files}
+    assert "./link-inside" not in {e.path for e in digest.files}
+    assert digest.bytes == sum(e.size for e in digest.files)
+
+
+def test_a_name_that_is_not_utf8_hashes_as_coreutils_does(tmp_path: Path):
+    tree = tmp_path / "latin1"
+    tree.mkdir()
+    with open(os.fsencode(tree) + b"/caf\xe9.csv", "wb") as f:     # Latin-1, as old tools wrote
+        f.write(b"1,2\n")
+    assert hash_dataset(tree).sha256 == coreutils_tree_hash(tree)
+
+
+def test_an_empty_folder_hashes_as_coreutils_does(tmp_path: Path):
+    # GNU xargs runs sha256sum once even with no names; that stdin line is part of the pin.
+    (tmp_path / "nothing").mkdir()
+    digest = hash_dataset(tmp_path / "nothing")
+    assert digest.sha256 == coreutils_tree_hash(tmp_path / "nothing")
+    assert digest.files == () and digest.bytes == 0
+
+
+def test_a_single_file_hashes_as_sha256sum_does(tmp_path: Path):
+    data = tmp_path / "digits.csv"
+    data.write_bytes(os.urandom(2 * dataset.BLOCK + 5))
+    digest = hash_dataset(data)
+    assert digest.kind == "file"
+    assert digest.sha256 == coreutils_file_hash(data)
+    assert digest.files == (FileEntry("digits.csv", digest.sha256, data.stat().st_size),)
+
+
+def test_a_big_file_read_ahead_hashes_the_same(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(dataset, "READ_AHEAD_FROM", 1)
+    data = tmp_path / "big.bin"
+    data.write_bytes(os.urandom(5 * dataset.BLOCK + 3))
+    assert hash_dataset(data).sha256 == coreutils_file_hash(data)
+
+
+def test_tree_sha256_does_not_depend_on_the_order_it_is_given():
+    entries = [FileEntry("./b", "1" * 64, 1), FileEntry("./a/x", "2" * 64, 2), FileEntry("./a-x", "3" * 64, 3)]
+    assert tree_sha256(entries) == tree_sha256(reversed(entries))
+
+
+def test_the_hash_is_the_same_with_one_worker_or_many(digits: Path):
+    assert hash_dataset(digits, workers=1).sha256 == hash_dataset(digits, workers=8).sha256
+
+
+# --------------------------------------------------------------------------- pins
+
+def test_a_dataset_that_matches_its_pin_is_accepted(digits: Path):
+    digest = verify_dataset(digits, coreutils_tree_hash(digits))
+    assert isinstance(digest, DatasetDigest) and len(digest.files) == 4
+
+
+def test_a_dataset_with_one_changed_byte_is_refused_and_the_file_is_named(digits: Path, cache: HashCache):
+    pin = verify_dataset(digits, coreutils_tree_hash(digits), cache=cache).sha256
+    part = digits / "train" / "part-1.csv"
+    content = bytearray(part.read_bytes())
+    content[100] ^= 1
+    part.write_bytes(bytes(content))
+
+    with pytest.raises(PinMismatch) as refused:
+        verify_dataset(digits, pin, cache=cache)
+
+    error = refused.value
+    assert error.exit_code == ExitCode.PIN_MISMATCH == 3
+    assert str(digits) in error.message and pin in error.message
+    assert hash_dataset(digits).sha256 in error.message
+    assert "changed: ./train/part-1.csv" in error.details
+    assert not any(d.startswith(("added", "removed")) for d in error.details)
+
+
+def test_files_added_and_removed_are_named_and_long_lists_are_cut(digits: Path, cache: HashCache):
+    pin = verify_dataset(digits, coreutils_tree_hash(digits), cache=cache).sha256
+    (digits / "README").unlink()
+    for n in range(25):
+        (digits / f"extra-{n:02}.csv").write_bytes(b"%d\n" % n)
+
+    with pytest.raises(PinMismatch) as refused:
+        verify_dataset(digits, pin, cache=cache)
+
+    details = refused.value.details
+    assert "removed: ./README" in details
+    assert sum(d.startswith("added: ") for d in details) == 20
+    assert "... and 5 more added" in details
+
+
+def test_without_an_earlier_manifest_the_refusal_says_so(digits: Path):
+    with pytest.raises(PinMismatch) as refused:
+        verify_dataset(digits, "0" * 64)
+    assert any("No earlier manifest" in d for d in refused.value.details)
+    assert "0" * 64 in refused.value.message
+
+
+def test_a_changed_single_file_is_refused_and_named(tmp_path: Path, cache: HashCache):
+    data = tmp_path / "digits.csv"
+    data.write_bytes(b"0,1\n" * 100)
+    pin = verify_dataset(data, coreutils_file_hash(data), cache=cache).sha256
+    data.write_bytes(b"0,1\n" * 99 + b"0,2\n")
+    with pytest.raises(PinMismatch) as refused:
+        verify_dataset(data, pin, cache=cache)
+    assert str(data) in refused.value.message
+    assert "changed: digits.csv" in refused.value.details
+
+
+def test_a_pin_that_is_not_a_sha256_is_a_spec_error(digits: Path):
+    with pytest.raises(SpecError):
+        verify_dataset(digits, "not-a-hash")
+
+
+def test_diff_manifests_sorts_names_as_the_tree_hash_does():
+    old = [FileEntry("./a", "1" * 64, 1), FileEntry("./b", "2" * 64, 1)]
+    new = [FileEntry("./b", "3" * 64, 1), FileEntry("./c/x", "4" * 64, 1), FileEntry("./c-x", "5" * 64, 1)]
+    assert diff_manifests(old, new) == ManifestDiff(added=("./c-x", "./c/x"), removed=("./a",), changed=("./b",))
+
+
+# --------------------------------------------------------------------------- the cache
+
+def test_an_unchanged_dataset_is_not_read_again(digits: Path, cache: HashCache):
+    first = hash_dataset(digits, cache=cache)
+    again = hash_dataset(digits, cache=cache)
+    assert first.cache_hits == 0 and first.bytes_read == first.bytes
+    assert again.cache_hits == 4 and again.bytes_read == 0
+    assert again == DatasetDigest(first.sha256, "tree", first.files, first.bytes, cache_hits=4, bytes_read=0)
+
+
+def test_without_a_cache_every_byte_is_read_again(digits: Path, cache: HashCache):
+    hash_dataset(digits, cache=cache)
+    uncached = hash_dataset(digits, cache=None)
+    assert uncached.cache_hits == 0
+    assert uncached.bytes_read == uncached.bytes == sum((p.stat().st_size for p in digits.rglob("*") if p.is_file()))
+
+
+def test_only_the_file_that_changed_is_read_again(digits: Path, cache: HashCache):
+    hash_dataset(digits, cache=cache)
+    changed = digits / "test.csv"
+    changed.write_bytes(b"9,9,9\n" * 100)                 # same size, new mtime and ctime
+    os.utime(changed, (AN_HOUR_AGO + 60, AN_HOUR_AGO + 60))  # ...edited a while ago
+    again = hash_dataset(digits, cache=cache)
+    assert again.cache_hits == 3
+    assert again.bytes_read == 600
+    assert again.sha256 == coreutils_tree_hash(digits)
+
+
+def test_a_rewrite_that_restores_the_mtime_is_still_noticed(digits: Path, cache: HashCache):
+    hash_dataset(digits, cache=cache)
+    part = digits / "train" / "part-0.csv"
+    before = part.stat()
+    part.write_bytes(b"9,9,9\n" * 500)
+    os.utime(part, ns=(before.st_atime_ns, before.st_mtime_ns))     # as rsync -t would; ctime moves
+    again = hash_dataset(digits, cache=cache)
+    assert again.sha256 == coreutils_tree_hash(digits)
+    assert again.cache_hits == 3
+
+
+def test_a_file_written_just_now_is_read_again_next_time(tmp_path: Path, cache: HashCache):
+    # It could still change within the same timestamp tick, unseen by its mtime.
+    fresh = make_tree(tmp_path / "fresh", {"a.csv": b"1\n", "b.csv": b"2\n"})
+    hash_dataset(fresh, cache=cache)
+    assert hash_dataset(fresh, cache=cache).cache_hits == 0
+
+
+def test_files_that_disappear_are_dropped_from_the_cache(digits: Path, cache: HashCache):
+    hash_dataset(digits, cache=cache)
+    (digits / "README").unlink()
+    hash_dataset(digits, cache=cache)
+    assert set(cache._load(os.fsencode(digits.resolve()), tree=True)) == {
+        os.fsencode(p.resolve()) for p in digits.rglob("*") if p.is_file()}
+
+
+def test_the_manifest_of_a_hashed_dataset_is_remembered(digits: Path, cache: HashCache):
+    digest = hash_dataset(digits, cache=cache)
+    assert cache.manifest_for(digest.sha256) == digest.files
+    assert cache.manifest_for("f" * 64) is None
+
+
+def test_a_cache_survives_reopening_and_lives_alongside_other_tables(tmp_path: Path, digits: Path):
+    db = tmp_path / "store.sqlite"
+    with sqlite3.connect(db) as other:
+        other.execute("CREATE TABLE runs (id TEXT PRIMARY KEY)")
+    hash_dataset(digits, cache=HashCache(db))
+    assert hash_dataset(digits, cache=HashCache(db)).cache_hits == 4
+    with sqlite3.connect(db) as other:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert other.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+
+
+def test_several_processes_can_fill_one_cache_at_once(tmp_path: Path):
+    trees = [written_an_hour_ago(make_tree(tmp_path / f"t{n}", {f"f{i}": os.urandom(64) for i in range(200)}))
+             for n in range(4)]
+    db = tmp_path / "shared.sqlite"
+    script = ("import sys; from pathlib import Path; from orchestrator.dataset import HashCache, hash_dataset;"
+              "hash_dataset(Path(sys.argv[1]), cache=HashCache(Path(sys.argv[2])))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(t), str(db)]) for t in trees for _ in range(2)]
+    assert [p.wait(timeout=60) for p in procs] == [0] * len(procs)
+    assert all(hash_dataset(t, cache=HashCache(db)).cache_hits == 200 for t in trees)
+
+
+# --------------------------------------------------------------------------- links and missing paths
+
+def test_a_link_that_leads_outside_the_dataset_is_refused_and_named(digits: Path, tmp_path: Path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host file\n")
+    (digits / "train" / "leak.csv").symlink_to(secret)
+    with pytest.raises(SpecError) as refused:
+        hash_dataset(digits)
+    assert "./train/leak.csv" in refused.value.message
+    assert refused.value.exit_code == ExitCode.INVALID
+
+
+def test_a_dangling_link_to_outside_is_refused(digits: Path):
+    (digits / "gone").symlink_to("/nonexistent/elsewhere")
+    with pytest.raises(SpecError, match=r"\./gone"):
+        hash_dataset(digits)
+
+
+def test_a_link_to_a_folder_outside_via_dotdot_is_refused(digits: Path):
+    (digits / "up").symlink_to("../..")
+    with pytest.raises(SpecError, match=r"\./up"):
+        hash_dataset(digits)
+
+
+def test_links_that_stay_inside_are_allowed_and_not_hashed(digits: Path):
+    before = hash_dataset(digits).sha256
+    (digits / "latest.csv").symlink_to("train/part-1.csv")
+    (digits / "train-again").symlink_to("train")
+    (digits / "train" / "dangling-inside").symlink_to("not-yet-there")
+    after = hash_dataset(digits)
+    assert after.sha256 == before == coreutils_tree_hash(digits)
+
+
+def test_a_dataset_path_that_is_itself_a_link_is_followed(digits: Path, tmp_path: Path):
+    (tmp_path / "current").symlink_to(digits)
+    assert hash_dataset(tmp_path / "current").sha256 == coreutils_tree_hash(digits)
+
+
+def test_a_missing_dataset_is_a_spec_error_that_names_it(tmp_path: Path):
+    with pytest.raises(SpecError, match="does not exist") as refused:
+        hash_dataset(tmp_path / "no-such-data")
+    assert str(tmp_path / "no-such-data") in refused.value.message
+
+
+def test_an_unreadable_file_is_named(digits: Path, monkeypatch):
+    # Simulated: the tests may run as root, who can read any file.
+    real_open = os.open
+
+    def refuse_readme(path, flags, *args, **kwargs):
+        if os.fsdecode(path).endswith("/README"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(dataset.os, "open", refuse_readme)
+    with pytest.raises(SpecError, match=r"README cannot be read: Permission denied"):
+        hash_dataset(digits, workers=2)
+
+
+# --------------------------------------------------------------------------- progress
+
+def test_progress_reaches_the_total(digits: Path, cache: HashCache):
+    calls: list[tuple[int, int]] = []
+    digest = hash_dataset(digits, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (digest.bytes, digest.bytes)
+    assert all(0 <= done <= total for done, total in calls)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def test_progress_is_called_from_the_callers_thread(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(dataset, "PROGRESS_INTERVAL", 0.001)
+    big = make_tree(tmp_path / "big", {f"f{i}": os.urandom(dataset.BLOCK) for i in range(16)})
+    threads = set()
+    hash_dataset(big, progress=lambda done, total: threads.add(threading.get_ident()), workers=2)
+    assert threads == {threading.get_ident()}
+
+
+def test_cache_hits_count_as_done_from_the_start(digits: Path, cache: HashCache):
+    first = hash_dataset(digits, cache=cache)
+    calls: list[tuple[int, int]] = []
+    hash_dataset(digits, cache=cache, progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (first.bytes, first.bytes)
+
+
+def test_hashing_the_same_content_twice_gives_hashlib_results(digits: Path):
+    digest = hash_dataset(digits)
+    for entry in digest.files:
+        assert entry.sha256 == hashlib.sha256((digits / entry.path).read_bytes()).hexdigest()
