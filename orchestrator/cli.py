@@ -143,9 +143,15 @@ def _check_report_paths(paths: List[Path]) -> None:
 
 
 def _compare_and_report(store, records, report_paths: List[Path], extra: dict | None = None) -> None:
-    from .compare import combined_verdict, compare_many
+    from .baselines import baseline_ids
+    from .compare import combined_verdict, compare_records
     from .reports import format_for_path, render
-    comparisons = compare_many(records)
+    approved = baseline_ids(store) & {r.id for r in records}
+    extra = {**(extra or {}),
+             **({"approved baseline": ", ".join(sorted(approved))} if approved else {})}
+    first = records[0]
+    comparisons = [compare_records(first, other, baseline_id=first.id, extra=extra)
+                   for other in records[1:]]
     for comparison in comparisons:
         typer.echo(render(comparison, "terminal"))
         text = render(comparison, "json")
@@ -185,6 +191,104 @@ def report_cmd(path: Path, fmt: str = typer.Option("terminal", "--format", "-f",
         typer.echo(text)
 
 
+@app.command()
+def rerun(ctx: typer.Context,
+          run_id: Optional[str] = typer.Argument(None, help="The recorded run to replay."),
+          dataset: Optional[Path] = typer.Option(None, "--dataset",
+                                                 help="The dataset's new location (verified against the recorded hash)."),
+          from_archive: Optional[Path] = typer.Option(None, "--from-archive",
+                                                      help="Replay from an archive written by `reprun archive`."),
+          report: List[Path] = typer.Option([], "--report", help="Write a report; repeatable."),
+          quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Replay a recorded run from its record alone, then compare with the original."""
+    from .engine import LocalEngine
+    from .errors import PinMismatch
+    from .rerun import spec_from_record
+    from .runner import execute, prepare
+    if (run_id is None) == (from_archive is None):
+        raise UsageError("give either a RUN_ID or --from-archive FILE (not both).")
+    _check_report_paths(report)
+    store, engine, observer = _store(ctx), LocalEngine(), _observer(quiet)
+    if from_archive is not None:
+        from .archive import load_archive
+        loaded = load_archive(from_archive, store, client=engine.client,
+                              progress=lambda phase, done, total: observer.progress("archive", phase, done, total))
+        original = loaded.record
+        spec_value = spec_from_record(original, dataset_path=dataset or loaded.dataset_path,
+                                      image_by_id=True)
+    else:
+        original = store.get(run_id)
+        spec_value = spec_from_record(original, dataset_path=dataset)
+    prepared = prepare(spec_value, store=store, engine=engine, observer=observer)
+    if prepared.image.id != original.inputs.image.id:
+        raise PinMismatch(f"the image resolved to {prepared.image.id}, but run {original.id} ran "
+                          f"{original.inputs.image.id}; refusing to replay on a different image.")
+    record = execute(prepared, store=store, engine=engine, observer=observer, label="rerun")
+    _raise_for_failed([record], store)
+    _compare_and_report(store, [original, record], report)
+
+
+@app.command()
+def archive(ctx: typer.Context, run_id: str,
+            output: Path = typer.Option(..., "--output", "-o", help="The archive file to write (.tar).")) -> None:
+    """Write one self-contained archive of a run: image, dataset and record."""
+    from .archive import write_archive
+    from .engine import LocalEngine
+    observer = _observer()
+    path = write_archive(_store(ctx), run_id, output, client=LocalEngine().client,
+                         progress=lambda phase, done, total: observer.progress("archive", phase, done, total))
+    typer.echo(f"archive written: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+@app.command()
+def check(ctx: typer.Context,
+          specs: List[Path] = typer.Argument(None, help="Spec files (default: specs/*.yaml)."),
+          jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Check this many specs at once."),
+          junit_path: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML summary."),
+          report_dir: Optional[Path] = typer.Option(None, "--report-dir",
+                                                    help="Write each spec's report here (Markdown and HTML)."),
+          quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Scheduled rebuild check: environment drift of rebuilt images, and results against baselines."""
+    from .check import check_all, junit, overall_exit, summary_rows
+    from .engine import LocalEngine
+    from .reports import render
+    paths = list(specs or sorted(Path("specs").glob("*.yaml")))
+    if not paths:
+        raise UsageError("no specs to check: give spec files, or run where specs/*.yaml exist.")
+    store = _store(ctx)
+    results = check_all(paths, store=store, engine=LocalEngine(),
+                        observer=_observer(quiet, parallel=True), jobs=jobs)
+    for result in results:
+        if result.drift:
+            typer.echo(f"\n{result.spec_name}: the rebuilt image's environment drifted")
+            typer.echo(tabulate([(r.section, r.name, r.a or "-", r.b or "-") for r in result.drift[:40]],
+                                headers=["section", "name", "pinned", "rebuilt"]))
+        if result.comparison is not None:
+            store.save_report([result.comparison.a.run_id, result.comparison.b.run_id],
+                              result.comparison.verdict, render(result.comparison, "json"))
+            if report_dir is not None:
+                report_dir.mkdir(parents=True, exist_ok=True)
+                for fmt, ext in (("md", "md"), ("html", "html")):
+                    (report_dir / f"{result.spec_name}.{ext}").write_text(render(result.comparison, fmt))
+    typer.echo("")
+    typer.echo(tabulate(summary_rows(results), headers=["spec", "environment drift", "results",
+                                                        "compared with", "exit", "first cause"]))
+    if junit_path is not None:
+        junit_path.write_text(junit(results))
+    raise typer.Exit(overall_exit(results))
+
+
+@runs_app.command("approve")
+def runs_approve(ctx: typer.Context, run_id: str,
+                 reason: str = typer.Option(..., "--reason", help="Why this run is the accepted one."),
+                 by: Optional[str] = typer.Option(None, "--by", help="Who approves (default: the current user).")) -> None:
+    """Mark a run as the accepted baseline of its spec (who, when, why are kept)."""
+    from .baselines import approve
+    approval = approve(_store(ctx.parent.parent), run_id, reason=reason, by=by)
+    typer.echo(f"run {approval.run_id} is now the baseline of {approval.spec} "
+               f"(approved by {approval.approved_by} at {approval.approved_at})")
+
+
 @runs_app.callback(invoke_without_command=True)
 def runs_list(ctx: typer.Context,
               spec: Optional[str] = typer.Option(None, help="Only runs of this spec name."),
@@ -212,9 +316,15 @@ def runs_list(ctx: typer.Context,
 def runs_show(ctx: typer.Context, run_id: str,
               as_json: bool = typer.Option(False, "--json")) -> None:
     """Print one run record readably (or as JSON)."""
+    from .baselines import baseline_of
     from .show import render_record
-    record = _store(ctx.parent.parent).get(run_id)
-    typer.echo(record.to_json() if as_json else render_record(record))
+    store = _store(ctx.parent.parent)
+    record = store.get(run_id)
+    if as_json:
+        typer.echo(record.to_json())
+        return
+    approval = baseline_of(store, record.inputs.spec_name)
+    typer.echo(render_record(record, baseline=approval))
 
 
 @app.command()

@@ -46,6 +46,8 @@ def resolve_image(client: docker.DockerClient, image_spec, *, spec_name: str,
     try:
         if image_spec.ref:
             return _pull_pinned(client, image_spec.ref, progress)
+        if image_spec.build is None:
+            return _present(client, image_spec.digest)
         return _build(client, image_spec, spec_name, progress)
     except requests.exceptions.ConnectionError as exc:
         raise engine_unreachable(exc) from None
@@ -70,6 +72,20 @@ def _pull_pinned(client, ref: str, progress: ImageProgress) -> ResolvedImage:
             f"the image {ref} does not carry the pinned digest: its repo digests are "
             f"{', '.join(repo_digests(image)) or 'none'}.")
     return ResolvedImage(id=image.id, ref=ref, repo_digest=wanted, build_context=None)
+
+
+def _present(client, image_id: str) -> ResolvedImage:
+    """An image known only by its ID (a locally built one, replayed): it must still be here."""
+    try:
+        image = client.images.get(image_id)
+    except docker.errors.ImageNotFound:
+        raise PinMismatch(
+            f"the image {image_id} is no longer in the engine and was never pushed to a "
+            "registry, so it cannot be fetched again. Replay the run from an archive "
+            "(`reprun archive`, then `reprun rerun --from-archive`).") from None
+    digests = repo_digests(image)
+    return ResolvedImage(id=image.id, ref=None, repo_digest=digests[0] if digests else None,
+                         build_context=None)
 
 
 def _pull(client, repository: str, digest: str, progress: ImageProgress) -> None:

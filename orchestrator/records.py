@@ -53,6 +53,8 @@ class Inputs:
     container: dict[str, Any]        # the hermetic settings actually applied
     image: ImageFacts
     dataset: DatasetFacts
+    outputs: dict[str, Any] = field(default_factory=dict)    # dir, metrics file, artifact globs
+    hermetic: dict[str, Any] = field(default_factory=dict)   # the spec's hermetic settings
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,9 @@ class RunRecord:
     compare: dict[str, Any]          # the spec's tolerances, so any two records can be diffed
     reprun_version: str
     schema: str = RECORD_SCHEMA
+    # The hash of the record committed just before this one (None for the first): the store's
+    # chain. The store fills it in when it commits the record, under its write lock.
+    previous: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -134,7 +139,7 @@ class RunRecord:
             environment=EnvironmentManifest(**data.get("environment", {})),
             outputs=outputs, compare=data.get("compare", {}),
             reprun_version=data.get("reprun_version", "?"),
-            schema=data.get("schema", RECORD_SCHEMA),
+            schema=data.get("schema", RECORD_SCHEMA), previous=data.get("previous"),
         )
 
     @classmethod

@@ -45,14 +45,21 @@ def prepare(spec, *, store: Store, engine: LocalEngine, observer: RunObserver,
     digest = verify_dataset(
         path, spec.dataset.sha256, cache=cache,
         progress=lambda done, total: observer.progress(label, "hash", done, total))
-    observer.stage(label, "resolving image "
-                   + (spec.image.ref or f"built from {spec.image.build.context}"))
+    observer.stage(label, "resolving image " + describe_image(spec.image))
     image = resolve_image(engine.client, spec.image, spec_name=spec.name,
                           progress=lambda phase, done, total, text:
                           observer.progress(label, phase, done, total, text))
     host = {**engine.host_facts(), "reprun_version": __version__,
             "image_id": image.id, "image_repo_digest": image.repo_digest}
     return Prepared(spec=spec, dataset=digest, image=image, host=host)
+
+
+def describe_image(image_spec) -> str:
+    if image_spec.ref:
+        return image_spec.ref
+    if image_spec.build is not None:
+        return f"built from {image_spec.build.context}"
+    return image_spec.digest
 
 
 class LogFile:
@@ -169,6 +176,8 @@ def _record(prepared: Prepared, run_id: str, started_at: str, seed: int, job: Co
         dataset=DatasetFacts(path=str(spec.dataset.path), sha256=prepared.dataset.sha256,
                              kind=prepared.dataset.kind, files=len(prepared.dataset.files),
                              bytes=prepared.dataset.bytes, mount=spec.dataset.mount),
+        outputs=dataclasses.asdict(spec.outputs),
+        hermetic=dataclasses.asdict(spec.hermetic),
     )
     outputs = Outputs(exit_code=outcome.exit_code, reason=reason,
                       duration_s=round(outcome.duration_s, 3), metrics=metrics,

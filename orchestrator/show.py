@@ -6,10 +6,19 @@ from tabulate import tabulate
 from .records import RunRecord
 
 
-def render_record(record: RunRecord) -> str:
+def render_record(record: RunRecord, *, baseline=None) -> str:
+    """`baseline`: the spec's current approval (baselines.Approval), if any."""
     inputs, env, outputs = record.inputs, record.environment, record.outputs
+    if baseline is None:
+        baseline_text = "no baseline approved for this spec"
+    elif baseline.run_id == record.id:
+        baseline_text = (f"THIS RUN is the baseline (approved by {baseline.approved_by} at "
+                         f"{baseline.approved_at}: {baseline.reason})")
+    else:
+        baseline_text = f"run {baseline.run_id}"
     facts = [
         ("run", record.id),
+        ("baseline", baseline_text),
         ("spec", f"{inputs.spec_name} ({inputs.spec_path})"),
         ("status", record.status + (f": {outputs.message}" if outputs and outputs.message else "")),
         ("started / finished", f"{record.started_at} / {record.finished_at}"),

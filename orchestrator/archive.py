@@ -1,0 +1,183 @@
+"""Self-contained archives of a run: the image saved by ID, the dataset, and the record.
+
+An archive outlives registries: `reprun rerun --from-archive` loads the image into the engine and
+replays the run. Every member is hashed in a manifest written last; on load every hash is checked
+before anything is used, and a damaged archive is refused with what is wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import docker.errors
+
+from .dataset import hash_dataset
+from .errors import InfrastructureError, PinMismatch, UsageError
+from .records import RunRecord
+from .store import Store, utc_now
+
+ARCHIVE_SCHEMA = "reprun.archive/1"
+MANIFEST = "MANIFEST.json"
+RECORD = "record.json"
+IMAGE = "image.tar"
+DATASET = "dataset"
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class LoadedArchive:
+    record: RunRecord
+    dataset_path: Path
+    image_id: str
+
+
+def _sha256_stream(chunks, sink) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+        sink.write(chunk)
+    return digest.hexdigest(), size
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_archive(store: Store, run_id: str, output: Path, *, client,
+                  progress: Progress | None = None) -> Path:
+    progress = progress or (lambda *_: None)
+    record = store.get(run_id)
+    dataset = Path(record.inputs.dataset.path)
+    if not dataset.exists():
+        raise UsageError(f"the dataset of run {record.id} is gone from {dataset}; an archive "
+                         "needs it.")
+    digest = hash_dataset(dataset)
+    if digest.sha256 != record.inputs.dataset.sha256:
+        raise PinMismatch(f"the dataset at {dataset} no longer matches run {record.id} "
+                          f"(sha256 {digest.sha256}, recorded {record.inputs.dataset.sha256}); "
+                          "refusing to archive a different dataset.")
+    members: dict[str, dict] = {}
+    tmp_image = Path(tempfile.mkstemp(prefix="reprun-image-", suffix=".tar",
+                                      dir=output.parent)[1])
+    try:
+        try:
+            image = client.images.get(record.inputs.image.id)
+        except docker.errors.ImageNotFound:
+            raise PinMismatch(f"the image {record.inputs.image.id} of run {record.id} is no "
+                              "longer in the engine; it cannot be archived.") from None
+        progress("save image", 0, 1)
+        with open(tmp_image, "wb") as sink:
+            sha, size = _sha256_stream(image.save(named=False), sink)
+        members[IMAGE] = {"sha256": sha, "size": size}
+        progress("save image", 1, 1)
+        partial = output.with_name(f".{output.name}.{secrets.token_hex(4)}.partial")
+        with tarfile.open(partial, "w") as tar:
+            record_bytes = record.to_json().encode()
+            _add_bytes(tar, RECORD, record_bytes)
+            members[RECORD] = {"sha256": hashlib.sha256(record_bytes).hexdigest(),
+                               "size": len(record_bytes)}
+            tar.add(tmp_image, arcname=IMAGE)
+            base = dataset if dataset.is_dir() else dataset.parent
+            for entry in digest.files:
+                rel = entry.path.removeprefix("./") if dataset.is_dir() else dataset.name
+                name = f"{DATASET}/{rel}"
+                tar.add(base / rel, arcname=name, recursive=False)
+                members[name] = {"sha256": entry.sha256, "size": entry.size}
+            manifest = {"schema": ARCHIVE_SCHEMA, "run_id": record.id, "created_at": utc_now(),
+                        "dataset_kind": digest.kind, "members": members}
+            _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        os.replace(partial, output)
+    finally:
+        tmp_image.unlink(missing_ok=True)
+    return output
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    import io
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _damaged(path: Path, what: str) -> PinMismatch:
+    return PinMismatch(f"the archive {path} is damaged and was refused: {what}.")
+
+
+def load_archive(path: Path, store: Store, *, client,
+                 progress: Progress | None = None) -> LoadedArchive:
+    """Extract, verify every hash, load the image; only then is anything used.
+
+    The extracted dataset stays under the store (the replayed record points at it); a refused
+    archive leaves nothing behind.
+    """
+    target = store.root / "archives" / f"{path.stem}-{secrets.token_hex(3)}"
+    target.mkdir(parents=True)
+    try:
+        return _load_into(path, target, client, progress or (lambda *_: None))
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def _load_into(path: Path, target: Path, client, progress: Progress) -> LoadedArchive:
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not (member.isfile() or member.isdir()) or member.name.startswith("/") \
+                        or ".." in Path(member.name).parts:
+                    raise _damaged(path, f"it holds an unexpected entry {member.name!r}")
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise _damaged(path, f"it cannot be read as an archive ({exc})") from None
+    try:
+        manifest = json.loads((target / MANIFEST).read_text())
+        members = manifest["members"]
+        assert manifest.get("schema") == ARCHIVE_SCHEMA
+    except (OSError, ValueError, KeyError, AssertionError, TypeError):
+        raise _damaged(path, f"its {MANIFEST} is missing or unreadable") from None
+    present = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()}
+    extra = present - set(members) - {MANIFEST}
+    if extra:
+        raise _damaged(path, f"it holds files its manifest does not list: {', '.join(sorted(extra))}")
+    for done, (name, expected) in enumerate(sorted(members.items()), 1):
+        file = target / name
+        if not file.is_file():
+            raise _damaged(path, f"{name} is missing")
+        if _sha256_file(file) != expected["sha256"]:
+            raise _damaged(path, f"{name} does not match its recorded sha256")
+        progress("verify", done, len(members))
+    record = RunRecord.from_json((target / RECORD).read_text())
+    dataset = target / DATASET
+    if manifest.get("dataset_kind") == "file":
+        dataset = next(dataset.iterdir())
+    if hash_dataset(dataset).sha256 != record.inputs.dataset.sha256:
+        raise _damaged(path, "its dataset does not hash to the one its record names")
+    progress("load image", 0, 1)
+    try:
+        with open(target / IMAGE, "rb") as handle:
+            images = client.images.load(handle)
+    except docker.errors.APIError as exc:
+        raise InfrastructureError(f"the engine could not load the archived image: {exc}") from None
+    finally:
+        (target / IMAGE).unlink(missing_ok=True)   # loaded into the engine; the copy is not needed
+    ids = {image.id for image in images}
+    if record.inputs.image.id not in ids:
+        raise _damaged(path, f"its image loaded as {', '.join(ids)}, not the recorded "
+                             f"{record.inputs.image.id}")
+    progress("load image", 1, 1)
+    return LoadedArchive(record=record, dataset_path=dataset, image_id=record.inputs.image.id)

@@ -1,0 +1,79 @@
+"""Baselines: the run an operator accepted for a spec (say, the one behind the production model).
+
+Approvals are appended, never edited: the latest approval of a spec names its baseline, and the
+earlier ones stay as its history (who, when, why).
+"""
+from __future__ import annotations
+
+import getpass
+import sqlite3
+from dataclasses import dataclass
+
+from .errors import UsageError
+from .records import SUCCEEDED
+from .store import Store, utc_now
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS approvals (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    spec        TEXT NOT NULL,
+    run_id      TEXT NOT NULL,
+    approved_by TEXT NOT NULL,
+    approved_at TEXT NOT NULL,
+    reason      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS approvals_spec ON approvals (spec, seq);
+"""
+
+
+@dataclass(frozen=True)
+class Approval:
+    spec: str
+    run_id: str
+    approved_by: str
+    approved_at: str
+    reason: str
+
+
+def _connect(store: Store) -> sqlite3.Connection:
+    db = sqlite3.connect(store.db_path, timeout=60, isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 60000")
+    db.executescript(SCHEMA)
+    return db
+
+
+def approve(store: Store, run_id: str, *, reason: str, by: str | None = None) -> Approval:
+    record = store.get(run_id)
+    if record.status != SUCCEEDED:
+        raise UsageError(f"run {record.id} {record.status}; only a succeeded run can be a baseline.")
+    approval = Approval(spec=record.inputs.spec_name, run_id=record.id,
+                        approved_by=by or getpass.getuser(), approved_at=utc_now(), reason=reason)
+    db = _connect(store)
+    try:
+        db.execute("INSERT INTO approvals (spec, run_id, approved_by, approved_at, reason) "
+                   "VALUES (?, ?, ?, ?, ?)",
+                   (approval.spec, approval.run_id, approval.approved_by, approval.approved_at,
+                    approval.reason))
+    finally:
+        db.close()
+    return approval
+
+
+def baseline_of(store: Store, spec: str) -> Approval | None:
+    db = _connect(store)
+    try:
+        row = db.execute("SELECT spec, run_id, approved_by, approved_at, reason FROM approvals "
+                         "WHERE spec = ? ORDER BY seq DESC LIMIT 1", (spec,)).fetchone()
+    finally:
+        db.close()
+    return Approval(*row) if row else None
+
+
+def baseline_ids(store: Store) -> set[str]:
+    db = _connect(store)
+    try:
+        rows = db.execute("SELECT run_id FROM approvals a WHERE seq = "
+                          "(SELECT MAX(seq) FROM approvals b WHERE b.spec = a.spec)").fetchall()
+    finally:
+        db.close()
+    return {r[0] for r in rows}

@@ -1,0 +1,184 @@
+"""`reprun check`: the scheduled rebuild check over many specs.
+
+For each spec: (a) when its image is built from a Dockerfile, rebuild it without cache and diff
+the fresh image's environment manifest against the pinned image's (environment drift); (b)
+retrain on the pinned image and compare with the baseline (or the latest successful run; with
+neither, train twice).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker.errors
+
+from .baselines import baseline_of
+from .compare import Comparison, EnvironmentRow, compare_environments, compare_records
+from .engine import LocalEngine
+from .errors import ExitCode, ReprunError
+from .events import RunObserver
+from .hermetic import RunPaths, container_job
+from .images import resolve_image
+from .probe import new_marker, parse_manifest, pyprobe_source, wrapper_script
+from .records import EnvironmentManifest, SUCCEEDED
+from .runner import Prepared, execute, prepare
+from .spec import ImageSpec, load_spec
+from .store import Store
+from .verify import RunPlan, fits_in_parallel, run_all
+
+
+@dataclass(frozen=True)
+class SpecCheck:
+    spec_path: str
+    spec_name: str
+    drift: tuple[EnvironmentRow, ...] | None = None     # None: not built from a Dockerfile
+    comparison: Comparison | None = None
+    compared_with: str | None = None                     # "baseline", "latest run", "second run"
+    error: str | None = None
+    exit_code: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.drift) or (self.comparison is not None
+                                    and self.comparison.verdict == "differs")
+
+
+def capture_manifest(spec, image_id: str, engine: LocalEngine, host: dict) -> EnvironmentManifest:
+    """The environment facts of an image, read by the same probe a run uses, running `true`."""
+    scratch = Path(tempfile.mkdtemp(prefix="reprun-probe-"))
+    try:
+        paths = RunPaths(scratch)
+        job = container_job(spec, run_id="probe-" + scratch.name[-8:], image_id=image_id,
+                            seed=spec.seed, paths=paths)
+        job = dataclasses.replace(job, command=("true",))
+        for folder in (paths.outputs, paths.meta):
+            folder.mkdir(parents=True)
+            folder.chmod(0o777)
+        marker = new_marker()
+        (paths.meta / "wrap.sh").write_text(wrapper_script(marker))
+        (paths.meta / "pyprobe.py").write_text(pyprobe_source())
+        engine.run(job, lambda chunk: None)
+        manifest = paths.meta / "manifest.txt"
+        text = manifest.read_text(errors="replace") if manifest.exists() else None
+        return parse_manifest(text, marker, host)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def environment_drift(spec, prepared: Prepared, *, engine: LocalEngine,
+                      observer: RunObserver, label: str) -> tuple[EnvironmentRow, ...]:
+    observer.stage(label, f"rebuilding {spec.image.build.context} without cache")
+    client = engine.client
+    build = spec.image.build
+    events = client.api.build(path=str(build.context), dockerfile=build.dockerfile,
+                              buildargs=dict(build.args), nocache=True, rm=True, forcerm=True,
+                              decode=True, network_mode="host")
+    fresh_id, tail = None, []
+    for event in events:
+        if "error" in event:
+            raise ReprunError(f"rebuilding {build.context} failed: {event['error'].strip()}",
+                              details=tail[-10:])
+        if event.get("stream", "").strip():
+            tail.append(event["stream"].strip())
+        fresh_id = event.get("aux", {}).get("ID", fresh_id)
+    try:
+        pinned = capture_manifest(spec, prepared.image.id, engine, prepared.host)
+        fresh = capture_manifest(spec, fresh_id, engine, prepared.host)
+    finally:
+        # The fresh layers must not become the build cache that the pinned ID is rebuilt from.
+        if fresh_id and fresh_id != prepared.image.id:
+            try:
+                client.images.remove(fresh_id, noprune=False)
+            except docker.errors.APIError:
+                pass
+    rows, _ = compare_environments(pinned, fresh, "pinned", "rebuilt")
+    # Hostname, run IDs and the like differ between any two containers; they are not drift.
+    return tuple(r for r in rows if r.section not in ("hostname",))
+
+
+def check_spec(path: Path, *, store: Store, engine: LocalEngine,
+               observer: RunObserver) -> SpecCheck:
+    label = path.stem
+    try:
+        spec = load_spec(path)
+        drift = None
+        if spec.image.build is not None and spec.image.digest:
+            pinned_spec = dataclasses.replace(
+                spec, image=ImageSpec(ref=None, build=None, digest=spec.image.digest))
+        else:
+            pinned_spec = spec
+        prepared = prepare(pinned_spec, store=store, engine=engine, observer=observer,
+                           label=label)
+        if spec.image.build is not None:
+            drift = environment_drift(spec, prepared, engine=engine, observer=observer,
+                                      label=label)
+        approval = baseline_of(store, spec.name)
+        reference = store.get(approval.run_id) if approval else store.latest_succeeded(spec.name)
+        if reference is not None:
+            record = execute(prepared, store=store, engine=engine, observer=observer,
+                             label=label)
+            records = [reference, record]
+            compared_with = "baseline" if approval else "latest successful run"
+        else:
+            parallel = fits_in_parallel(spec.resources.cpus, 2, prepared.host.get("host_cpus"))
+            records = run_all(prepared, [RunPlan(f"{label} 1/2"), RunPlan(f"{label} 2/2")],
+                              store=store, engine=engine, observer=observer, parallel=parallel)
+            compared_with = "second run"
+        comparison = compare_records(records[0], records[1], baseline_id=records[0].id,
+                                     tolerances=records[1].compare)
+        failed = records[-1].status != SUCCEEDED
+        code = (ExitCode.JOB_FAILED if failed else
+                ExitCode.DIFFERS if (drift or comparison.verdict == "differs") else ExitCode.OK)
+        return SpecCheck(spec_path=str(path), spec_name=spec.name, drift=drift,
+                         comparison=comparison, compared_with=compared_with, exit_code=int(code))
+    except ReprunError as error:
+        return SpecCheck(spec_path=str(path), spec_name=path.stem, error=error.render(),
+                         exit_code=int(error.exit_code))
+
+
+def check_all(paths: list[Path], *, store: Store, engine: LocalEngine, observer: RunObserver,
+              jobs: int = 1) -> list[SpecCheck]:
+    if jobs <= 1:
+        return [check_spec(p, store=store, engine=engine, observer=observer) for p in paths]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(lambda p: check_spec(p, store=store, engine=engine,
+                                                  observer=observer), paths))
+
+
+def summary_rows(results: list[SpecCheck]) -> list[tuple]:
+    rows = []
+    for r in results:
+        drift = ("n/a (pulled)" if r.drift is None and r.error is None else
+                 "-" if r.error else
+                 "none" if not r.drift else f"{len(r.drift)} changes")
+        verdict = r.comparison.verdict if r.comparison else "error"
+        cause = (r.error.splitlines()[0] if r.error else
+                 r.comparison.causes[0].summary if r.comparison and r.comparison.causes else "")
+        rows.append((r.spec_name, drift, verdict, r.compared_with or "-", r.exit_code, cause[:70]))
+    return rows
+
+
+def overall_exit(results: list[SpecCheck]) -> int:
+    return max((r.exit_code for r in results), default=0)
+
+
+def junit(results: list[SpecCheck]) -> str:
+    from xml.sax.saxutils import escape, quoteattr
+    cases = []
+    for r in results:
+        for name, failure in (
+                ("environment", None if not r.drift else
+                 "; ".join(f"{row.section} {row.name}: {row.a} -> {row.b}" for row in r.drift)),
+                ("results", r.error or (None if r.comparison and r.comparison.verdict != "differs"
+                                        else r.comparison.summary if r.comparison else None))):
+            body = f"<failure message={quoteattr(failure[:200])}>{escape(failure)}</failure>" if failure else ""
+            cases.append(f'  <testcase classname={quoteattr("reprun.check." + r.spec_name)} '
+                         f'name="{name}">{body}</testcase>')
+    failures = sum("<failure" in c for c in cases)
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuite name="reprun check" '
+            f'tests="{len(cases)}" failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n")

@@ -1,0 +1,74 @@
+"""Replaying a recorded run from its record alone.
+
+The spec file may have changed or gone since; the record holds everything the run was given:
+the image by digest (or ID), the dataset by hash, the seed, the rendered command, params, env,
+limits and hermetic settings. Secret env values were never recorded, so they come from the
+caller's environment under the same names.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import UsageError
+from .probe import REDACTED
+from .records import RunRecord
+from .spec import (CompareSpec, DatasetSpec, Hermetic, ImageSpec, OutputsSpec, Resources,
+                   RunSpec, Tolerance)
+
+
+def _literal(arg: str) -> str:
+    """A recorded (already rendered) argument, protected from a second rendering."""
+    return arg.replace("{", "{{").replace("}", "}}")
+
+
+def _secret_env(recorded: dict[str, str]) -> dict[str, str]:
+    env, missing = {}, []
+    for name, value in recorded.items():
+        if value == REDACTED:
+            if name not in os.environ:
+                missing.append(name)
+                continue
+            value = os.environ[name]
+        env[name] = value
+    if missing:
+        raise UsageError(
+            f"the run was given secret values that records never keep ({', '.join(missing)}); "
+            "set them in the environment of this command to replay it.")
+    return env
+
+
+def _compare_spec(compare: dict) -> CompareSpec:
+    metrics = {name: Tolerance(kind=t["kind"], value=float(t.get("value", 0.0)))
+               for name, t in (compare.get("metrics") or {}).items()}
+    metrics.setdefault("default", Tolerance("exact"))
+    return CompareSpec(metrics=metrics, artifacts=compare.get("artifacts", "bitwise"))
+
+
+def spec_from_record(record: RunRecord, *, dataset_path: Path | None = None,
+                     image_by_id: bool = False) -> RunSpec:
+    """The spec a record describes. `image_by_id` skips the registry (an archive loaded it)."""
+    inputs = record.inputs
+    if not inputs.outputs:
+        raise UsageError(f"run {record.id} was recorded by an older reprun that did not keep its "
+                         "outputs settings; it cannot be replayed from its record.")
+    image = inputs.image
+    image_spec = (ImageSpec(ref=image.repo_digest, build=None, digest=None)
+                  if image.repo_digest and not image_by_id
+                  else ImageSpec(ref=None, build=None, digest=image.id))
+    resources = inputs.resources
+    return RunSpec(
+        version=1, name=inputs.spec_name, description=f"replay of run {record.id}",
+        image=image_spec,
+        dataset=DatasetSpec(path=Path(dataset_path or inputs.dataset.path).absolute(),
+                            sha256=inputs.dataset.sha256, mount=inputs.dataset.mount),
+        seed=inputs.seed, command=tuple(_literal(a) for a in inputs.command),
+        params=dict(inputs.params), env=_secret_env(inputs.env),
+        outputs=OutputsSpec(dir=inputs.outputs["dir"], metrics=inputs.outputs["metrics"],
+                            artifacts=tuple(inputs.outputs.get("artifacts", ()))),
+        compare=_compare_spec(record.compare),
+        resources=Resources(cpus=float(resources["cpus"]), memory_bytes=int(resources["memory_bytes"]),
+                            timeout_s=float(resources["timeout_s"]), pids=int(resources["pids"])),
+        hermetic=Hermetic(**inputs.hermetic) if inputs.hermetic else Hermetic(),
+        source=Path(inputs.spec_path), source_sha256=inputs.spec_sha256,
+    )
