@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPRUN, WRITE_METRICS
+from conftest import REPO, REPRUN, WRITE_METRICS
 
 pytestmark = pytest.mark.engine
 
@@ -139,18 +140,15 @@ def test_a_failing_job_is_reported_as_such_with_exit_5(project, script, resource
 
 def test_ctrl_c_mid_run_leaves_no_container_and_an_interrupted_record(project, docker_client):
     project.dataset()
-    spec = project.spec(script="import time; print('started', flush=True); time.sleep(120)")
-    env = {**__import__("os").environ, "REPRUN_STORE": str(project.store),
-           "PYTHONPATH": str(__import__("conftest").REPO)}
+    name = f"interrupted-{os.getpid()}"       # only this test's containers carry it
+    spec = project.spec(name=name, script="import time; print('started', flush=True); time.sleep(120)")
+    env = {**os.environ, "REPRUN_STORE": str(project.store), "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([*REPRUN, "run", str(spec)], cwd=project.root, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    label = f"io.reprun.spec=job"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        running = [c for c in docker_client.containers.list(filters={"label": label})
-                   if project.store.name and c.status == "running"]
-        if running:
-            break
+    deadline, running = time.monotonic() + 60, []
+    while not running and time.monotonic() < deadline:
+        running = docker_client.containers.list(filters={"label": f"io.reprun.spec={name}",
+                                                         "status": "running"})
         time.sleep(0.2)
     assert running, "the job's container never started"
     time.sleep(1)
@@ -166,8 +164,7 @@ def test_ctrl_c_mid_run_leaves_no_container_and_an_interrupted_record(project, d
 def test_eight_concurrent_runs_into_one_store_leave_eight_complete_records(project):
     project.dataset()
     spec = project.spec(script=WRITE_METRICS)
-    env = {**__import__("os").environ, "REPRUN_STORE": str(project.store),
-           "PYTHONPATH": str(__import__("conftest").REPO)}
+    env = {**os.environ, "REPRUN_STORE": str(project.store), "PYTHONPATH": str(REPO)}
     processes = [subprocess.Popen([*REPRUN, "run", "--quiet", str(spec)], cwd=project.root,
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                  for _ in range(8)]
