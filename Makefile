@@ -5,7 +5,7 @@ BIN      := $(VENV)/bin
 REPRUN   := $(BIN)/reprun
 STAMP    := $(VENV)/.installed
 
-.PHONY: all install engine images test-deps demo test test-fast bench clean
+.PHONY: all install engine images test-deps demo test test-fast check bench clean
 
 all: install
 
@@ -35,6 +35,11 @@ test: images test-deps
 
 test-fast: install
 	$(BIN)/pytest -q -m 'not engine'
+
+# The scheduled rebuild check over the example specs (specs/nondeterministic/ is left out on
+# purpose: it exists to differ).
+check: images
+	$(REPRUN) check specs/*.yaml --junit .reprun/check.xml --report-dir .reprun/check
 
 bench: images
 	$(BIN)/python bench/run.py

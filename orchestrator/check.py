@@ -62,7 +62,7 @@ def capture_manifest(spec, image_id: str, engine: LocalEngine, host: dict) -> En
         marker = new_marker()
         (paths.meta / "wrap.sh").write_text(wrapper_script(marker))
         (paths.meta / "pyprobe.py").write_text(pyprobe_source())
-        engine.run(job, lambda chunk: None)
+        engine.run(job, lambda *_: None)
         manifest = paths.meta / "manifest.txt"
         text = manifest.read_text(errors="replace") if manifest.exists() else None
         return parse_manifest(text, marker, host)

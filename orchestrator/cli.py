@@ -114,6 +114,11 @@ def verify(ctx: typer.Context, spec: Path,
            sequential: bool = typer.Option(False, "--sequential", help="Never run in parallel."),
            report: List[Path] = typer.Option([], "--report", help="Write a report (.md .html .json .xml); repeatable."),
            no_cache: bool = typer.Option(False, "--no-cache", help="Re-read every dataset byte."),
+           vary: Optional[str] = typer.Option(
+               None, "--vary", help="Vary these factors on the second run and hunt the culprit: "
+                                    "`all` or names, e.g. cpus,tz (see docs/variations.md)."),
+           vary_seed: Optional[int] = typer.Option(
+               None, "--vary-seed", min=0, help="Repeat the random choices of an earlier --vary."),
            quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Train a spec N times (default twice) and say whether the results match."""
     from .engine import LocalEngine
@@ -122,9 +127,12 @@ def verify(ctx: typer.Context, spec: Path,
     from .verify import RunPlan, fits_in_parallel, run_all
     spec_value = load_spec(spec)
     _check_report_paths(report)
+    vary_names = _vary_names(vary, vary_seed, times)
     store, engine = _store(ctx), LocalEngine()
     prepared = prepare(spec_value, store=store, engine=engine, observer=_observer(quiet),
                        use_cache=not no_cache)
+    if vary_names:
+        return _verify_varied(spec, prepared, store, engine, vary_names, vary_seed, report, quiet)
     parallel = not sequential and fits_in_parallel(
         spec_value.resources.cpus, times, prepared.host.get("host_cpus"))
     observer = _observer(quiet, parallel=parallel)
@@ -136,13 +144,41 @@ def verify(ctx: typer.Context, spec: Path,
     _compare_and_report(store, records, report)
 
 
+def _vary_names(vary: Optional[str], vary_seed: Optional[int], times: int) -> tuple:
+    from .variations import parse_vary
+    if vary is None:
+        if vary_seed is not None:
+            raise UsageError("--vary-seed repeats the choices of --vary; give --vary too.")
+        return ()
+    if times != 2:
+        raise UsageError("--vary compares one control run with one varied run; drop --times.")
+    return parse_vary(vary)
+
+
+def _verify_varied(spec: Path, prepared, store, engine, names, seed: Optional[int],
+                   report: List[Path], quiet: bool) -> None:
+    from .culprit import plan_for, verify_varied
+    from .variations import new_seed
+    plan = plan_for(prepared, names, new_seed() if seed is None else seed)
+    if not plan.variations:
+        raise UsageError("none of the factors asked for can be varied here:",
+                         details=[f"{s.factor}: {s.reason}" for s in plan.skipped])
+    result = verify_varied(prepared, plan, store=store, engine=engine, observer=_observer(quiet),
+                           repeat=f"reprun verify {spec}")
+    if result.comparison is None:
+        _raise_for_failed([result.control], store)
+    _compare_and_report(store, [t.record for t in result.trials[:2]], report,
+                        comparisons=[result.comparison])
+
+
 def _check_report_paths(paths: List[Path]) -> None:
     from .reports import format_for_path
     for path in paths:
         format_for_path(path)
 
 
-def _compare_and_report(store, records, report_paths: List[Path], extra: dict | None = None) -> None:
+def _compare_and_report(store, records, report_paths: List[Path], extra: dict | None = None,
+                        comparisons: list | None = None) -> None:
     from .baselines import baseline_ids
     from .compare import combined_verdict, compare_records
     from .reports import format_for_path, render
@@ -150,8 +186,8 @@ def _compare_and_report(store, records, report_paths: List[Path], extra: dict | 
     extra = {**(extra or {}),
              **({"approved baseline": ", ".join(sorted(approved))} if approved else {})}
     first = records[0]
-    comparisons = [compare_records(first, other, baseline_id=first.id, extra=extra)
-                   for other in records[1:]]
+    comparisons = comparisons or [compare_records(first, other, baseline_id=first.id, extra=extra)
+                                  for other in records[1:]]
     for comparison in comparisons:
         typer.echo(render(comparison, "terminal"))
         text = render(comparison, "json")
@@ -327,6 +363,43 @@ def runs_show(ctx: typer.Context, run_id: str,
     typer.echo(render_record(record, baseline=approval))
 
 
+@runs_app.command("verify")
+def runs_verify(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Prove no stored record, log or artifact was altered or removed (exit 1 naming any that was)."""
+    from .integrity import audit_store
+    from .store import Store
+    store = Store(ctx.obj.get("store") if ctx.obj else None)
+    repaired = store.repair()
+    audit = audit_store(store)
+    if as_json:
+        typer.echo(json.dumps({
+            "store": str(audit.root), "intact": audit.intact, "records": audit.records,
+            "head": {"seq": audit.head_seq, "sha256": audit.head_sha256, "run": audit.head_run},
+            "logs": audit.logs, "artifacts": audit.artifacts, "repaired": repaired,
+            "running": audit.running, "unrecorded": audit.unrecorded,
+            "problems": [{"run": p.run_id, "what": p.what} for p in audit.problems]}, indent=2))
+    else:
+        for line in repaired:
+            typer.echo(f"repaired {line}")
+        typer.echo(f"store {audit.root}: {audit.records} records in the chain"
+                   + (f", newest #{audit.head_seq} (run {audit.head_run}) sha256:{audit.head_sha256}"
+                      if audit.records else ""))
+        if audit.unrecorded:
+            typer.echo(f"{len(audit.unrecorded)} runs were interrupted before a record was written: "
+                       + ", ".join(audit.unrecorded))
+        if audit.running:
+            typer.echo(f"{len(audit.running)} runs are still going: {', '.join(audit.running)}")
+        if audit.intact:
+            typer.echo(f"re-hashed {audit.records} records, {audit.logs} logs and "
+                       f"{audit.artifacts} artifacts: nothing was altered or removed.")
+        else:
+            typer.echo(f"{len(audit.problems)} problems: the store was altered after the fact", err=True)
+            for problem in audit.problems:
+                typer.echo(f"  {problem}", err=True)
+    if not audit.intact:
+        raise typer.Exit(int(ExitCode.DIFFERS))
+
+
 @app.command()
 def lock(specs: List[Path],
          check: bool = typer.Option(False, "--check", help="Only say whether the pins are current (exit 0/1)."),
@@ -348,13 +421,31 @@ def lock(specs: List[Path],
 
 @app.command()
 def gc(ctx: typer.Context) -> None:
-    """Remove containers reprun left behind and repair runs a dead reprun left `running`."""
-    from .engine import LocalEngine, remove_leftovers
-    store = _store(ctx)
+    """Remove what a crashed reprun left behind (containers, unused built images, folders of
+    unrecorded runs) and repair runs it left `running`; say what was removed."""
+    from .engine import LocalEngine, remove_leftovers, remove_unused_builds
+    from .store import Store
+    store = Store(ctx.obj.get("store") if ctx.obj else None)
+    said = 0
     for line in store.repair():
+        said += 1
         typer.echo(f"repaired {line}")
-    for name in remove_leftovers(LocalEngine().client):
-        typer.echo(f"removed container {name}")
+    for run_id in store.remove_unrecorded_run_folders():
+        said += 1
+        typer.echo(f"removed run folder {store.run_dir(run_id)} (interrupted before a record "
+                   "was written)")
+    client = LocalEngine().client
+    finished = {s.id for s in store.list() if s.status != "running"}
+    for text in remove_leftovers(client, finished_runs=finished):
+        said += 1
+        typer.echo(f"removed container {text}")
+    for image_id, text in remove_unused_builds(client, store.built_images_without_runs()):
+        store.forget_built_image(image_id)
+        if text:
+            said += 1
+            typer.echo(f"removed image {text}")
+    if not said:
+        typer.echo("nothing to remove: reprun left nothing behind")
 
 
 INTERRUPTED_EXIT = 130

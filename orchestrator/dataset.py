@@ -11,8 +11,8 @@ is unchanged since it was last hashed is not read again.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
-import itertools
 import json
 import os
 import queue
@@ -194,7 +194,7 @@ class HashCache:
                                       (root,)).fetchall()
         except sqlite3.Error as exc:
             raise self._broken(exc) from exc
-        return {bytes(r[0]): (tuple(r[1:6]), r[6]) for r in rows}
+        return {r[0]: r for r in rows}      # (path, *identity, sha256)
 
     def _store(self, fresh: list[tuple], stale: list[bytes]) -> None:
         if not fresh and not stale:
@@ -263,13 +263,13 @@ def _inside(target: bytes, root: bytes) -> bool:
     return root == b"/" or target == root or target.startswith(root + b"/")
 
 
-def _walk(path: Path, root: bytes) -> list[_File]:
+def _walk(path: Path, root: bytes) -> Iterator[_File]:
     """Regular files under root as `find . -type f` lists them; refuses links that leave it.
 
     A link that resolves outside the dataset would be dangling (or worse, a host file) once the
-    folder is mounted into the container, and its target is not covered by the pin.
+    folder is mounted into the container, and its target is not covered by the pin. The refusal
+    comes after the last file, so that it can name every such link.
     """
-    files: list[_File] = []
     escaping: list[tuple[str, str]] = []
     pending = [b"."]
     while pending:
@@ -286,7 +286,7 @@ def _walk(path: Path, root: bytes) -> list[_File]:
                     elif entry.is_dir(follow_symlinks=False):
                         pending.append(rel)
                     elif entry.is_file(follow_symlinks=False):
-                        files.append(_File(rel, entry.path, entry.stat(follow_symlinks=False)))
+                        yield _File(rel, entry.path, entry.stat(follow_symlinks=False))
         except OSError as exc:
             raise SpecError(f"the dataset folder {os.fsdecode(abs_dir)} cannot be listed: "
                             f"{exc.strerror}") from None
@@ -298,7 +298,6 @@ def _walk(path: Path, root: bytes) -> list[_File]:
             + _and_more(len(escaping), "links")
             + ["Copy the target into the dataset folder, or point dataset.path at a folder "
                "that contains it."])
-    return files
 
 
 # --------------------------------------------------------------------------- reading files
@@ -314,22 +313,39 @@ class _Hashed(NamedTuple):
 
 
 class _Workers:
-    """Hashes a list of files on a few threads; the caller's thread only reports progress."""
+    """Threads that hash the files handed to them, while the walk is still finding more.
 
-    def __init__(self, jobs: list[_File], workers: int, not_after_ns: int):
-        self.jobs = jobs
-        self.results: list[_Hashed | None] = [None] * len(jobs)
-        self.read = [0] * workers           # bytes read, one slot per thread (no lock needed)
+    The caller's thread walks, submits and reports progress; it never hashes. Files of
+    READ_AHEAD_FROM bytes and more jump the queue, so that one big file does not start last
+    while the other threads sit idle.
+    """
+
+    def __init__(self, workers: int, not_after_ns: int):
+        self.workers = max(1, workers)
         self.not_after_ns = not_after_ns
+        self.pending: collections.deque[tuple[int, _File]] = collections.deque()
+        self.ready: queue.SimpleQueue = queue.SimpleQueue()   # one token per pending file
+        self.results: dict[int, _Hashed] = {}
+        self.read = [0] * self.workers      # bytes read, one slot per thread: no lock needed
         self.stop = threading.Event()
         self.failures: list[BaseException] = []
-        self._next = itertools.count().__next__   # atomic under the GIL
-        self.threads = [threading.Thread(target=self._work, args=(slot,), daemon=True,
-                                         name=f"reprun-hash-{slot}") for slot in range(workers)]
+        self.threads: list[threading.Thread] = []
 
-    def run(self, report: Callable[[int], None]) -> None:
-        for thread in self.threads:
+    def submit(self, i: int, job: _File) -> None:
+        if job.st.st_size >= READ_AHEAD_FROM:
+            self.pending.appendleft((i, job))
+        else:
+            self.pending.append((i, job))
+        self.ready.put(True)
+        if len(self.threads) < self.workers:
+            thread = threading.Thread(target=self._work, args=(len(self.threads),), daemon=True,
+                                      name=f"reprun-hash-{len(self.threads)}")
+            self.threads.append(thread)
             thread.start()
+
+    def finish(self, report: Callable[[int], None]) -> dict[int, _Hashed]:
+        for _ in self.threads:
+            self.ready.put(None)
         try:
             for thread in self.threads:
                 while thread.is_alive():
@@ -339,20 +355,27 @@ class _Workers:
             self.stop.set()
         if self.failures:
             raise self.failures[0]
+        return self.results
+
+    def abandon(self) -> None:
+        self.stop.set()
+        for _ in self.threads:
+            self.ready.put(None)
+        for thread in self.threads:
+            thread.join()
 
     def _work(self, slot: int) -> None:
         view = memoryview(bytearray(BLOCK))
+        job = None
         try:
-            while not self.stop.is_set():
-                i = self._next()
-                if i >= len(self.jobs):
-                    return
-                self.results[i] = self._hash(self.jobs[i], view, slot)
+            while self.ready.get() is not None and not self.stop.is_set():
+                i, job = self.pending.popleft()
+                self.results[i] = self._hash(job, view, slot)
         except _Stopped:
             pass
         except OSError as exc:
             self.failures.append(SpecError(
-                f"the dataset file {os.fsdecode(self.jobs[i].abs)} cannot be read: {exc.strerror}"))
+                f"the dataset file {os.fsdecode(job.abs)} cannot be read: {exc.strerror}"))
             self.stop.set()
         except BaseException as exc:
             self.failures.append(exc)
@@ -365,18 +388,27 @@ class _Workers:
             if job.st.st_size >= READ_AHEAD_FROM:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
                 digest, size = self._read_ahead(fd, slot)
+                after = os.fstat(fd)
             else:
+                # Read the size the walk saw, then let fstat say whether that was all, rather
+                # than one more read to meet the end: one system call fewer per small file.
                 digest, size = hashlib.sha256(), 0
-                while n := os.readv(fd, [view]):
+                expected = job.st.st_size
+                while size < expected and (n := os.readv(fd, [view])):
                     digest.update(view[:n])
                     size += n
                     self.read[slot] += n
                     if self.stop.is_set():
                         raise _Stopped
-            after = os.fstat(fd)
+                after = os.fstat(fd)
+                if after.st_size != size:       # it grew meanwhile: hash to the end, as sha256sum
+                    while n := os.readv(fd, [view]):
+                        digest.update(view[:n])
+                        size += n
+                        self.read[slot] += n
         finally:
             os.close(fd)
-        unchanged = _identity(after) == _identity(job.st) and size == job.st.st_size
+        unchanged = size == job.st.st_size and _identity(after) == _identity(job.st)
         settled = job.st.st_mtime_ns < self.not_after_ns
         return _Hashed(digest.hexdigest(), size, unchanged and settled)
 
@@ -441,35 +473,35 @@ def hash_dataset(path: Path, *, cache: HashCache | None = None, progress: Progre
     started_ns = time.time_ns()
     root, st = _resolve(path)
     if stat.S_ISDIR(st.st_mode):
-        kind, files = "tree", _walk(path, root)
+        kind, found = "tree", _walk(path, root)
     elif stat.S_ISREG(st.st_mode):
-        kind, files = "file", [_File(os.fsencode(path.name or os.path.basename(root)), root, st)]
+        kind, found = "file", iter([_File(os.fsencode(path.name or os.path.basename(root)), root, st)])
     else:
         raise SpecError(f"the dataset {path} is neither a regular file nor a folder")
 
     cached = cache._load(root, kind == "tree") if cache is not None else {}
+    pool = _Workers(workers or _default_workers(), not_after_ns=started_ns - RACY_NS)
+    files: list[_File] = []
     known: dict[int, str] = {}
-    jobs: list[int] = []
-    for i, f in enumerate(files):
-        hit = cached.get(f.abs)
-        if hit is not None and hit[0] == _identity(f.st):
-            known[i] = hit[1]
-        else:
-            jobs.append(i)
+    try:
+        for i, f in enumerate(found):
+            files.append(f)
+            hit = cached.get(f.abs)
+            if hit is not None and hit[1:6] == _identity(f.st):
+                known[i] = hit[6]
+            else:
+                pool.submit(i, f)
+    except BaseException:
+        pool.abandon()
+        raise
 
     total = sum(f.st.st_size for f in files)
     hit_bytes = sum(files[i].st.st_size for i in known)
-    # Largest first, so one big file does not start last while the other threads sit idle.
-    jobs.sort(key=lambda i: -files[i].st.st_size)
-    hashed: dict[int, _Hashed] = {}
     if progress is not None:
         progress(hit_bytes, total)
-    if jobs:
-        pool = _Workers([files[i] for i in jobs], max(1, min(workers or _default_workers(), len(jobs))),
-                        not_after_ns=started_ns - RACY_NS)
-        report = (lambda done: progress(min(hit_bytes + done, total), total)) if progress else (lambda done: None)
-        pool.run(report)
-        hashed = dict(zip(jobs, pool.results))
+        hashed = pool.finish(lambda done: progress(min(hit_bytes + done, total), total))
+    else:
+        hashed = pool.finish(lambda done: None)
 
     listed = sorted((f.rel, known[i], f.st.st_size) if i in known else (f.rel, hashed[i].sha256, hashed[i].size)
                     for i, f in enumerate(files))

@@ -5,7 +5,9 @@ hermetic) and gets back a `ContainerOutcome`; it does not know which engine ran 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +22,13 @@ from .errors import InfrastructureError
 LABEL = "io.reprun"            # every container reprun starts carries it, so leftovers can be found
 LABEL_RUN = "io.reprun.run-id"
 LABEL_SPEC = "io.reprun.spec"
+LABEL_OWNER = "io.reprun.owner"  # host:pid of the reprun process; `gc` spares the living ones
+# How long a run that lost its engine waits for it to come back, to remove its container.
+ENGINE_PATIENCE_S = float(os.environ.get("REPRUN_ENGINE_PATIENCE", "20"))
+
+
+def owner_label() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,9 @@ class ContainerOutcome:
     message: str | None = None
 
 
-LogSink = Callable[[bytes], None]
+# Called as sink(chunk, stream), stream being "stdout" or "stderr": the two arrive interleaved
+# in any order, so anything that reads across chunks (secret redaction) keeps one state per stream.
+LogSink = Callable[[bytes, str], None]
 
 
 class Executor(Protocol):
@@ -134,19 +145,31 @@ class LocalEngine:
             raise InfrastructureError(f"the image {job.image_id} vanished from the engine: {exc}")
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise _as_infrastructure(exc) from None
+        except KeyboardInterrupt:
+            # The engine may have made the container before the interrupt reached us.
+            _remove_by_name(self.client, job.name)
+            raise
         with self._lock:
             self._live[container.id] = container
+        outcome = None
         try:
-            return self._run_created(container, job, on_output, started)
+            outcome = self._run_created(container, job, on_output, started)
         finally:
-            _remove_quietly(container)
+            lost = outcome is not None and outcome.reason == "engine"
+            gone = _remove_container(container, patience=ENGINE_PATIENCE_S if lost else 0.0)
             with self._lock:
                 self._live.pop(container.id, None)
+        if not gone:
+            outcome = dataclasses.replace(outcome, message=(
+                f"{outcome.message}; its container {job.name} could not be removed while the "
+                "engine was away: `reprun gc` removes it once the engine is back"))
+        return outcome
 
     def _run_created(self, container, job: ContainerJob, on_output: LogSink,
                      started: float) -> ContainerOutcome:
         try:
-            stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
+            stream = container.attach(stdout=True, stderr=True, stream=True, logs=True,
+                                      demux=True)
             pump = threading.Thread(target=_pump, args=(stream, on_output), daemon=True)
             pump.start()
             container.start()
@@ -183,8 +206,12 @@ class LocalEngine:
                                     f"the job ran past its timeout of {job.timeout_s:g}s and was killed")
         try:
             state = self.client.api.inspect_container(container.id)["State"]
-        except (docker.errors.DockerException, requests.exceptions.RequestException):
-            state = {}
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            # The engine answered the wait as it went down (it stops containers on shutdown):
+            # the exit status is the engine's doing, not the job's.
+            return ContainerOutcome(None, "engine", duration,
+                                    f"lost the engine during the run (exit status {exit_code} "
+                                    f"came as it went away: {type(exc).__name__})")
         if state.get("OOMKilled"):
             return ContainerOutcome(exit_code, "oom", duration,
                                     f"the job was killed for running out of memory "
@@ -214,7 +241,7 @@ def _create_kwargs(job: ContainerJob) -> dict[str, Any]:
         mem_limit=job.memory_bytes,
         memswap_limit=job.memory_bytes,   # no swap: an over-limit job is OOM-killed, not slowed
         pids_limit=job.pids,
-        labels={LABEL: "1", **job.labels},
+        labels={LABEL: "1", LABEL_OWNER: owner_label(), **job.labels},
         volumes={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
                  for m in job.mounts},
         detach=True,
@@ -223,8 +250,11 @@ def _create_kwargs(job: ContainerJob) -> dict[str, Any]:
 
 def _pump(stream, on_output: LogSink) -> None:
     try:
-        for chunk in stream:
-            on_output(chunk)
+        for out, err in stream:
+            if out:
+                on_output(out, "stdout")
+            if err:
+                on_output(err, "stderr")
     except Exception:
         # The stream ends abruptly when the container is removed; what was read is kept.
         pass
@@ -233,6 +263,33 @@ def _pump(stream, on_output: LogSink) -> None:
 def _kill_quietly(container) -> None:
     try:
         container.kill()
+    except Exception:
+        pass
+
+
+def _remove_container(container, patience: float) -> bool:
+    """Remove it; while the engine cannot be reached, keep trying for `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            container.remove(force=True)
+            return True
+        except docker.errors.NotFound:
+            return True
+        except docker.errors.APIError as exc:
+            if "already in progress" in str(exc):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            if time.monotonic() >= deadline:
+                return False
+        time.sleep(0.5)
+
+
+def _remove_by_name(client, name: str) -> None:
+    try:
+        _remove_quietly(client.containers.get(name))
     except Exception:
         pass
 
@@ -253,10 +310,62 @@ def _as_infrastructure(exc: Exception) -> InfrastructureError:
     return InfrastructureError(f"the engine refused to run the container: {explanation}")
 
 
-def remove_leftovers(client: docker.DockerClient) -> list[str]:
-    """Containers reprun started and never removed (e.g. after a SIGKILL): gone afterwards."""
+def remove_leftovers(client: docker.DockerClient, *, finished_runs: set[str] = frozenset()
+                     ) -> list[str]:
+    """Containers reprun started and never removed (its process was killed, or the engine was
+    away at the end): each one gone afterwards, described. A container whose reprun process is
+    still alive on this host is in use and left alone; so is anything without reprun's label.
+    `finished_runs`: run IDs the store knows are over, whichever host ran them."""
     removed = []
+    here = socket.gethostname()
     for container in client.containers.list(all=True, filters={"label": LABEL}):
-        _remove_quietly(container)
-        removed.append(container.name)
+        labels = container.labels or {}
+        run_id = labels.get(LABEL_RUN, "?")
+        host, _, pid = labels.get(LABEL_OWNER, "").rpartition(":")
+        if run_id in finished_runs:
+            why = f"run {run_id} is already recorded as finished"
+        elif host == here and pid.isdigit() and not _process_alive(int(pid)):
+            why = f"its reprun process {pid} is gone"
+        elif not host and container.status != "running":
+            why = "it stopped and no reprun process claims it"
+        else:
+            continue
+        if _remove_container(container, patience=0.0):
+            removed.append(f"{container.name} (run {run_id}: {why})")
     return removed
+
+
+def remove_unused_builds(client: docker.DockerClient, built: dict[str, str]
+                         ) -> list[tuple[str, str | None]]:
+    """Of the images reprun built (image ID -> spec) that no recorded run used, remove those a
+    rebuild left untagged and no container uses. Returns (image ID, what was removed or None
+    when it was already gone); tagged or used images are kept and not returned."""
+    done: list[tuple[str, str | None]] = []
+    for image_id, spec in sorted(built.items()):
+        try:
+            image = client.images.get(image_id)
+        except docker.errors.ImageNotFound:
+            done.append((image_id, None))
+            continue
+        if image.tags or client.containers.list(all=True, filters={"ancestor": image_id}):
+            continue
+        try:
+            client.images.remove(image_id, noprune=False)
+        except docker.errors.ImageNotFound:
+            done.append((image_id, None))
+            continue
+        except docker.errors.APIError:
+            continue   # in use after all (a child image, a container created meanwhile)
+        done.append((image_id, f"{image_id[:19]} (an untagged build of spec {spec} that no "
+                               "recorded run used)"))
+    return done
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -9,6 +9,8 @@ import threading
 import time
 from typing import TextIO
 
+MAX_PARTIAL_LINE = 64 * 1024   # characters of an unfinished job line held back for its prefix
+
 
 class RunObserver:
     def stage(self, label: str, text: str) -> None: ...
@@ -75,6 +77,10 @@ class TerminalObserver(RunObserver):
         if self.prefix_output:
             pending = self._partial.get(label, b"").decode("utf-8", "replace") + text
             *lines, rest = pending.split("\n")
+            if len(rest) > MAX_PARTIAL_LINE:
+                # A job printing without newlines must not grow reprun's memory: show it in pieces.
+                lines.append(rest)
+                rest = ""
             self._partial[label] = rest.encode()
             text = "".join(f"[{label}] | {line}\n" for line in lines)
         if text:

@@ -14,6 +14,8 @@ from .engine import LABEL_RUN, LABEL_SPEC, ContainerJob, Mount
 
 HOSTNAME = "reprun"           # Docker's default is the random container ID: a needless difference
 META_MOUNT = "/reprun"        # the probe wrapper and its manifest
+# Set by `verify --vary` on each of its runs: the seed and what was varied, kept in the record.
+LABEL_VARIATIONS = "io.reprun.variations"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                     "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
 
@@ -48,10 +50,13 @@ def dataset_mount(dataset_path: Path, mount: str) -> Mount:
     return Mount(str(dataset_path), mount, read_only=True)
 
 
-def container_job(spec, *, run_id: str, image_id: str, seed: int, paths: RunPaths) -> ContainerJob:
+def container_job(spec, *, run_id: str, image_id: str, seed: int, paths: RunPaths,
+                  secrets: dict[str, str] | None = None) -> ContainerJob:
+    """`secrets`: the values of the spec's `secrets`, read from reprun's environment."""
     threads = thread_count(spec.resources.cpus)
     env = {
         **spec.env,
+        **(secrets or {}),
         "REPRUN_SEED": str(seed),
         "REPRUN_RUN_ID": run_id,
         "REPRUN_PARAMS": json.dumps(spec.params, sort_keys=True),
@@ -102,4 +107,6 @@ def applied_settings(job: ContainerJob) -> dict:
         "mounts": [{"target": m.target, "read_only": m.read_only} for m in job.mounts],
         "pinned_env": {k: v for k, v in job.env.items()
                        if k in THREAD_VARIABLES or k in ("PYTHONHASHSEED", "TZ", "LC_ALL", "LANG")},
+        **({"variations": json.loads(job.labels[LABEL_VARIATIONS])}
+           if LABEL_VARIATIONS in job.labels else {}),
     }

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,32 @@ class OutputsError(Exception):
     """The job's outputs are not usable; the message says what is wrong (exit 5)."""
 
 
-def read_metrics(path: Path) -> dict[str, float]:
-    """Metrics as flat dotted names → floats. Raises OutputsError with a clear sentence."""
+def read_metrics(path: Path, *, root: Path | None = None) -> dict[str, float]:
+    """Metrics as flat dotted names → floats. Raises OutputsError with a clear sentence.
+
+    `root`: the outputs folder; a path that leaves it through a linked folder is refused."""
     if path.is_symlink():
         raise OutputsError(f"the metrics file {path.name} is a symlink; a job must write it as a file")
+    if root is not None and Path(root).resolve() not in path.resolve().parents:
+        raise OutputsError(f"the metrics file {path.name} lies behind a symlinked folder that "
+                           "leads outside the outputs folder; refused")
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except FileNotFoundError:
         raise OutputsError(f"the job wrote no metrics file ({path.name} is missing from its outputs)") from None
+    except OSError as exc:
+        raise OutputsError(f"the metrics file {path.name} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        # A FIFO would block the read forever; a device could be anything.
+        raise OutputsError(f"the metrics file {path.name} is not a regular file")
+    size = info.st_size
     if size > MAX_METRICS_BYTES:
         raise OutputsError(f"the metrics file {path.name} is {size} bytes, over the "
                            f"{MAX_METRICS_BYTES}-byte limit")
-    raw = path.read_bytes()
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_METRICS_BYTES + 1)   # it may still be growing
+    if len(raw) > MAX_METRICS_BYTES:
+        raise OutputsError(f"the metrics file {path.name} is over the {MAX_METRICS_BYTES}-byte limit")
     try:
         document = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -63,7 +78,8 @@ def _flatten(node: dict, prefix: str, into: dict[str, float], problems: list[str
             try:
                 into[name] = float(value)
             except OverflowError:
-                into[name] = math.copysign(math.inf, value)
+                # An int beyond float range (JSON allows any length): its sign is what is left.
+                into[name] = math.inf if value > 0 else -math.inf
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -94,6 +110,12 @@ def hash_artifacts(out_dir: Path, patterns: tuple[str, ...]) -> dict[str, Artifa
             rel = path.relative_to(out_dir).as_posix()
             if not any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns):
                 continue
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                raise OutputsError(f"the artifact {shown} has a name that is not UTF-8; a record "
+                                   "could not name it unambiguously") from None
             if path.is_symlink():
                 target = path.resolve()
                 if root not in target.parents and target != root:

@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any, Callable
 
 from .records import EnvironmentManifest
+from .variations import WRAPPER_BEFORE_EXEC, WRAPPER_SETUP
 
 REDACTED = "<redacted>"
 _SECRET_NAME = re.compile(r"(?i)(secret|token|passw|_pwd$|api_?key|private_?key|credential|auth)")
@@ -175,13 +176,15 @@ def wrapper_script(marker: str, probes: tuple[Probe, ...] = PROBES) -> str:
 
     Sections are framed by a random marker so that nothing a probe prints can forge a section.
     """
-    parts = ["#!/bin/sh", "{"]
+    # Variations (umask, dataset order, variable order) act only when `verify --vary` asks.
+    parts = ["#!/bin/sh", WRAPPER_SETUP, "{"]
     for probe in probes:
         parts.append(f"echo '{marker} {probe.name}'")
         # The extra newline keeps the frame intact after output that does not end in one.
         parts.append(f"( {probe.shell} ) 2>/dev/null; status=$?; echo")
         parts.append(f"echo '{marker} {probe.name} exit' $status")
     parts.append("} > /reprun/manifest.txt")
+    parts.append(WRAPPER_BEFORE_EXEC)
     parts.append('exec "$@"')
     return "\n".join(parts) + "\n"
 

@@ -52,6 +52,11 @@ def spec_from_record(record: RunRecord, *, dataset_path: Path | None = None,
     if not inputs.outputs:
         raise UsageError(f"run {record.id} was recorded by an older reprun that did not keep its "
                          "outputs settings; it cannot be replayed from its record.")
+    dataset = Path(dataset_path or inputs.dataset.path).absolute()
+    if not dataset.exists():
+        raise UsageError(f"the dataset of run {record.id} is no longer at {dataset}; give its "
+                         "new location with --dataset PATH (it is verified against the recorded "
+                         "hash).")
     image = inputs.image
     image_spec = (ImageSpec(ref=image.repo_digest, build=None, digest=None)
                   if image.repo_digest and not image_by_id
@@ -60,8 +65,8 @@ def spec_from_record(record: RunRecord, *, dataset_path: Path | None = None,
     return RunSpec(
         version=1, name=inputs.spec_name, description=f"replay of run {record.id}",
         image=image_spec,
-        dataset=DatasetSpec(path=Path(dataset_path or inputs.dataset.path).absolute(),
-                            sha256=inputs.dataset.sha256, mount=inputs.dataset.mount),
+        dataset=DatasetSpec(path=dataset, sha256=inputs.dataset.sha256,
+                            mount=inputs.dataset.mount),
         seed=inputs.seed, command=tuple(_literal(a) for a in inputs.command),
         params=dict(inputs.params), env=_secret_env(inputs.env),
         outputs=OutputsSpec(dir=inputs.outputs["dir"], metrics=inputs.outputs["metrics"],

@@ -18,7 +18,8 @@ from .events import RunObserver
 from .hermetic import RunPaths, applied_settings, container_job
 from .images import ResolvedImage, resolve_image
 from .outputs import OutputsError, hash_artifacts, read_metrics, sha256_file
-from .probe import new_marker, parse_manifest, pyprobe_source, redact_env, wrapper_script
+from .probe import REDACTED, new_marker, parse_manifest, pyprobe_source, redact_env, wrapper_script
+from .redact import Redactor, secret_values
 from .records import (ERROR, FAILED, INTERRUPTED, SUCCEEDED, DatasetFacts, ImageFacts, Inputs,
                       Outputs, RunRecord)
 from .store import Store, utc_now
@@ -40,6 +41,7 @@ def prepare(spec, *, store: Store, engine: LocalEngine, observer: RunObserver,
             use_cache: bool = True, label: str = "prepare",
             dataset_path: Path | None = None) -> Prepared:
     path = dataset_path or spec.dataset.path
+    secret_values(spec)      # an unset secret is refused before anything is read or pulled
     observer.stage(label, f"verifying dataset {path}")
     cache = HashCache(store.db_path) if use_cache else None
     digest = verify_dataset(
@@ -49,6 +51,8 @@ def prepare(spec, *, store: Store, engine: LocalEngine, observer: RunObserver,
     image = resolve_image(engine.client, spec.image, spec_name=spec.name,
                           progress=lambda phase, done, total, text:
                           observer.progress(label, phase, done, total, text))
+    if image.build_context:
+        store.note_built_image(image.id, spec.name)
     host = {**engine.host_facts(), "reprun_version": __version__,
             "image_id": image.id, "image_repo_digest": image.repo_digest}
     return Prepared(spec=spec, dataset=digest, image=image, host=host)
@@ -63,24 +67,59 @@ def describe_image(image_spec) -> str:
 
 
 class LogFile:
-    """The job's output, kept in a file up to a cap; the total is still counted."""
+    """The job's output, kept in a file up to a cap; the total is still counted.
+
+    When the disk fills, the end of the output is held in memory (at most HELD bytes) and written
+    at `close`, once the run's space reserve is released: a job's last words explain its failure.
+    """
+
+    HELD = 64 * 1024
 
     def __init__(self, path: Path, cap: int):
         self.path, self.cap = path, cap
-        self.handle = open(path, "wb")
+        self.handle = open(path, "wb", buffering=0)
         self.written = 0
         self.seen = 0
+        self.error: str | None = None     # why writing stopped (disk full…)
+        self.held = bytearray()
+        self.lost = 0                     # bytes under the cap that never reached the file
 
     def write(self, chunk: bytes) -> None:
         self.seen += len(chunk)
-        room = self.cap - self.written
-        if room > 0:
-            part = chunk[:room]
-            self.handle.write(part)
-            self.written += len(part)
+        room = self.cap - self.written - len(self.held) - self.lost
+        if room <= 0 or not chunk:
+            return
+        part = memoryview(chunk)[:room]
+        if self.error is None:
+            try:
+                while part:
+                    done = self.handle.write(part)
+                    self.written += done
+                    part = part[done:]
+            except OSError as exc:
+                self.error = exc.strerror or str(exc)
+        if part:
+            self.held += part
+            if len(self.held) > self.HELD:
+                drop = len(self.held) - self.HELD
+                del self.held[:drop]
+                self.lost += drop
 
     def close(self) -> None:
-        self.handle.close()
+        try:
+            while self.held:
+                done = self.handle.write(self.held)
+                self.written += done
+                del self.held[:done]
+        except OSError as exc:
+            self.error = self.error or exc.strerror or str(exc)
+            self.lost += len(self.held)
+            self.held.clear()
+        finally:
+            try:
+                self.handle.close()
+            except OSError as exc:
+                self.error = self.error or exc.strerror or str(exc)
 
     @property
     def truncated(self) -> bool:
@@ -108,9 +147,13 @@ def execute(prepared: Prepared, *, store: Store, engine: Executor, observer: Run
     """Run the job once and record it. Interrupts still write an `interrupted` record."""
     spec = prepared.spec
     seed = spec.seed if seed is None else seed
+    secrets = secret_values(spec)
+    redactor = Redactor.for_run(spec, secrets)
     run_id, run_dir, started_at = store.new_run(spec.name)
     paths = RunPaths(run_dir)
-    job = container_job(spec, run_id=run_id, image_id=prepared.image.id, seed=seed, paths=paths)
+    reserve = store.reserve_space(run_id)   # room for the record even if the job fills the disk
+    job = container_job(spec, run_id=run_id, image_id=prepared.image.id, seed=seed, paths=paths,
+                        secrets=secrets)
     if transform is not None:
         job = transform(job)
     _owned_by_job(paths.outputs, job.user)
@@ -120,12 +163,15 @@ def execute(prepared: Prepared, *, store: Store, engine: Executor, observer: Run
     (paths.meta / "pyprobe.py").write_text(pyprobe_source())
     log = LogFile(paths.log, int(os.environ.get("REPRUN_LOG_CAP", DEFAULT_LOG_CAP)))
 
-    def on_output(chunk: bytes) -> None:
+    streams = {"stdout": redactor.stream(), "stderr": redactor.stream()}
+
+    def on_output(chunk: bytes, stream: str = "stdout") -> None:
+        chunk = streams.get(stream, streams["stdout"]).feed(chunk)
         log.write(chunk)
         observer.output(label, chunk)
 
     observer.stage(label, f"run {run_id}: training in {prepared.image.id[:19]} "
-                          f"(network {job.network}, {spec.resources.cpus:g} CPU)")
+                          f"(network {job.network}, {job.nano_cpus / 1e9:g} CPU)")
     interrupted = False
     try:
         outcome = engine.run(job, on_output)
@@ -136,9 +182,13 @@ def execute(prepared: Prepared, *, store: Store, engine: Executor, observer: Run
     except Exception as exc:
         outcome = ContainerOutcome(None, "engine", 0.0, getattr(exc, "message", str(exc)))
     finally:
+        for stream in streams.values():
+            log.write(stream.flush())
+        reserve.release()
         log.close()
-    record = _record(prepared, run_id, started_at, seed, job, outcome, paths, log, marker)
-    store.finish(record)
+    record = _record(prepared, run_id, started_at, seed, job, outcome, paths, log, marker,
+                     redactor)
+    record = store.finish(record)
     observer.finished(label, record)
     if interrupted:
         raise KeyboardInterrupt
@@ -146,27 +196,37 @@ def execute(prepared: Prepared, *, store: Store, engine: Executor, observer: Run
 
 
 def _record(prepared: Prepared, run_id: str, started_at: str, seed: int, job: ContainerJob,
-            outcome: ContainerOutcome, paths: RunPaths, log: LogFile, marker: str) -> RunRecord:
+            outcome: ContainerOutcome, paths: RunPaths, log: LogFile, marker: str,
+            redactor: Redactor) -> RunRecord:
     spec = prepared.spec
     metrics, artifacts, reason, message = {}, {}, outcome.reason, outcome.message
     if outcome.reason == "ok":
         try:
-            metrics = read_metrics(paths.outputs / spec.outputs.metrics)
+            metrics = read_metrics(paths.outputs / spec.outputs.metrics, root=paths.outputs)
             artifacts = hash_artifacts(paths.outputs, spec.outputs.artifacts)
         except OutputsError as exc:
             reason, message = "outputs", str(exc)
     status = {"ok": SUCCEEDED, "interrupted": INTERRUPTED, "engine": ERROR}.get(reason, FAILED)
     manifest_path = paths.meta / "manifest.txt"
     manifest_text = (manifest_path.read_bytes().decode("utf-8", "replace")
-                     if manifest_path.exists() else None)
+                     if manifest_path.is_file() and not manifest_path.is_symlink() else None)
+    if manifest_text is not None and redactor:
+        # The raw probe holds the container's environment: keep it, without the secrets.
+        manifest_path.write_text(redactor.text(manifest_text), encoding="utf-8")
     log_sha, _ = sha256_file(paths.log)
-    if log.truncated:
-        note = f"the log was capped at {log.cap} bytes; the job printed {log.seen}"
+    notes = []
+    if log.error:
+        notes.append(f"the store's disk filled while the job ran ({log.error})"
+                     + (f"; {log.lost} bytes of the log were lost, its end was kept"
+                        if log.lost else ""))
+    if log.seen > log.cap:
+        notes.append(f"the log was capped at {log.cap} bytes; the job printed {log.seen}")
+    for note in notes:
         message = f"{message}; {note}" if message else note
     inputs = Inputs(
         spec_name=spec.name, spec_path=str(spec.source), spec_sha256=spec.source_sha256,
         seed=seed, command=list(job.command), params=dict(spec.params),
-        env=redact_env(dict(spec.env)),
+        env={**redact_env(dict(spec.env)), **{name: REDACTED for name in spec.secrets}},
         resources={"cpus": job.nano_cpus / 1e9, "memory_bytes": job.memory_bytes,
                    "timeout_s": job.timeout_s, "pids": job.pids},
         container=applied_settings(job),
@@ -183,10 +243,12 @@ def _record(prepared: Prepared, run_id: str, started_at: str, seed: int, job: Co
                       duration_s=round(outcome.duration_s, 3), metrics=metrics,
                       artifacts=artifacts, log_sha256=log_sha, log_bytes=log.seen,
                       log_truncated=log.truncated, message=message)
-    return RunRecord(
+    record = RunRecord(
         id=run_id, status=status, started_at=started_at, finished_at=utc_now(),
         inputs=inputs, environment=parse_manifest(manifest_text, marker, prepared.host),
         outputs=outputs, compare=compare_settings(spec), reprun_version=__version__)
+    # Anything the job controls (metric names, messages, its environment) may carry a secret.
+    return RunRecord.from_dict(redactor.tree(record.to_dict())) if redactor else record
 
 
 def compare_settings(spec) -> dict:

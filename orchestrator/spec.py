@@ -135,6 +135,9 @@ class RunSpec:
     hermetic: Hermetic
     source: Path                    # the spec file, absolute
     source_sha256: str              # sha256 of the spec file's bytes
+    # Variables whose values come from reprun's own environment when a run starts, never from
+    # the spec file; their values never reach a record, a log kept by reprun or a report.
+    secrets: tuple[str, ...] = ()
 
     def render_command(self, seed: int | None = None) -> list[str]:
         """The command with {seed} and {params.NAME} filled in; `{{`/`}}` become braces."""
@@ -612,6 +615,10 @@ def _timeout(value: int | float | str) -> float:
     return _in_range(0, MAX_TIMEOUT_S, exclusive_low=True)(seconds)
 
 
+def _cpus(value: int | float) -> float:
+    return float(_in_range(0, MAX_CPUS, exclusive_low=True)(value))
+
+
 def _container_path(value: str) -> str:
     _matching(CONTAINER_PATH_PATTERN, "is not an absolute path inside the container",
               "Write an absolute path without `..`, such as /data")(value)
@@ -753,7 +760,7 @@ _COMPARE_KEYS = {
 }
 
 _RESOURCES_KEYS = {
-    "cpus": _Key(_leaf(_NUMBER, _in_range(0, MAX_CPUS, exclusive_low=True))),
+    "cpus": _Key(_leaf(_NUMBER, _cpus)),
     "memory": _Key(_leaf(_ARGUMENT, _size), attr="memory_bytes"),
     "timeout": _Key(_leaf(_ARGUMENT, _timeout), attr="timeout_s"),
     "pids": _Key(_leaf(_INTEGER, _in_range(1, MAX_INT))),
@@ -792,6 +799,7 @@ _SPEC_KEYS = {
         PARAM_NAME_PATTERN, "is not a valid parameter name",
         "Use letters, digits and underscores, not starting with a digit")), _leaf(_SCALAR))),
     "env": _Key(_named(_leaf(_STRING, _env_name), _leaf(_STRING))),
+    "secrets": _Key(_list(_leaf(_STRING, _env_name))),
     "outputs": _Key(_section(_OUTPUTS_KEYS, OutputsSpec)),
     "compare": _Key(_section(_COMPARE_KEYS, _build_compare)),
     "resources": _Key(_section(_RESOURCES_KEYS, Resources)),
@@ -802,12 +810,27 @@ _SPEC_KEYS = {
 def _read_document(reader: _Reader, node: yaml.Node, where: str) -> dict[str, Any]:
     """The RunSpec fields, with defaults for the optional sections and cross-key checks."""
     values = reader.mapping(node, _SPEC_KEYS, where)
-    values = {"description": "", "params": {}, "env": {}, "outputs": OutputsSpec(),
+    values = {"description": "", "params": {}, "env": {}, "secrets": (), "outputs": OutputsSpec(),
               "compare": _build_compare(), "resources": Resources(), "hermetic": Hermetic(),
               **values}
     _check_placeholders(reader, node, values["command"], values["params"])
     _check_mounts(reader, node, values["dataset"], values["outputs"])
+    _check_secrets(reader, node, values["env"], values["secrets"])
     return _complete(values)
+
+
+def _check_secrets(reader: _Reader, node: yaml.Node, env: Any, secrets: Any) -> None:
+    if env is _FAILED or secrets is _FAILED:
+        return
+    for index, name in enumerate(secrets):
+        item = _child(node, "secrets").value[index]
+        if name in env:
+            reader.report(item.start_mark, f"secrets[{index}] {name} also has a value under env",
+                          "Remove it from env: a secret's value is read from reprun's own "
+                          "environment when the run starts, so it never sits in the spec file")
+        elif name in secrets[:index]:
+            reader.report(item.start_mark, f"secrets[{index}] {name} is listed twice",
+                          "List each secret once")
 
 
 def _check_placeholders(reader: _Reader, node: yaml.Node, command: Any, params: Any) -> None:

@@ -4,13 +4,21 @@ A run gets a row (`running`) the moment it starts, so a crash leaves a trace; it
 written once, when it ends, and a trigger refuses any later change. The record file in the run
 folder is written atomically first, so the next command can finish the job if reprun died
 between the two.
+
+Records form a hash chain in commit order: each record names the hash of the one committed
+before it (`previous`), gets the next sequence number, and the newest link is also kept in the
+`chain-head` file. All three are written under one `BEGIN IMMEDIATE` transaction, so concurrent
+writers queue instead of forking the chain; `integrity.audit_store` walks it.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import sqlite3
 import time
@@ -35,7 +43,9 @@ CREATE TABLE IF NOT EXISTS runs (
     pid           INTEGER NOT NULL,
     record        TEXT,
     record_sha256 TEXT,
-    note          TEXT
+    note          TEXT,
+    seq           INTEGER,          -- position in the hash chain, in commit order
+    previous_sha256 TEXT            -- the record_sha256 of seq - 1
 );
 CREATE INDEX IF NOT EXISTS runs_spec_started ON runs (spec, started_at);
 CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
@@ -45,6 +55,11 @@ BEGIN SELECT RAISE(ABORT, 'run records are immutable once finished'); END;
 CREATE TRIGGER IF NOT EXISTS runs_are_kept BEFORE DELETE ON runs
 WHEN OLD.status = 'running'
 BEGIN SELECT RAISE(ABORT, 'a running run cannot be deleted'); END;
+CREATE TABLE IF NOT EXISTS built_images (
+    image_id  TEXT PRIMARY KEY,     -- images reprun built, so that `gc` knows which are its own
+    spec      TEXT NOT NULL,
+    built_at  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS reports (
     id         TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
@@ -53,6 +68,42 @@ CREATE TABLE IF NOT EXISTS reports (
     path       TEXT NOT NULL
 );
 """
+
+
+# Added to stores made before the chain existed; the index and trigger name the new columns.
+_CHAIN_COLUMNS = {"seq": "INTEGER", "previous_sha256": "TEXT"}
+_CHAIN_SCHEMA = """
+CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs (seq);
+CREATE TRIGGER IF NOT EXISTS chained_runs_are_kept BEFORE DELETE ON runs
+WHEN OLD.seq IS NOT NULL
+BEGIN SELECT RAISE(ABORT, 'a recorded run cannot be deleted'); END;
+"""
+CHAIN_HEAD = "chain-head"
+RESERVE_FILE = ".reserve"
+# Held in the run folder while the job runs, released just before the record is written: a job
+# that fills the store's disk still leaves room for its own record.
+DEFAULT_RESERVE_BYTES = 8 << 20
+
+
+def record_sha256(text: str) -> str:
+    """The hash of a record's JSON: canonical form (sorted keys, no spaces), so that it covers
+    the document as written whatever reprun version reads it back."""
+    canonical = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    seq: int
+    sha256: str
+    run_id: str
+
+    @classmethod
+    def parse(cls, text: str) -> "ChainHead | None":
+        parts = text.split()
+        if len(parts) != 3 or not parts[0].isdigit():
+            return None
+        return cls(int(parts[0]), parts[1], parts[2])
 
 
 def utc_now() -> str:
@@ -85,6 +136,7 @@ class Store:
         self.reports_dir.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(SCHEMA)
+            _add_chain_columns(db)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -117,22 +169,103 @@ class Store:
             return run_id, run_dir, started_at
         raise UsageError("could not allocate a unique run ID in the store")  # pragma: no cover
 
-    def finish(self, record: RunRecord) -> None:
-        """Write the record file atomically, then the row; neither changes again."""
+    def finish(self, record: RunRecord) -> RunRecord:
+        """Seal the record into the chain: record file, row and chain head, none changes again.
+
+        Returns the record as stored, naming its predecessor."""
         if record.status not in FINAL_STATUSES:
             raise ValueError(f"cannot finish a run with status {record.status!r}")
-        text = record.to_json()
-        _write_atomically(self.run_dir(record.id) / "record.json", text)
-        self._commit_record(record, text)
+        return self._seal(record)
 
-    def _commit_record(self, record: RunRecord, text: str) -> None:
+    def _seal(self, record: RunRecord) -> RunRecord:
         outputs = record.outputs
         with self._connect() as db:
-            db.execute(
-                "UPDATE runs SET status = ?, finished_at = ?, duration_s = ?, image_id = ?, "
-                "record = ?, record_sha256 = ? WHERE id = ? AND status = 'running'",
-                (record.status, record.finished_at, outputs.duration_s if outputs else None,
-                 record.inputs.image.id, text, record.content_sha256(), record.id))
+            # IMMEDIATE takes the write lock before reading the head: two writers can never
+            # both extend the same link.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT status FROM runs WHERE id = ?", (record.id,)).fetchone()
+                if row is None or row[0] != RUNNING:
+                    db.execute("ROLLBACK")
+                    return record
+                head = db.execute("SELECT seq, record_sha256 FROM runs "
+                                  "WHERE seq = (SELECT MAX(seq) FROM runs)").fetchone()
+                seq, previous = (head[0] + 1, head[1]) if head else (1, None)
+                sealed = dataclasses.replace(record, previous=previous)
+                text = sealed.to_json()
+                digest = record_sha256(text)
+                # The file first: a crash before COMMIT leaves it for `repair` to adopt.
+                _write_atomically(self.run_dir(record.id) / "record.json", text)
+                db.execute(
+                    "UPDATE runs SET status = ?, finished_at = ?, duration_s = ?, image_id = ?, "
+                    "record = ?, record_sha256 = ?, seq = ?, previous_sha256 = ? "
+                    "WHERE id = ? AND status = 'running'",
+                    (record.status, record.finished_at, outputs.duration_s if outputs else None,
+                     record.inputs.image.id, text, digest, seq, previous, record.id))
+                _write_atomically(self.root / CHAIN_HEAD, f"{seq} {digest} {record.id}\n")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return sealed
+
+    def chain_snapshot(self) -> tuple[list[tuple], str | None]:
+        """Every row (id, status, seq, record, record_sha256, previous_sha256) in chain order,
+        and the chain-head file's text, read under the write lock so no commit falls between."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute(
+                    "SELECT id, status, seq, record, record_sha256, previous_sha256 FROM runs "
+                    "ORDER BY seq IS NULL, seq, id").fetchall()
+                try:
+                    head = (self.root / CHAIN_HEAD).read_text()
+                except FileNotFoundError:
+                    head = None
+            finally:
+                db.execute("ROLLBACK")
+        return rows, head
+
+    def chain_head(self) -> ChainHead | None:
+        try:
+            return ChainHead.parse((self.root / CHAIN_HEAD).read_text())
+        except OSError:
+            return None
+
+    def reserve_space(self, run_id: str) -> "SpaceReserve":
+        size = int(os.environ.get("REPRUN_RESERVE_BYTES", DEFAULT_RESERVE_BYTES))
+        return SpaceReserve.take(self.run_dir(run_id) / RESERVE_FILE, size)
+
+    def note_built_image(self, image_id: str, spec_name: str) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR IGNORE INTO built_images (image_id, spec, built_at) "
+                       "VALUES (?, ?, ?)", (image_id, spec_name, utc_now()))
+
+    def built_images_without_runs(self) -> dict[str, str]:
+        """Images reprun built that no recorded run ran on: image ID -> spec name."""
+        with self._connect() as db:
+            return dict(db.execute(
+                "SELECT image_id, spec FROM built_images WHERE image_id NOT IN "
+                "(SELECT image_id FROM runs WHERE image_id IS NOT NULL)").fetchall())
+
+    def forget_built_image(self, image_id: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM built_images WHERE image_id = ?", (image_id,))
+
+    def remove_unrecorded_run_folders(self) -> list[str]:
+        """Folders of runs a crash interrupted before any record was written: nothing in them is
+        covered by a record, and the row (status `interrupted`, with a note) stays."""
+        with self._connect() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM runs WHERE status = ? AND record IS NULL", (INTERRUPTED,))]
+        removed = []
+        for run_id in ids:
+            folder = self.run_dir(run_id)
+            if folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(run_id)
+        return removed
 
     def save_report(self, run_ids: list[str], verdict: str, text: str) -> Path:
         report_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -208,9 +341,12 @@ class Store:
         for run_id, host, pid in rows:
             if host == socket.gethostname() and _alive(pid):
                 continue
+            with contextlib.suppress(OSError):
+                (self.run_dir(run_id) / RESERVE_FILE).unlink()
             record = self._record_file(run_id)
-            if record is not None and record.status in FINAL_STATUSES:
-                self._commit_record(record, record.to_json())
+            if record is not None and record.status in FINAL_STATUSES and record.id == run_id:
+                # Re-sealed at the chain's current head: others may have committed meanwhile.
+                self._seal(record)
                 repaired.append(f"{run_id}: record file adopted ({record.status})")
                 continue
             with self._connect() as db:
@@ -228,6 +364,52 @@ class Store:
             return RunRecord.from_json(path.read_text())
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+class SpaceReserve:
+    """A file of zeros that holds disk space for later; `release` gives it back."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    @classmethod
+    def take(cls, path: Path, size: int) -> "SpaceReserve":
+        if size <= 0:
+            return cls(None)
+        try:
+            with open(path, "wb") as handle:
+                try:
+                    os.posix_fallocate(handle.fileno(), 0, size)
+                except OSError:
+                    handle.write(b"\0" * size)   # filesystems without fallocate
+            return cls(path)
+        except OSError:
+            # Already full: the run goes on; writing its record may then fail loudly.
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return cls(None)
+
+    def release(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.path = None
+
+
+def _add_chain_columns(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        have = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+        for column, kind in _CHAIN_COLUMNS.items():
+            if column not in have:
+                db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+        for statement in filter(str.strip, _CHAIN_SCHEMA.split(";\n")):
+            db.execute(statement)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _like_prefix(prefix: str) -> str:

@@ -12,8 +12,8 @@ code=$?
 [ $code -eq 0 ] || { echo "demo: the deterministic spec did not verify (exit $code)" >&2; exit $code; }
 
 echo
-echo "== reprun verify specs/digits-noisy.yaml (expected: differs, exit 1)"
-$REPRUN verify specs/digits-noisy.yaml --report .reprun/demo/digits-noisy.html
+echo "== reprun verify specs/nondeterministic/digits-noisy.yaml (expected: differs, exit 1)"
+$REPRUN verify specs/nondeterministic/digits-noisy.yaml --report .reprun/demo/digits-noisy.html
 code=$?
 [ $code -eq 1 ] || { echo "demo: the nondeterministic spec should differ (exit 1), got $code" >&2; exit 1; }
 

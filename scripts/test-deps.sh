@@ -7,7 +7,8 @@
 set -euo pipefail
 
 PACKAGES=(
-  chromium      # the HTML report is opened in a real headless browser
+  chromium        # the HTML report is opened in a real headless browser
+  busybox-static  # a tiny image without Python, imported for tests that remove or damage images
 )
 PACKAGES+=("$@")
 LOCK=${REPRUN_APT_LOCK:-/var/lib/reprun-engine.apt.lock}

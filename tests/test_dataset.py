@@ -129,6 +129,17 @@ def test_a_big_file_read_ahead_hashes_the_same(tmp_path: Path, monkeypatch):
     assert hash_dataset(data).sha256 == coreutils_file_hash(data)
 
 
+def test_a_tree_of_big_and_small_files_hashes_the_same_whichever_thread_reads_them(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(dataset, "READ_AHEAD_FROM", 2 * dataset.BLOCK)
+    tree = make_tree(tmp_path / "mixed", {
+        **{f"small/{i:03}.csv": os.urandom(1000 + i) for i in range(50)},
+        **{f"big/{i}.bin": os.urandom(3 * dataset.BLOCK + i) for i in range(3)},
+    })
+    digest = hash_dataset(tree, workers=3)
+    assert digest.sha256 == coreutils_tree_hash(tree)
+    assert digest.bytes_read == digest.bytes
+
+
 def test_tree_sha256_does_not_depend_on_the_order_it_is_given():
     entries = [FileEntry("./b", "1" * 64, 1), FileEntry("./a/x", "2" * 64, 2), FileEntry("./a-x", "3" * 64, 3)]
     assert tree_sha256(entries) == tree_sha256(reversed(entries))
@@ -295,10 +306,12 @@ def test_a_link_that_leads_outside_the_dataset_is_refused_and_named(digits: Path
     secret = tmp_path / "secret.txt"
     secret.write_text("host file\n")
     (digits / "train" / "leak.csv").symlink_to(secret)
+    threads_before = threading.active_count()
     with pytest.raises(SpecError) as refused:
-        hash_dataset(digits)
-    assert "./train/leak.csv" in refused.value.message
+        hash_dataset(digits, workers=4)
+    assert "./train/leak.csv" in refused.value.message and str(secret) in refused.value.message
     assert refused.value.exit_code == ExitCode.INVALID
+    assert threading.active_count() == threads_before      # no hashing thread left behind
 
 
 def test_a_dangling_link_to_outside_is_refused(digits: Path):
@@ -372,7 +385,7 @@ def test_cache_hits_count_as_done_from_the_start(digits: Path, cache: HashCache)
     assert calls[0] == (first.bytes, first.bytes)
 
 
-def test_hashing_the_same_content_twice_gives_hashlib_results(digits: Path):
+def test_every_file_in_the_manifest_carries_its_own_sha256(digits: Path):
     digest = hash_dataset(digits)
     for entry in digest.files:
         assert entry.sha256 == hashlib.sha256((digits / entry.path).read_bytes()).hexdigest()

@@ -98,6 +98,8 @@ def test_a_minimal_pinned_spec_loads_with_strict_defaults(project):
     assert spec.hermetic == Hermetic(network="none", read_only_root=True, user="65534:65534",
                                      tmp_size="256m")
     assert spec.resources == Resources(cpus=1.0, memory_bytes=2 << 30, timeout_s=1800.0, pids=512)
+    assert isinstance(load_spec(write(project, changed({"resources.cpus": 2}))).resources.cpus,
+                      float), "records never differ between cpus 2 and 2.0"
     assert spec.compare.metrics == {"default": Tolerance("exact")}
     assert spec.compare.artifacts == "bitwise"
     assert spec.source == path and spec.source.is_absolute()

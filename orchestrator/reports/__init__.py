@@ -199,13 +199,21 @@ def tables(
 
 
 def extra_tables(extra: dict[str, Any]) -> list[Table]:
-    """Free-form sections, shown generically: a list of mappings is a table, a mapping is
-    key/value rows, anything else one value per row."""
+    """Free-form sections, shown generically: `{"title", "columns", "rows"}` is a table laid
+    out as given (JSON keeps list order, not key order, so a stored report renders alike), a
+    list of mappings is a table, a mapping is key/value rows, anything else one value per row."""
     result = []
     for key in sorted(extra):
         value = extra[key]
         title = str(key).replace("_", " ").capitalize()
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        if (isinstance(value, dict) and isinstance(value.get("columns"), list)
+                and isinstance(value.get("rows"), list)
+                and all(isinstance(row, list) for row in value["rows"])):
+            result.append(Table(f"extra.{key}", str(value.get("title") or title),
+                                tuple(map(str, value["columns"])),
+                                tuple(tuple(_cell(cell) for cell in row)
+                                      for row in value["rows"])))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             headers: list[str] = []
             for item in value:
                 headers.extend(k for k in item if k not in headers)

@@ -11,7 +11,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from orchestrator.compare import Comparison
-from orchestrator.reports import number, size, text
+from orchestrator.reports import MISSING, extra_tables, number, size, text
 
 # XML 1.0 cannot carry most control characters, even escaped; a record value might hold them.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -97,9 +97,24 @@ def render(comparison: Comparison) -> str:
         element.set("skipped", str(skipped))
     summary = [comparison.summary, *(f"cause {i}: {c.summary}"
                                      for i, c in enumerate(comparison.causes, 1)),
-               *(f"note: {n}" for n in comparison.notes)]
+               *(f"note: {n}" for n in comparison.notes),
+               *_extra_lines(comparison)]
     ET.SubElement(suite, "system-out").text = _clean("\n".join(summary))
 
     ET.indent(suites)
     body = ET.tostring(suites, encoding="unicode")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
+
+
+def _extra_lines(comparison: Comparison) -> list[str]:
+    """Extra sections (e.g. variations) as plain lines: CI shows system-out as text."""
+    lines = []
+    for table in extra_tables(comparison.extra):
+        lines.append(f"{table.title}:")
+        for row in table.rows:
+            if not any(table.headers):
+                lines.append("  " + ": ".join(row))
+                continue
+            cells = [f"{h}: {c}" for h, c in zip(table.headers, row) if c not in (MISSING, "")]
+            lines.append("  " + "; ".join(cells))
+    return lines

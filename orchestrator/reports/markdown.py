@@ -9,11 +9,18 @@ from orchestrator.reports import Table, tables
 # Characters that would start Markdown or HTML inside a table cell or a list item. A backslash
 # before ASCII punctuation is always a literal in CommonMark, so escaping more is harmless.
 _SPECIAL = re.compile(r"([\\`|*_\[\]<>&~#!])")
+# Control characters (a terminal escape in a package name) are shown as \xNN: a Markdown report
+# is often read with `cat` in a terminal, and GitHub drops them anyway.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _visible(value: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
 
 
 def escape(value: str) -> str:
     one_line = " ".join(value.splitlines())
-    return _SPECIAL.sub(r"\\\1", one_line)
+    return _visible(_SPECIAL.sub(r"\\\1", one_line))
 
 
 def render(comparison: Comparison) -> str:
@@ -42,7 +49,7 @@ def render(comparison: Comparison) -> str:
 
 def _code(value: str) -> str:
     # Inside a code span nothing is interpreted, but a backtick would end it.
-    return value.replace("`", "'")
+    return _visible(value.replace("`", "'"))
 
 
 def _table(table: Table) -> list[str]:

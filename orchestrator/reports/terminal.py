@@ -1,6 +1,8 @@
 """The terminal report: the verdict in capitals, compact tables, numbered likely causes."""
 from __future__ import annotations
 
+import re
+
 from tabulate import tabulate
 
 from orchestrator.compare import Comparison
@@ -26,6 +28,19 @@ _STATUS_COLOUR = {
 }
 
 
+# Control characters a job could put in a metric, package or file name: an escape sequence
+# in a report would recolour, retitle or rewrite the reader's terminal. Shown as \xNN instead.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def cell(text: str) -> str:
+    return plain(text).replace("\n", "\\n")
+
+
 def render(comparison: Comparison, *, color: bool = False) -> str:
     def paint(text: str, colour: str | None, bold: bool = False) -> str:
         if not color or (colour is None and not bold):
@@ -35,8 +50,8 @@ def render(comparison: Comparison, *, color: bool = False) -> str:
     a, b = comparison.a, comparison.b
     lines = [
         paint(comparison.verdict.upper(), _VERDICT_COLOUR.get(comparison.verdict), bold=True)
-        + f"  {a.run_id} vs {b.run_id}  ({a.spec_name})",
-        comparison.summary,
+        + plain(f"  {a.run_id} vs {b.run_id}  ({a.spec_name})"),
+        plain(comparison.summary),
     ]
     for table in tables(comparison):
         lines.append("")
@@ -44,26 +59,28 @@ def render(comparison: Comparison, *, color: bool = False) -> str:
 
     if comparison.notes:
         lines += ["", paint("Notes", None, bold=True)]
-        lines += [f"  - {note}" for note in comparison.notes]
+        lines += [f"  - {plain(note)}" for note in comparison.notes]
     if comparison.causes:
         lines += ["", paint("Likely causes", None, bold=True)]
         for number, cause in enumerate(comparison.causes, 1):
-            lines.append(f"  {number}. {cause.summary}")
-            lines += [f"       - {detail}" for detail in cause.details]
+            lines.append(f"  {number}. {plain(cause.summary)}")
+            lines += [f"       - {plain(detail)}" for detail in cause.details]
     return "\n".join(lines) + "\n"
 
 
 def _table(table: Table, paint) -> list[str]:
-    heading = paint(table.title, None, bold=True)
+    heading = paint(plain(table.title), None, bold=True)
     if not table.rows:
-        return [f"{heading}: {table.empty}"]
+        return [f"{heading}: {plain(table.empty)}"]
     rows = []
     for row, status in zip(table.rows, table.statuses or ("",) * len(table.rows)):
+        row = tuple(cell(value) for value in row)
         colour = _STATUS_COLOUR.get(status)
         # The status is the last cell of each row that has one; colour only that cell.
         rows.append((*row[:-1], paint(row[-1], colour)) if status and row[-1] == status
                     else row)
-    body = tabulate(rows, headers=table.headers, tablefmt="simple", disable_numparse=True)
+    body = tabulate(rows, headers=[cell(h) for h in table.headers], tablefmt="simple",
+                    disable_numparse=True)
     out = [heading, *body.splitlines()]
     if table.more:
         out.append(f"... and {table.more} more")

@@ -1,0 +1,318 @@
+"""Which variation is to blame: `verify --vary` and the culprit search behind it.
+
+Run 1 is the control (pinned defaults), run 2 varies every factor of the plan. When they
+differ, a run with nothing varied tells nondeterminism apart from a dependence on the factors;
+then an adaptive group search (`search_culprits`) splits the factors and keeps the halves that
+reproduce the difference, so that few culprits among many factors cost few runs. Two factors
+that matter only together are found too: when neither half reproduces alone, each half is
+searched with the other half held varied.
+
+The result is the usual `Comparison` of run 1 with run 2, with the culprits first among its
+causes and the variations, their values and the search steps in its `extra` sections.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .compare import (A_DIFFERS, CAUSE_ENVIRONMENT, CAUSE_NONDETERMINISM, DIFFERS, INCOMPLETE,
+                      MISSING_A, MISSING_B, M_BEYOND, Cause, Comparison, compare_records)
+from .engine import Executor
+from .errors import InfrastructureError
+from .events import RunObserver
+from .hermetic import RunPaths, container_job
+from .records import ERROR, SUCCEEDED, RunRecord
+from .runner import Prepared, execute
+from .store import Store
+from .variations import FACTOR_NAMES, HostContext, VariationPlan, factor, plan_variations
+
+Oracle = Callable[[frozenset], bool]
+
+
+# --- the search, over any oracle --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SearchStep:
+    varied: frozenset            # the factors varied in this run; all others at control
+    reproduces: bool             # did the result differ from the control's?
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    groups: tuple[tuple[str, ...], ...]   # each: factors that change the result together
+    steps: tuple[SearchStep, ...]         # one per oracle call, i.e. per run
+
+    @property
+    def runs(self) -> int:
+        return len(self.steps)
+
+
+def search_culprits(factors: Sequence[str], oracle: Oracle) -> SearchResult:
+    """Find the factors the result depends on.
+
+    Known before any call: varying every factor reproduces the difference, varying none does
+    not. The oracle is asked about each set at most once. A monotone dependence is assumed (a
+    set that reproduces still does with more factors varied), as for any group test.
+    """
+    order = {name: i for i, name in enumerate(factors)}
+    known: dict[frozenset, bool] = {frozenset(factors): True, frozenset(): False}
+    steps: list[SearchStep] = []
+
+    def ask(varied: frozenset) -> bool:
+        if varied not in known:
+            known[varied] = bool(oracle(varied))
+            steps.append(SearchStep(varied, known[varied]))
+        return known[varied]
+
+    def find_one(candidates: tuple, held: frozenset, verified: bool) -> frozenset | None:
+        """A minimal part of `candidates` that reproduces with `held` varied too, or None when
+        `candidates` turns out not to (only possible when not `verified`)."""
+        if len(candidates) == 1:
+            return frozenset(candidates) if verified or ask(held | set(candidates)) else None
+        half = (len(candidates) + 1) // 2
+        first, second = candidates[:half], candidates[half:]
+        if ask(held | set(first)):
+            return find_one(first, held, True)
+        # Optimistically, the second half holds it on its own: one run per level, not two.
+        found = find_one(second, held, False)
+        if found is not None:
+            return found
+        if not verified and not ask(held | set(candidates)):
+            return None
+        # Neither half alone, both together: search each with the other held varied.
+        in_first = find_one(first, held | set(second), True)
+        in_second = find_one(second, held | in_first, True)
+        return in_first | in_second
+
+    groups: list[frozenset] = []
+    pool = tuple(factors)
+    while pool:
+        group = find_one(pool, frozenset(), True)
+        groups.append(group)
+        found = frozenset().union(*groups)
+        pool = tuple(f for f in factors if f not in found)
+        # Anything left that still changes the result on its own is another culprit.
+        if not pool or not ask(frozenset(pool)):
+            break
+    for group in groups:
+        ask(group)    # each culprit named is one run that shows it
+    return SearchResult(
+        groups=tuple(tuple(sorted(g, key=order.__getitem__)) for g in groups),
+        steps=tuple(steps))
+
+
+# --- verify --vary ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrialRun:
+    role: str                    # control | varied | fixed | search
+    varied: tuple[str, ...]
+    record: RunRecord
+    comparison: Comparison | None  # with the control; None for the control itself
+
+    @property
+    def reproduces(self) -> bool:
+        return self.comparison is not None and self.comparison.verdict in (DIFFERS, INCOMPLETE)
+
+
+@dataclass(frozen=True)
+class VariedVerification:
+    plan: VariationPlan
+    trials: tuple[TrialRun, ...]
+    comparison: Comparison | None   # run 1 vs run 2; None when the control failed
+
+    @property
+    def control(self) -> RunRecord:
+        return self.trials[0].record
+
+
+def host_context(prepared: Prepared) -> HostContext:
+    spec = prepared.spec
+    return HostContext(host_cpus=prepared.host.get("host_cpus"),
+                       dataset_path=Path(spec.dataset.path), dataset_kind=prepared.dataset.kind,
+                       dataset_bytes=prepared.dataset.bytes,
+                       dataset_files=len(prepared.dataset.files),
+                       memory_bytes=spec.resources.memory_bytes)
+
+
+def plan_for(prepared: Prepared, names: Sequence[str], seed: int) -> VariationPlan:
+    # A job built exactly as the runs' jobs are; only its values are read.
+    preview = container_job(prepared.spec, run_id="preview", image_id=prepared.image.id,
+                            seed=prepared.spec.seed, paths=RunPaths(Path("/nonexistent")))
+    return plan_variations(names, seed, host_context(prepared), preview)
+
+
+def verify_varied(prepared: Prepared, plan: VariationPlan, *, store: Store, engine: Executor,
+                  observer: RunObserver, repeat: str = "") -> VariedVerification:
+    """Control, varied run, and when they differ the culprit search; runs one after another,
+    since the CPU count is one of the things varied."""
+    trials: list[TrialRun] = []
+    observer.stage("vary", f"variation seed {plan.seed} (repeat with --vary-seed {plan.seed})")
+    for v in plan.variations:
+        observer.stage("vary", f"{v.factor}: {v.value.control} → {v.value.varied}")
+    for s in plan.skipped:
+        observer.stage("vary", f"{s.factor}: skipped, {s.reason}")
+
+    def run(role: str, names: Sequence[str]) -> TrialRun:
+        names = tuple(n for n in plan.names if n in set(names))
+        label = role if role != "search" else f"search {len(trials) - 2}"
+        observer.stage(label, "varying " + (", ".join(names) or "nothing"))
+        record = execute(prepared, store=store, engine=engine, observer=observer, label=label,
+                         transform=plan.transform(names))
+        if record.status == ERROR:
+            # A lost engine says nothing about the factors: stop rather than blame one.
+            raise InfrastructureError(f"run {record.id} ({label}) could not finish: "
+                                      f"{record.outputs.message if record.outputs else 'engine error'}")
+        comparison = compare_records(trials[0].record, record) if trials else None
+        trial = TrialRun(role, names, record, comparison)
+        trials.append(trial)
+        if comparison is not None and role != "varied":
+            observer.stage(label, f"{comparison.verdict} against the control"
+                                  + (" (reproduces)" if trial.reproduces else ""))
+        return trial
+
+    control = run("control", ())
+    if control.record.status != SUCCEEDED:
+        return VariedVerification(plan, tuple(trials), None)
+    varied = run("varied", plan.names)
+    causes: list[Cause] = []
+    outcome = f"{varied.comparison.verdict}: no factor changed the result"
+    search: SearchResult | None = None
+    if varied.reproduces:
+        fixed = run("fixed", ())
+        if fixed.reproduces:
+            causes.append(_nondeterministic(fixed))
+            outcome = "nondeterministic even with every factor fixed"
+        else:
+            by_set: dict[frozenset, TrialRun] = {frozenset(plan.names): varied}
+
+            def oracle(names: frozenset) -> bool:
+                by_set[names] = run("search", tuple(names))
+                return by_set[names].reproduces
+
+            search = search_culprits(plan.names, oracle)
+            causes.extend(_culprit(plan, group, by_set[frozenset(group)], search, len(plan.names))
+                          for group in search.groups if by_set[frozenset(group)].reproduces)
+            if not causes:
+                causes.append(Cause(
+                    CAUSE_NONDETERMINISM,
+                    "the varied run differs, but no factor reproduces the difference alone or "
+                    "together: the job may be nondeterministic only some of the time"))
+            outcome = "; ".join(c.summary.split(":")[0] for c in causes)
+    comparison = varied.comparison
+    extra = {**comparison.extra, **_extra(plan, trials, outcome, search, repeat)}
+    comparison = dataclasses.replace(comparison, causes=(*causes, *comparison.causes),
+                                     extra=extra)
+    return VariedVerification(plan, tuple(trials), comparison)
+
+
+# --- what the report says ---------------------------------------------------------------------
+
+def _pair(a: float, b: float) -> tuple[str, str]:
+    """The two numbers with just enough digits to tell them apart: 0.9721 and 0.9718."""
+    for digits in range(4, 18):
+        ta, tb = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if ta != tb:
+            return ta, tb
+    return repr(a), repr(b)
+
+
+def _effects(comparison: Comparison, at_a: str, at_b: str) -> list[str]:
+    effects = []
+    for run in (comparison.a, comparison.b):
+        if run.status != SUCCEEDED:
+            where = at_a if run is comparison.a else at_b
+            effects.append(f"the job {run.status}" + (f" ({run.reason})" if run.reason else "")
+                           + f" at {where}")
+    for m in comparison.sections.metrics:
+        if m.status == M_BEYOND:
+            ta, tb = _pair(m.a, m.b)
+            effects.append(f"{m.name} {ta} at {at_a}, {tb} at {at_b}")
+        elif m.status in (MISSING_A, MISSING_B):
+            effects.append(f"{m.name} is reported only at {at_b if m.status == MISSING_A else at_a}")
+    for f in comparison.sections.artifacts:
+        if f.status == A_DIFFERS:
+            effects.append(f"artifact {f.name} differs (sha256 {(f.a_sha256 or '')[:12]} at "
+                           f"{at_a}, {(f.b_sha256 or '')[:12]} at {at_b})")
+    return effects or [f"the results differ between {at_a} and {at_b}"]
+
+
+def _joined(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _culprit(plan: VariationPlan, group: Sequence[str], trial: TrialRun, search: SearchResult,
+             factors: int) -> Cause:
+    variations = [plan.variation(name) for name in group]
+    what = _joined([v.label for v in variations]) + (" together" if len(group) > 1 else "")
+    at_control = _joined([v.value.control for v in variations])
+    at_varied = _joined([v.value.varied for v in variations])
+    effects = _effects(trial.comparison, at_control, at_varied)
+    deltas = [f"{m.name} changes by {m.delta:+.6g} ({m.tolerance} tolerance)"
+              for m in trial.comparison.sections.metrics
+              if m.status == M_BEYOND and m.delta is not None]
+    details = (
+        *effects[2:],
+        *deltas,
+        f"run {trial.record.id} varied only {_joined(list(group))}; everything else as in "
+        f"the control run {trial.comparison.a.run_id}",
+        _cost(search.runs + 1, factors + 1, together=len(group) > 1),
+    )
+    return Cause(CAUSE_ENVIRONMENT, f"result depends on {what}: " + "; ".join(effects[:2]),
+                 details)
+
+
+def _cost(runs: int, one_at_a_time: int, *, together: bool) -> str:
+    text = f"the culprit search took {runs} runs after the control and the varied run"
+    if runs < one_at_a_time:
+        return text + f" (one factor at a time: {one_at_a_time})"
+    if together:
+        return text + " (one factor at a time cannot find factors that act only together)"
+    return text
+
+
+def _nondeterministic(fixed: TrialRun) -> Cause:
+    comparison = fixed.comparison
+    effects = _effects(comparison, f"run {comparison.a.run_id}", f"run {comparison.b.run_id}")
+    hints = [c.summary for c in comparison.causes
+             if c.kind == CAUSE_NONDETERMINISM and not c.summary.startswith("nondeterministic")]
+    return Cause(CAUSE_NONDETERMINISM,
+                 f"nondeterministic even with every factor fixed: run {fixed.record.id}, with "
+                 f"nothing varied, differs from the control run {comparison.a.run_id}",
+                 (*effects, *hints))
+
+
+def _extra(plan: VariationPlan, trials: Sequence[TrialRun], outcome: str,
+           search: SearchResult | None, repeat: str) -> dict:
+    names = "all" if set(plan.requested) == set(FACTOR_NAMES) else ",".join(plan.requested)
+    summary = [
+        ["seed", str(plan.seed)],
+        ["repeat with", f"{repeat} --vary {names} --vary-seed {plan.seed}".strip()],
+        ["varied", ", ".join(plan.names) or "nothing"],
+        ["skipped", ", ".join(s.factor for s in plan.skipped) or "nothing"],
+        ["outcome", outcome],
+        ["runs", f"{len(trials)} (control, varied"
+                 + (", nothing varied" if len(trials) > 2 else "")
+                 + (f", {search.runs} for the culprit search" if search else "") + ")"],
+    ]
+    factors = [[v.factor, v.label, "varied", v.value.control, v.value.varied, None]
+               for v in plan.variations]
+    factors += [[s.factor, factor(s.factor).label, "skipped", None, None, s.reason]
+                for s in plan.skipped]
+    steps = [[str(i), t.record.id, t.role, ", ".join(t.varied) or "nothing",
+              "control" if t.comparison is None else t.comparison.verdict,
+              "" if t.comparison is None else ("yes" if t.reproduces else "no")]
+             for i, t in enumerate(trials, 1)]
+    return {
+        "variation": {"title": "Variation", "columns": ["", ""], "rows": summary},
+        "variation_factors": {"title": "Varied factors",
+                              "columns": ["factor", "what", "status", "control", "varied",
+                                          "why skipped"],
+                              "rows": factors},
+        "variation_search": {"title": "Variation runs and culprit search",
+                             "columns": ["step", "run", "role", "varied", "against control",
+                                         "reproduces"],
+                             "rows": steps},
+    }

@@ -1,0 +1,151 @@
+"""Coming back later: rerun from the record, lock, baselines, archives, the rebuild check."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import requests
+
+from conftest import REGISTRY, REPO, WRITE_METRICS
+from imagekit import import_tiny_image, push
+from test_verify import build_spec, fake_distribution
+
+pytestmark = pytest.mark.engine
+
+
+def run_ids(project) -> list[str]:
+    runs = json.loads(project.reprun("runs", "--json").stdout)
+    return [r["id"] for r in sorted(runs, key=lambda r: r["started_at"])]
+
+
+def test_a_run_reruns_as_recorded_after_its_spec_file_was_edited(project):
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS)
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    spec.write_text(spec.read_text().replace("seed: 7", "seed: 8"))   # no longer what ran
+    [original] = run_ids(project)
+    result = project.reprun("rerun", original, "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("IDENTICAL")
+    replay = json.loads(project.reprun("runs", "show", run_ids(project)[-1], "--json").stdout)
+    assert replay["inputs"]["seed"] == 7 and replay["outputs"]["metrics"]["score"] == 0.7
+
+
+def test_a_rerun_whose_dataset_changed_is_refused_naming_the_file(project):
+    project.dataset(files={"a.csv": b"1\n", "b.csv": b"2\n"})
+    assert project.reprun("run", str(project.spec(script=WRITE_METRICS)), "-q").returncode == 0
+    (project.root / "data" / "b.csv").write_bytes(b"3\n")
+    result = project.reprun("rerun", run_ids(project)[0], "-q")
+    assert result.returncode == 3 and "b.csv" in result.stderr, result.stderr
+
+
+def test_a_rerun_can_take_the_dataset_from_a_new_place(project):
+    project.dataset()
+    assert project.reprun("run", str(project.spec(script=WRITE_METRICS)), "-q").returncode == 0
+    moved = project.root / "moved"
+    shutil.move(project.root / "data", moved)
+    gone = project.reprun("rerun", run_ids(project)[0], "-q")
+    assert gone.returncode == 2 and "--dataset" in gone.stderr
+    assert project.reprun("rerun", run_ids(project)[0], "-q", "--dataset", str(moved)).returncode == 0
+
+
+def test_lock_keeps_comments_and_lock_check_notices_a_stale_pin(project):
+    project.dataset()
+    spec = build_spec(project, "1.0")
+    text = spec.read_text()
+    text = "# my precious comment\n" + text.replace("seed: 7", "seed: 7   # the answer, nearly")
+    text = text.replace("  build: {context: image}\n", "  build: {context: image}\n  digest: sha256:" + "0" * 64 + "\n")
+    spec.write_text(text)
+    assert project.reprun("lock", "--check", str(spec)).returncode == 1
+    assert project.reprun("lock", str(spec)).returncode == 0
+    locked = spec.read_text()
+    assert "# my precious comment" in locked and "# the answer, nearly" in locked
+    assert "0" * 64 not in locked
+    assert project.reprun("lock", "--check", str(spec)).returncode == 0
+    (project.root / "data" / "train.csv").write_bytes(b"changed\n")
+    stale = project.reprun("lock", "--check", str(spec))
+    assert stale.returncode == 1 and "dataset.sha256" in stale.stderr
+
+
+def test_an_approved_baseline_is_shown_and_used_by_check(project):
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS)
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    first, second = run_ids(project)
+    assert project.reprun("runs", "approve", first, "--reason", "in production").returncode == 0
+    shown = project.reprun("runs", "show", first).stdout
+    assert "THIS RUN is the baseline" in shown and "in production" in shown
+    assert f"run {first}" in project.reprun("runs", "show", second).stdout
+    result = project.reprun("check", str(spec), "-q", "--junit", "check.xml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "baseline" in result.stdout
+    report = json.loads(sorted((project.store / "reports").glob("*.json"))[-1].read_text())
+    assert report["a"]["run_id"] == first
+
+
+def delete_from_registry(reference: str) -> None:
+    repository, digest = reference.split("@")
+    name = repository.split("/", 1)[1]
+    response = requests.delete(f"http://{REGISTRY}/v2/{name}/manifests/{digest}", timeout=10)
+    assert response.status_code == 202, response.text
+
+
+METRICS_SH = ["sh", "-c", 'echo "{{\\"score\\": $0}}" > /out/metrics.json; echo model > /out/model.bin', "{seed}"]
+
+
+def test_an_archive_replays_after_the_image_left_the_engine_and_the_registry(project, docker_client, tmp_path):
+    tag = f"{REGISTRY}/reprun-test/archive-{tmp_path.name[-12:].lower().replace('_', '-')}:1"
+    image = import_tiny_image(docker_client, tag)
+    reference = push(docker_client, tag)
+    project.dataset()
+    spec = project.spec(command=METRICS_SH, image=reference)
+    assert project.reprun("run", str(spec), "-q").returncode == 0, project.reprun("run", str(spec)).stderr
+    [original] = run_ids(project)
+    archive = project.root / "run.tar"
+    assert project.reprun("archive", original, "-o", str(archive)).returncode == 0
+    delete_from_registry(reference)
+    docker_client.images.remove(image.id, force=True)
+    assert project.reprun("rerun", original, "-q").returncode in (3, 4)   # nowhere to get it
+    result = project.reprun("rerun", "--from-archive", str(archive), "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("IDENTICAL")
+
+
+def test_a_tampered_archive_is_refused_with_what_is_wrong(project, docker_client, tmp_path):
+    tag = f"{REGISTRY}/reprun-test/tamper-{tmp_path.name[-12:].lower().replace('_', '-')}:1"
+    import_tiny_image(docker_client, tag)
+    project.dataset(files={"train.csv": b"a,b\n" * 100})
+    spec = project.spec(command=METRICS_SH, image=push(docker_client, tag))
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    archive = project.root / "run.tar"
+    assert project.reprun("archive", run_ids(project)[0], "-o", str(archive)).returncode == 0
+    data = bytearray(archive.read_bytes())
+    at = data.find(b"a,b\na,b\n")
+    data[at] ^= 0x01
+    archive.write_bytes(bytes(data))
+    result = project.reprun("rerun", "--from-archive", str(archive), "-q")
+    assert result.returncode == 3, result.stderr
+    assert "damaged" in result.stderr and "dataset/train.csv" in result.stderr
+    assert not list((project.store / "archives").iterdir())   # nothing left behind
+
+
+def test_check_reports_no_drift_for_the_examples(project):
+    result = project.reprun("check", str(REPO / "specs" / "digits.yaml"), "-q")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "none" in result.stdout and "identical" in result.stdout
+
+
+def test_check_reports_drift_when_the_dockerfile_gains_a_package(project):
+    project.dataset()
+    spec = build_spec(project, "1.0")
+    assert project.reprun("lock", str(spec)).returncode == 0
+    dockerfile = project.root / "image" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text()
+                          + fake_distribution("9.9").replace("fakepkg", "extrapkg") + "\n")
+    result = project.reprun("check", str(spec), "-q", "--junit", "check.xml")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "extrapkg" in result.stdout and "drifted" in result.stdout
+    assert "<failure" in (project.root / "check.xml").read_text()

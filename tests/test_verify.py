@@ -1,0 +1,125 @@
+"""`reprun verify` and `reprun diff` against the real engine: verdicts, causes, every report."""
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+import xml.etree.ElementTree as ET
+
+import jsonschema
+import pytest
+
+from conftest import REPO, WRITE_METRICS
+
+pytestmark = pytest.mark.engine
+
+
+def test_the_digits_example_verifies_as_identical(project):
+    result = project.reprun("verify", str(REPO / "specs" / "digits.yaml"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("IDENTICAL")
+    runs = json.loads(project.reprun("runs", "--json").stdout)
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
+
+
+def test_the_nondeterministic_example_differs_and_says_why(project):
+    result = project.reprun("verify", str(REPO / "specs" / "nondeterministic" / "digits-noisy.yaml"), "--quiet")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith("DIFFERS")
+    assert "nondeterministic under identical inputs" in result.stdout
+    assert "beyond" in result.stdout
+
+
+def test_parallel_and_sequential_runs_agree_and_parallel_runs_overlap(project):
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS + "\nimport time; time.sleep(2)")
+    parallel = project.reprun("verify", str(spec), "--quiet")
+    sequential = project.reprun("verify", str(spec), "--quiet", "--sequential")
+    assert parallel.returncode == sequential.returncode == 0
+    runs = sorted(json.loads(project.reprun("runs", "--json").stdout), key=lambda r: r["started_at"])
+    first, second, third, fourth = runs
+    assert second["started_at"] < first["finished_at"]       # side by side
+    assert fourth["started_at"] >= third["finished_at"]      # one after another
+
+
+NOISE = """
+import json, os, sys
+noise = int.from_bytes(os.urandom(2), "little") * 1e-15
+json.dump({"loss": 0.5 + noise}, open("/out/metrics.json", "w"))
+"""
+
+
+@pytest.mark.parametrize("tolerance, code, verdict", [
+    ("{metrics: {default: {abs: 1.0e-9}}, artifacts: bitwise}", 0, "EQUIVALENT"),
+    ("{metrics: {default: exact}, artifacts: bitwise}", 1, "DIFFERS"),
+], ids=["within-abs-1e-9", "exact"])
+def test_a_metric_within_tolerance_is_equivalent_and_differs_without_it(project, tolerance, code, verdict):
+    project.dataset()
+    spec = project.spec(script=NOISE, compare=tolerance)
+    result = project.reprun("verify", str(spec), "--quiet")
+    assert result.returncode == code, result.stdout + result.stderr
+    assert result.stdout.startswith(verdict)
+
+
+def fake_distribution(version: str) -> str:
+    """A Dockerfile line that installs a Python distribution `fakepkg` at `version`."""
+    site = "/usr/lib/python3/dist-packages/fakepkg-{v}.dist-info".format(v=version)
+    return (f"RUN mkdir -p {site} && printf 'Metadata-Version: 2.1\\nName: fakepkg\\n"
+            f"Version: {version}\\n' > {site}/METADATA")
+
+
+def build_spec(project, version: str) -> "Path":
+    context = project.root / "image"
+    context.mkdir(exist_ok=True)
+    (context / "Dockerfile").write_text(
+        f"FROM reprun/sklearn:latest\n{fake_distribution(version)}\n")
+    spec = project.spec(script=WRITE_METRICS)
+    text = spec.read_text().replace(f"  ref: {project.image_ref}\n", "  build: {context: image}\n")
+    spec.write_text(text)
+    return spec
+
+
+def test_images_that_differ_by_one_package_name_it_with_both_versions(project):
+    project.dataset()
+    spec = build_spec(project, "1.0")
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    build_spec(project, "2.0")
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    old, new = sorted(json.loads(project.reprun("runs", "--json").stdout),
+                      key=lambda r: r["started_at"])
+    result = project.reprun("diff", old["id"], new["id"], "--report", "d.json")
+    assert result.returncode == 0, result.stderr          # the results still agree
+    report = json.loads((project.root / "d.json").read_text())
+    rows = [r for r in report["sections"]["environment"] if r["name"] == "fakepkg"]
+    assert rows and (rows[0]["a"], rows[0]["b"]) == ("1.0", "2.0")
+    causes = " ".join(c["summary"] + " ".join(c.get("details", [])) for c in report["causes"])
+    assert "fakepkg" in causes and "the image differs" in causes
+
+
+def test_every_report_format_is_written_and_reads_back(project):
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS)
+    result = project.reprun("verify", str(spec), "-q", "--report", "r.md", "--report", "r.html",
+                            "--report", "r.json", "--report", "r.xml")
+    assert result.returncode == 0, result.stderr
+    root = project.root
+    schema = json.loads((REPO / "orchestrator" / "report-v1.schema.json").read_text())
+    report = json.loads((root / "r.json").read_text())
+    jsonschema.validate(report, schema)
+    assert report["verdict"] == "identical"
+    suite = ET.parse(root / "r.xml").getroot()
+    names = {case.get("name") for case in suite.iter("testcase")}
+    assert {"score", "nested.loss", "model.bin"} <= names
+    assert "| score |" in (root / "r.md").read_text().replace("`", "")
+    assert "identical" in (root / "r.html").read_text().lower()
+    again = project.reprun("report", "r.json", "--format", "md")
+    assert again.returncode == 0
+    assert again.stdout.strip() == (root / "r.md").read_text().strip()   # rendered again, same
+    saved = list((project.store / "reports").glob("*.json"))
+    assert len(saved) == 1
+
+
+def test_a_report_file_that_is_not_a_reprun_report_is_refused(project):
+    (project.root / "junk.json").write_text('{"hello": 1}')
+    result = project.reprun("report", "junk.json", "--format", "md")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
