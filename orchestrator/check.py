@@ -62,9 +62,12 @@ def capture_manifest(spec, image_id: str, engine: LocalEngine, host: dict) -> En
         marker = new_marker()
         (paths.meta / "wrap.sh").write_text(wrapper_script(marker))
         (paths.meta / "pyprobe.py").write_text(pyprobe_source())
-        engine.run(job, lambda *_: None)
+        outcome = engine.run(job, lambda *_: None)
         manifest = paths.meta / "manifest.txt"
-        text = manifest.read_text(errors="replace") if manifest.exists() else None
+        if outcome.collected is not None:      # read where the probe ran
+            text = outcome.collected.manifest
+        else:
+            text = manifest.read_text(errors="replace") if manifest.exists() else None
         return parse_manifest(text, marker, host)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -146,8 +149,16 @@ def check_all(paths: list[Path], *, store: Store, engine: LocalEngine, observer:
     if jobs <= 1:
         return [check_spec(p, store=store, engine=engine, observer=observer) for p in paths]
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda p: check_spec(p, store=store, engine=engine,
-                                                  observer=observer), paths))
+        futures = [pool.submit(check_spec, p, store=store, engine=engine, observer=observer)
+                   for p in paths]
+        try:
+            concurrent.futures.wait(futures)
+        except KeyboardInterrupt:
+            # As in verify: stop every job under way, let each record itself, then go on.
+            engine.interrupt()
+            concurrent.futures.wait(futures)
+            raise
+        return [f.result() for f in futures]
 
 
 def summary_rows(results: list[SpecCheck]) -> list[tuple]:

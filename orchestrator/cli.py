@@ -51,6 +51,16 @@ def _observer(quiet: bool = False, parallel: bool = False):
     return RunObserver() if quiet else TerminalObserver(prefix_output=parallel)
 
 
+def _backend_option():
+    return typer.Option(None, "--backend", envvar="REPRUN_BACKEND", metavar="local|swarm",
+                        help="Where jobs run (default: `backend` in reprun.toml, else local).")
+
+
+def _backend(name: Optional[str]):
+    from .backends import open_backend
+    return open_backend(name)
+
+
 @app.command()
 def validate(specs: List[Path] = typer.Argument(..., help="Spec files to check.")) -> None:
     """Check spec files without running anything (exit 2 when any is invalid)."""
@@ -69,13 +79,13 @@ def validate(specs: List[Path] = typer.Argument(..., help="Spec files to check."
 def run(ctx: typer.Context, spec: Path,
         seed: Optional[int] = typer.Option(None, help="Override the spec's seed (recorded)."),
         no_cache: bool = typer.Option(False, "--no-cache", help="Re-read every dataset byte."),
+        backend: Optional[str] = _backend_option(),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or job output.")) -> None:
     """Run a spec once in a hermetic container and record it."""
-    from .engine import LocalEngine
     from .runner import execute, prepare
     from .spec import load_spec
     spec_value = load_spec(spec)
-    store, engine, observer = _store(ctx), LocalEngine(), _observer(quiet)
+    store, engine, observer = _store(ctx), _backend(backend), _observer(quiet)
     prepared = prepare(spec_value, store=store, engine=engine, observer=observer,
                        use_cache=not no_cache)
     record = execute(prepared, store=store, engine=engine, observer=observer)
@@ -119,16 +129,16 @@ def verify(ctx: typer.Context, spec: Path,
                                     "`all` or names, e.g. cpus,tz (see docs/variations.md)."),
            vary_seed: Optional[int] = typer.Option(
                None, "--vary-seed", min=0, help="Repeat the random choices of an earlier --vary."),
+           backend: Optional[str] = _backend_option(),
            quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Train a spec N times (default twice) and say whether the results match."""
-    from .engine import LocalEngine
     from .runner import prepare
     from .spec import load_spec
     from .verify import RunPlan, fits_in_parallel, run_all
     spec_value = load_spec(spec)
     _check_report_paths(report)
     vary_names = _vary_names(vary, vary_seed, times)
-    store, engine = _store(ctx), LocalEngine()
+    store, engine = _store(ctx), _backend(backend)
     prepared = prepare(spec_value, store=store, engine=engine, observer=_observer(quiet),
                        use_cache=not no_cache)
     if vary_names:
@@ -235,16 +245,16 @@ def rerun(ctx: typer.Context,
           from_archive: Optional[Path] = typer.Option(None, "--from-archive",
                                                       help="Replay from an archive written by `reprun archive`."),
           report: List[Path] = typer.Option([], "--report", help="Write a report; repeatable."),
+          backend: Optional[str] = _backend_option(),
           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Replay a recorded run from its record alone, then compare with the original."""
-    from .engine import LocalEngine
     from .errors import PinMismatch
     from .rerun import spec_from_record
     from .runner import execute, prepare
     if (run_id is None) == (from_archive is None):
         raise UsageError("give either a RUN_ID or --from-archive FILE (not both).")
     _check_report_paths(report)
-    store, engine, observer = _store(ctx), LocalEngine(), _observer(quiet)
+    store, engine, observer = _store(ctx), _backend(backend), _observer(quiet)
     if from_archive is not None:
         from .archive import load_archive
         loaded = load_archive(from_archive, store, client=engine.client,
@@ -283,16 +293,16 @@ def check(ctx: typer.Context,
           junit_path: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML summary."),
           report_dir: Optional[Path] = typer.Option(None, "--report-dir",
                                                     help="Write each spec's report here (Markdown and HTML)."),
+          backend: Optional[str] = _backend_option(),
           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Scheduled rebuild check: environment drift of rebuilt images, and results against baselines."""
     from .check import check_all, junit, overall_exit, summary_rows
-    from .engine import LocalEngine
     from .reports import render
     paths = list(specs or sorted(Path("specs").glob("*.yaml")))
     if not paths:
         raise UsageError("no specs to check: give spec files, or run where specs/*.yaml exist.")
     store = _store(ctx)
-    results = check_all(paths, store=store, engine=LocalEngine(),
+    results = check_all(paths, store=store, engine=_backend(backend),
                         observer=_observer(quiet, parallel=True), jobs=jobs)
     for result in results:
         if result.drift:
@@ -439,6 +449,10 @@ def gc(ctx: typer.Context) -> None:
     for text in remove_leftovers(client, finished_runs=finished):
         said += 1
         typer.echo(f"removed container {text}")
+    from .swarm import remove_leftover_services
+    for text in remove_leftover_services(client, finished_runs=finished):
+        said += 1
+        typer.echo(f"removed swarm service {text}")
     for image_id, text in remove_unused_builds(client, store.built_images_without_runs()):
         store.forget_built_image(image_id)
         if text:

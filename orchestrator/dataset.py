@@ -23,6 +23,7 @@ import threading
 import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from operator import attrgetter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
@@ -88,14 +89,13 @@ def _sha256sum_line(hex_digest: str, name: bytes) -> bytes:
 
 def tree_sha256(entries: Iterable[FileEntry]) -> str:
     """The tree hash of these files, byte-identical to the coreutils pipeline above."""
-    return _tree_sha256(sorted((os.fsencode(e.path), e.sha256) for e in entries))
+    named = sorted((os.fsencode(e.path), e.sha256) for e in entries)
+    return _tree_sha256([_sha256sum_line(digest, name) for name, digest in named])
 
 
-def _tree_sha256(named: list[tuple[bytes, str]]) -> str:
-    """`named`: (path as `find .` prints it, hex digest), sorted by path bytes as `sort -z` does."""
-    if not named:
-        return hashlib.sha256(_EMPTY_TREE_LINE).hexdigest()
-    return hashlib.sha256(b"".join(_sha256sum_line(digest, name) for name, digest in named)).hexdigest()
+def _tree_sha256(lines: list[bytes]) -> str:
+    """`lines`: what sha256sum prints for each file, sorted by path bytes as `sort -z` does."""
+    return hashlib.sha256(b"".join(lines) if lines else _EMPTY_TREE_LINE).hexdigest()
 
 
 def diff_manifests(old: Iterable[FileEntry], new: Iterable[FileEntry]) -> ManifestDiff:
@@ -306,10 +306,16 @@ class _Stopped(Exception):
     pass
 
 
-class _Hashed(NamedTuple):
-    sha256: str
-    size: int             # bytes actually read
+class _Listed(NamedTuple):
+    """One file's part in the digest. Built by the thread that hashed it, not in a serial tail."""
+    rel: bytes
+    entry: FileEntry
+    line: bytes           # its line in the tree hash input
     cacheable: bool       # unchanged while read, and not written too recently
+
+    @classmethod
+    def of(cls, rel: bytes, sha256: str, size: int, cacheable: bool = False) -> _Listed:
+        return cls(rel, FileEntry(os.fsdecode(rel), sha256, size), _sha256sum_line(sha256, rel), cacheable)
 
 
 class _Workers:
@@ -325,7 +331,7 @@ class _Workers:
         self.not_after_ns = not_after_ns
         self.pending: collections.deque[tuple[int, _File]] = collections.deque()
         self.ready: queue.SimpleQueue = queue.SimpleQueue()   # one token per pending file
-        self.results: dict[int, _Hashed] = {}
+        self.results: dict[int, _Listed] = {}
         self.read = [0] * self.workers      # bytes read, one slot per thread: no lock needed
         self.stop = threading.Event()
         self.failures: list[BaseException] = []
@@ -343,7 +349,7 @@ class _Workers:
             self.threads.append(thread)
             thread.start()
 
-    def finish(self, report: Callable[[int], None]) -> dict[int, _Hashed]:
+    def finish(self, report: Callable[[int], None]) -> dict[int, _Listed]:
         for _ in self.threads:
             self.ready.put(None)
         try:
@@ -381,7 +387,7 @@ class _Workers:
             self.failures.append(exc)
             self.stop.set()
 
-    def _hash(self, job: _File, view: memoryview, slot: int) -> _Hashed:
+    def _hash(self, job: _File, view: memoryview, slot: int) -> _Listed:
         # O_NOFOLLOW: a file swapped for a link since the walk is not followed out of the dataset.
         fd = os.open(job.abs, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
@@ -410,7 +416,7 @@ class _Workers:
             os.close(fd)
         unchanged = size == job.st.st_size and _identity(after) == _identity(job.st)
         settled = job.st.st_mtime_ns < self.not_after_ns
-        return _Hashed(digest.hexdigest(), size, unchanged and settled)
+        return _Listed.of(job.rel, digest.hexdigest(), size, unchanged and settled)
 
     def _read_ahead(self, fd: int, slot: int):
         # One thread copies the next blocks out of the page cache (or waits on the disk) while
@@ -449,6 +455,9 @@ class _Workers:
         finally:
             free.put(None)
             reader.join()   # before the caller closes fd: the reader must be done with it
+
+
+_by_rel = attrgetter("rel")      # byte order of the paths, as `LC_ALL=C sort -z`
 
 
 def _default_workers() -> int:
@@ -503,21 +512,22 @@ def hash_dataset(path: Path, *, cache: HashCache | None = None, progress: Progre
     else:
         hashed = pool.finish(lambda done: None)
 
-    listed = sorted((f.rel, known[i], f.st.st_size) if i in known else (f.rel, hashed[i].sha256, hashed[i].size)
-                    for i, f in enumerate(files))
+    listed = sorted([*hashed.values(), *(_Listed.of(files[i].rel, sha, files[i].st.st_size)
+                                         for i, sha in known.items())],
+                    key=_by_rel)
     digest = DatasetDigest(
-        sha256=_tree_sha256([(rel, sha) for rel, sha, _ in listed]) if kind == "tree" else listed[0][1],
+        sha256=_tree_sha256([x.line for x in listed]) if kind == "tree" else listed[0].entry.sha256,
         kind=kind,
-        files=tuple(FileEntry(os.fsdecode(rel), sha, size) for rel, sha, size in listed),
-        bytes=sum(size for _, _, size in listed),
+        files=tuple(x.entry for x in listed),
+        bytes=sum(x.entry.size for x in listed),
         cache_hits=len(known),
-        bytes_read=sum(h.size for h in hashed.values()),
+        bytes_read=sum(h.entry.size for h in hashed.values()),
     )
     if progress is not None:
         progress(digest.bytes, digest.bytes)
 
     if cache is not None:
-        fresh = [(files[i].abs, *_identity(files[i].st), h.sha256) for i, h in hashed.items() if h.cacheable]
+        fresh = [(files[i].abs, *_identity(files[i].st), h.entry.sha256) for i, h in hashed.items() if h.cacheable]
         present = {f.abs for f in files}
         cache._store(fresh, [p for p in cached if p not in present])
         cache.remember_manifest(digest)

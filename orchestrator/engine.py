@@ -1,7 +1,8 @@
-"""Where containers run: one small interface, with the local Docker engine behind it.
+"""Where containers run: the local Docker engine, one implementation of the execution interface.
 
 Everything above this module hands over a `ContainerJob` (what to run, fully resolved and
-hermetic) and gets back a `ContainerOutcome`; it does not know which engine ran it.
+hermetic) and gets back a `ContainerOutcome`; it does not know which engine ran it. The
+interface and the choice between backends (this one, a swarm) are in backends.py.
 """
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import docker
 import docker.errors
 import requests.exceptions
 
+from .backends import Collected, EventSink, Executor, ToCollect  # noqa: F401 (Executor: re-exported)
 from .errors import InfrastructureError
+from .store import process_alive
 
 LABEL = "io.reprun"            # every container reprun starts carries it, so leftovers can be found
 LABEL_RUN = "io.reprun.run-id"
@@ -58,25 +61,23 @@ class ContainerJob:
     pids: int
     timeout_s: float
     labels: dict[str, str] = field(default_factory=dict)
+    # What to hand back and the dataset pin, for a backend that reads them where the job ran.
+    collect: ToCollect | None = None
 
 
 @dataclass(frozen=True)
 class ContainerOutcome:
     exit_code: int | None
-    reason: str           # ok | exit | timeout | oom | interrupted | engine
+    reason: str           # ok | exit | timeout | oom | interrupted | engine | pin
     duration_s: float
     message: str | None = None
+    # The job's results as read where it ran; None: they are in the run's folders (local).
+    collected: Collected | None = None
 
 
 # Called as sink(chunk, stream), stream being "stdout" or "stderr": the two arrive interleaved
 # in any order, so anything that reads across chunks (secret redaction) keeps one state per stream.
 LogSink = Callable[[bytes, str], None]
-
-
-class Executor(Protocol):
-    def run(self, job: ContainerJob, on_output: LogSink) -> ContainerOutcome: ...
-    def interrupt(self) -> None: ...
-    def host_facts(self) -> dict[str, Any]: ...
 
 
 def engine_unreachable(exc: Exception) -> InfrastructureError:
@@ -137,7 +138,8 @@ class LocalEngine:
         for container in containers:
             _remove_quietly(container)
 
-    def run(self, job: ContainerJob, on_output: LogSink) -> ContainerOutcome:
+    def run(self, job: ContainerJob, on_output: LogSink,
+            on_event: EventSink | None = None) -> ContainerOutcome:
         started = time.monotonic()
         try:
             container = self.client.containers.create(**_create_kwargs(job))
@@ -324,7 +326,7 @@ def remove_leftovers(client: docker.DockerClient, *, finished_runs: set[str] = f
         host, _, pid = labels.get(LABEL_OWNER, "").rpartition(":")
         if run_id in finished_runs:
             why = f"run {run_id} is already recorded as finished"
-        elif host == here and pid.isdigit() and not _process_alive(int(pid)):
+        elif host == here and pid.isdigit() and not process_alive(int(pid)):
             why = f"its reprun process {pid} is gone"
         elif not host and container.status != "running":
             why = "it stopped and no reprun process claims it"
@@ -361,11 +363,3 @@ def remove_unused_builds(client: docker.DockerClient, built: dict[str, str]
     return done
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -46,21 +46,28 @@ def read_metrics(path: Path, *, root: Path | None = None) -> dict[str, float]:
         raw = handle.read(MAX_METRICS_BYTES + 1)   # it may still be growing
     if len(raw) > MAX_METRICS_BYTES:
         raise OutputsError(f"the metrics file {path.name} is over the {MAX_METRICS_BYTES}-byte limit")
+    return parse_metrics(raw, path.name)
+
+
+def parse_metrics(raw: bytes, name: str) -> dict[str, float]:
+    """The metrics file's bytes (`name` is its file name) as flat dotted names → floats."""
+    if len(raw) > MAX_METRICS_BYTES:
+        raise OutputsError(f"the metrics file {name} is over the {MAX_METRICS_BYTES}-byte limit")
     try:
         document = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise OutputsError(f"the metrics file {path.name} is not UTF-8 text") from None
+        raise OutputsError(f"the metrics file {name} is not UTF-8 text") from None
     except (ValueError, RecursionError) as exc:
-        raise OutputsError(f"the metrics file {path.name} is not valid JSON ({_short(exc)})") from None
+        raise OutputsError(f"the metrics file {name} is not valid JSON ({_short(exc)})") from None
     if not isinstance(document, dict):
-        raise OutputsError(f"the metrics file {path.name} must hold a JSON object of numbers, "
+        raise OutputsError(f"the metrics file {name} must hold a JSON object of numbers, "
                            f"not a {type(document).__name__}")
     metrics: dict[str, float] = {}
     problems: list[str] = []
     _flatten(document, "", metrics, problems, depth=0)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise OutputsError(f"the metrics file {path.name} has values that are not numbers: {shown}")
+        raise OutputsError(f"the metrics file {name} has values that are not numbers: {shown}")
     return metrics
 
 

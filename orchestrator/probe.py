@@ -7,6 +7,7 @@ command fails or whose output cannot be parsed marks its fact missing; it never 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets as _secrets
@@ -169,6 +170,27 @@ PROBES: tuple[Probe, ...] = (
 )
 # Sources that only exist on some images: their absence is expected, not a missing fact.
 _OPTIONAL = {"dpkg", "apk", "rpm"}
+# Facts that belong to the image (and to the job's environment, which sets BLAS thread counts),
+# not to the run: read once per image and configuration, then reused. They are the slow part of
+# the probe (the Python probe imports numpy and scikit-learn).
+IMAGE_BOUND_PROBES = frozenset({"os_release", "dpkg", "apk", "rpm", "python"})
+IMAGE_BOUND_FIELDS = ("os", "os_packages", "package_manager", "python", "python_distributions",
+                      "blas")
+RUN_PROBES = tuple(p for p in PROBES if p.name not in IMAGE_BOUND_PROBES)
+
+
+def image_facts_key(job, secret_names=()) -> str:
+    """What the image-bound facts depend on: the image, the job's environment, CPU and user."""
+    env = {k: v for k, v in job.env.items() if k != "REPRUN_RUN_ID" and k not in secret_names}
+    identity = json.dumps([job.image_id, sorted(env.items()), job.nano_cpus, job.user])
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
+def image_facts(manifest: EnvironmentManifest) -> dict[str, Any] | None:
+    """The image-bound part of a manifest, worth reusing only when every such probe succeeded."""
+    if IMAGE_BOUND_PROBES & set(manifest.missing) or "container" in manifest.missing:
+        return None
+    return {name: getattr(manifest, name) for name in IMAGE_BOUND_FIELDS}
 
 
 def wrapper_script(marker: str, probes: tuple[Probe, ...] = PROBES) -> str:
@@ -226,8 +248,10 @@ def _merge(fields: dict[str, Any], new: dict[str, Any]) -> None:
 
 
 def parse_manifest(text: str | None, marker: str, host: dict[str, Any],
-                   probes: tuple[Probe, ...] = PROBES) -> EnvironmentManifest:
-    fields: dict[str, Any] = {"missing": {}, "host": host}
+                   probes: tuple[Probe, ...] = PROBES,
+                   cached: dict[str, Any] | None = None) -> EnvironmentManifest:
+    """`cached`: image-bound facts read by an earlier run, for probes left out of `probes`."""
+    fields: dict[str, Any] = {"missing": {}, "host": host, **(cached or {})}
     if text is None:
         fields["missing"]["container"] = "the probe wrote no manifest (the job never started?)"
         return EnvironmentManifest(**fields)

@@ -2,12 +2,11 @@
 
 The spec file may have changed or gone since; the record holds everything the run was given:
 the image by digest (or ID), the dataset by hash, the seed, the rendered command, params, env,
-limits and hermetic settings. Secret env values were never recorded, so they come from the
-caller's environment under the same names.
+limits and hermetic settings. Secret values were never recorded, so they come from the
+caller's environment under the same names, as a spec's `secrets` do.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .errors import UsageError
@@ -20,22 +19,6 @@ from .spec import (CompareSpec, DatasetSpec, Hermetic, ImageSpec, OutputsSpec, R
 def _literal(arg: str) -> str:
     """A recorded (already rendered) argument, protected from a second rendering."""
     return arg.replace("{", "{{").replace("}", "}}")
-
-
-def _secret_env(recorded: dict[str, str]) -> dict[str, str]:
-    env, missing = {}, []
-    for name, value in recorded.items():
-        if value == REDACTED:
-            if name not in os.environ:
-                missing.append(name)
-                continue
-            value = os.environ[name]
-        env[name] = value
-    if missing:
-        raise UsageError(
-            f"the run was given secret values that records never keep ({', '.join(missing)}); "
-            "set them in the environment of this command to replay it.")
-    return env
 
 
 def _compare_spec(compare: dict) -> CompareSpec:
@@ -68,7 +51,10 @@ def spec_from_record(record: RunRecord, *, dataset_path: Path | None = None,
         dataset=DatasetSpec(path=dataset, sha256=inputs.dataset.sha256,
                             mount=inputs.dataset.mount),
         seed=inputs.seed, command=tuple(_literal(a) for a in inputs.command),
-        params=dict(inputs.params), env=_secret_env(inputs.env),
+        params=dict(inputs.params),
+        env={k: v for k, v in inputs.env.items() if v != REDACTED},
+        # Secret values were never recorded: like any secret, they come from reprun's environment.
+        secrets=tuple(k for k, v in inputs.env.items() if v == REDACTED),
         outputs=OutputsSpec(dir=inputs.outputs["dir"], metrics=inputs.outputs["metrics"],
                             artifacts=tuple(inputs.outputs.get("artifacts", ()))),
         compare=_compare_spec(record.compare),

@@ -13,15 +13,16 @@ from typing import Callable
 from . import __version__
 from .dataset import DatasetDigest, HashCache, verify_dataset
 from .engine import ContainerJob, ContainerOutcome, Executor, LocalEngine
-from .errors import JobFailed
+from .errors import JobFailed, PinMismatch
 from .events import RunObserver
 from .hermetic import RunPaths, applied_settings, container_job
 from .images import ResolvedImage, resolve_image
 from .outputs import OutputsError, hash_artifacts, read_metrics, sha256_file
-from .probe import REDACTED, new_marker, parse_manifest, pyprobe_source, redact_env, wrapper_script
+from .probe import (PROBES, REDACTED, RUN_PROBES, image_facts, image_facts_key, new_marker,
+                    parse_manifest, pyprobe_source, redact_env, wrapper_script)
 from .redact import Redactor, secret_values
 from .records import (ERROR, FAILED, INTERRUPTED, SUCCEEDED, DatasetFacts, ImageFacts, Inputs,
-                      Outputs, RunRecord)
+                      EnvironmentManifest, Outputs, RunRecord)
 from .store import Store, utc_now
 
 DEFAULT_LOG_CAP = 64 * 1024 * 1024
@@ -35,6 +36,7 @@ class Prepared:
     dataset: DatasetDigest
     image: ResolvedImage
     host: dict
+    use_cache: bool = True      # False for audits: every byte and every fact read again
 
 
 def prepare(spec, *, store: Store, engine: LocalEngine, observer: RunObserver,
@@ -55,7 +57,7 @@ def prepare(spec, *, store: Store, engine: LocalEngine, observer: RunObserver,
         store.note_built_image(image.id, spec.name)
     host = {**engine.host_facts(), "reprun_version": __version__,
             "image_id": image.id, "image_repo_digest": image.repo_digest}
-    return Prepared(spec=spec, dataset=digest, image=image, host=host)
+    return Prepared(spec=spec, dataset=digest, image=image, host=host, use_cache=use_cache)
 
 
 def describe_image(image_spec) -> str:
@@ -159,7 +161,10 @@ def execute(prepared: Prepared, *, store: Store, engine: Executor, observer: Run
     _owned_by_job(paths.outputs, job.user)
     _owned_by_job(paths.meta, job.user)
     marker = new_marker()
-    (paths.meta / "wrap.sh").write_text(wrapper_script(marker))
+    facts_key = image_facts_key(job, spec.secrets)
+    cached = store.image_facts(facts_key) if prepared.use_cache else None
+    probes = PROBES if cached is None else RUN_PROBES
+    (paths.meta / "wrap.sh").write_text(wrapper_script(marker, probes))
     (paths.meta / "pyprobe.py").write_text(pyprobe_source())
     log = LogFile(paths.log, int(os.environ.get("REPRUN_LOG_CAP", DEFAULT_LOG_CAP)))
 
@@ -174,7 +179,7 @@ def execute(prepared: Prepared, *, store: Store, engine: Executor, observer: Run
                           f"(network {job.network}, {job.nano_cpus / 1e9:g} CPU)")
     interrupted = False
     try:
-        outcome = engine.run(job, on_output)
+        outcome = engine.run(job, on_output, on_event=lambda text: observer.stage(label, text))
     except KeyboardInterrupt:
         interrupted = True
         outcome = ContainerOutcome(None, "interrupted", 0.0,
@@ -186,33 +191,60 @@ def execute(prepared: Prepared, *, store: Store, engine: Executor, observer: Run
             log.write(stream.flush())
         reserve.release()
         log.close()
-    record = _record(prepared, run_id, started_at, seed, job, outcome, paths, log, marker,
-                     redactor)
+    record = _record(prepared, run_id, started_at, seed, job, outcome, paths, log,
+                     ManifestPlan(marker, probes, cached), redactor)
     record = store.finish(record)
+    if cached is None and (facts := image_facts(record.environment)) is not None:
+        store.remember_image_facts(facts_key, prepared.image.id, facts, record.id)
     observer.finished(label, record)
     if interrupted:
         raise KeyboardInterrupt
+    if outcome.reason == "pin":     # checked where the job ran: recorded, then refused (exit 3)
+        raise PinMismatch(outcome.message or "a pinned input did not match where the job ran")
     return record
 
 
+@dataclass(frozen=True)
+class ManifestPlan:
+    """How this run's manifest is read: which probes ran, and the image facts reused."""
+    marker: str
+    probes: tuple
+    cached: tuple[dict, str] | None     # (image-bound facts, the run that read them)
+
+    def parse(self, text: str | None, host: dict) -> EnvironmentManifest:
+        if self.cached is None:
+            return parse_manifest(text, self.marker, host, self.probes)
+        facts, source = self.cached
+        return parse_manifest(text, self.marker, {**host, "image_facts_from_run": source},
+                              self.probes, cached=facts)
+
+
 def _record(prepared: Prepared, run_id: str, started_at: str, seed: int, job: ContainerJob,
-            outcome: ContainerOutcome, paths: RunPaths, log: LogFile, marker: str,
+            outcome: ContainerOutcome, paths: RunPaths, log: LogFile, plan: ManifestPlan,
             redactor: Redactor) -> RunRecord:
     spec = prepared.spec
     metrics, artifacts, reason, message = {}, {}, outcome.reason, outcome.message
+    collected = outcome.collected      # present: the backend read the results where the job ran
     if outcome.reason == "ok":
         try:
-            metrics = read_metrics(paths.outputs / spec.outputs.metrics, root=paths.outputs)
-            artifacts = hash_artifacts(paths.outputs, spec.outputs.artifacts)
+            if collected is not None:
+                metrics, artifacts = collected.results(spec.outputs.metrics)
+            else:
+                metrics = read_metrics(paths.outputs / spec.outputs.metrics, root=paths.outputs)
+                artifacts = hash_artifacts(paths.outputs, spec.outputs.artifacts)
         except OutputsError as exc:
             reason, message = "outputs", str(exc)
     status = {"ok": SUCCEEDED, "interrupted": INTERRUPTED, "engine": ERROR}.get(reason, FAILED)
     manifest_path = paths.meta / "manifest.txt"
-    manifest_text = (manifest_path.read_bytes().decode("utf-8", "replace")
-                     if manifest_path.is_file() and not manifest_path.is_symlink() else None)
-    if manifest_text is not None and redactor:
+    if collected is not None:
+        manifest_text = collected.manifest
+    else:
+        manifest_text = (manifest_path.read_bytes().decode("utf-8", "replace")
+                         if manifest_path.is_file() and not manifest_path.is_symlink() else None)
+    if manifest_text is not None and (redactor or collected is not None):
         # The raw probe holds the container's environment: keep it, without the secrets.
-        manifest_path.write_text(redactor.text(manifest_text), encoding="utf-8")
+        manifest_path.write_text(redactor.text(manifest_text) if redactor else manifest_text,
+                                 encoding="utf-8")
     log_sha, _ = sha256_file(paths.log)
     notes = []
     if log.error:
@@ -245,7 +277,8 @@ def _record(prepared: Prepared, run_id: str, started_at: str, seed: int, job: Co
                       log_truncated=log.truncated, message=message)
     record = RunRecord(
         id=run_id, status=status, started_at=started_at, finished_at=utc_now(),
-        inputs=inputs, environment=parse_manifest(manifest_text, marker, prepared.host),
+        inputs=inputs, environment=plan.parse(
+            manifest_text, {**prepared.host, **(collected.host if collected else {})}),
         outputs=outputs, compare=compare_settings(spec), reprun_version=__version__)
     # Anything the job controls (metric names, messages, its environment) may carry a secret.
     return RunRecord.from_dict(redactor.tree(record.to_dict())) if redactor else record

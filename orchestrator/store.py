@@ -60,6 +60,12 @@ CREATE TABLE IF NOT EXISTS built_images (
     spec      TEXT NOT NULL,
     built_at  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS image_facts (
+    key         TEXT PRIMARY KEY,   -- image ID + job configuration (probe.image_facts_key)
+    image_id    TEXT NOT NULL,
+    facts       TEXT NOT NULL,      -- JSON: the image-bound manifest fields
+    source_run  TEXT NOT NULL       -- the run whose probe read them
+);
 CREATE TABLE IF NOT EXISTS reports (
     id         TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
@@ -267,6 +273,18 @@ class Store:
                 removed.append(run_id)
         return removed
 
+    def image_facts(self, key: str) -> tuple[dict, str] | None:
+        """Image-bound manifest facts read before under this key, and the run that read them."""
+        with self._connect() as db:
+            row = db.execute("SELECT facts, source_run FROM image_facts WHERE key = ?",
+                             (key,)).fetchone()
+        return (json.loads(row[0]), row[1]) if row else None
+
+    def remember_image_facts(self, key: str, image_id: str, facts: dict, run_id: str) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR IGNORE INTO image_facts (key, image_id, facts, source_run) "
+                       "VALUES (?, ?, ?, ?)", (key, image_id, json.dumps(facts), run_id))
+
     def save_report(self, run_ids: list[str], verdict: str, text: str) -> Path:
         report_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
         path = self.reports_dir / f"{report_id}.json"
@@ -339,7 +357,7 @@ class Store:
         with self._connect() as db:
             rows = db.execute("SELECT id, host, pid FROM runs WHERE status = 'running'").fetchall()
         for run_id, host, pid in rows:
-            if host == socket.gethostname() and _alive(pid):
+            if host == socket.gethostname() and process_alive(pid):
                 continue
             with contextlib.suppress(OSError):
                 (self.run_dir(run_id) / RESERVE_FILE).unlink()
@@ -416,7 +434,7 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

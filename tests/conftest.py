@@ -87,8 +87,10 @@ class Project:
         path.write_text(text)
         return path
 
-    def reprun(self, *args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-        env = {**os.environ, "REPRUN_STORE": str(self.store), "PYTHONPATH": str(REPO)}
+    def reprun(self, *args: str, timeout: float = 300, extra_env: dict | None = None,
+               **kwargs) -> subprocess.CompletedProcess:
+        env = {**os.environ, "REPRUN_STORE": str(self.store), "PYTHONPATH": str(REPO),
+               **(extra_env or {})}
         return subprocess.run([*REPRUN, *args], cwd=self.root, env=env, capture_output=True,
                               text=True, timeout=timeout, **kwargs)
 

@@ -33,6 +33,20 @@ def test_a_run_reruns_as_recorded_after_its_spec_file_was_edited(project):
     assert replay["inputs"]["seed"] == 7 and replay["outputs"]["metrics"]["score"] == 0.7
 
 
+def test_a_rerun_takes_secrets_from_its_environment_never_from_the_record(project):
+    project.dataset()
+    # The job checks the secret by its length: its value must appear nowhere but the environment.
+    spec = project.spec(script=WRITE_METRICS + "\nimport os; assert len(os.environ['API_TOKEN']) == 12",
+                        extra="secrets: [API_TOKEN]\n")
+    assert project.reprun("run", str(spec), "-q", extra_env={"API_TOKEN": "s3cr3t-value"}).returncode == 0
+    [original] = run_ids(project)
+    assert "s3cr3t-value" not in (project.store / "runs" / original / "record.json").read_text()
+    missing = project.reprun("rerun", original, "-q")
+    assert missing.returncode == 2 and "API_TOKEN" in missing.stderr
+    replay = project.reprun("rerun", original, "-q", extra_env={"API_TOKEN": "s3cr3t-value"})
+    assert replay.returncode == 0, replay.stderr
+
+
 def test_a_rerun_whose_dataset_changed_is_refused_naming_the_file(project):
     project.dataset(files={"a.csv": b"1\n", "b.csv": b"2\n"})
     assert project.reprun("run", str(project.spec(script=WRITE_METRICS)), "-q").returncode == 0

@@ -1,0 +1,1051 @@
+"""Docker Swarm as a backend: each run becomes a `replicated-job` service, placed on any node.
+
+The job may run on another machine, so nothing comes back through a shared filesystem. A small
+POSIX sh wrapper, shipped inside the service spec, runs in the task container around the job:
+
+  before  it checks what reprun cannot check from afar — no network interface but `lo`,
+          no-new-privileges in force, and the dataset's hash where the data is read (a mismatch
+          refuses the job: exit 3) — and writes reprun's probe files into a tmpfs;
+  during  it runs the job exactly as a local run does (the same probe, then `exec` of the job);
+  after   it prints a framed block at the end of the output: exit status, OOM kills, the
+          environment manifest and the metrics file (base64), and the sha256 of every artifact
+          the spec's globs match, hashed where it was written.
+
+The block is read back from the service's logs and cut from the job's log. Artifacts go to a
+location the backend is configured with (`[swarm] artifacts`, mounted at the same path on every
+node and on the host running reprun), one folder per run; they are linked or copied into the
+store afterwards and checked against the hashes taken in the container. A task that Swarm lost or
+could not start is retried once, then reported with Swarm's own message; a job that ran and
+failed is never retried. The service is removed on success, failure, timeout and interruption.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import secrets as _secrets
+import shlex
+import shutil
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from .backends import Collected, EventSink, ToCollect
+from .engine import (LABEL, LABEL_OWNER, LABEL_RUN, ContainerJob, ContainerOutcome, LocalEngine,
+                     LogSink, connect, engine_unreachable, owner_label)
+from .errors import InfrastructureError, UsageError
+from .outputs import MAX_METRICS_BYTES, sha256_file
+from .records import Artifact
+from .spec import parse_duration, parse_size
+from .store import process_alive
+
+# A task Swarm lost or could not start is tried this many times in all.
+ATTEMPTS = 2
+# After the task ends, how long its last log lines may take to arrive through the manager.
+LOG_DRAIN_S = 15.0
+# The wrapper stops a job at its timeout and still hands back its results; the backend removes
+# the service itself only if the job outlives that by this much (a wedged node, say).
+HARD_TIMEOUT_GRACE_S = 60.0
+POLL_S = 0.4
+# reprun's own folders in the container (the probe's) become a tmpfs of this size.
+WORK_TMPFS_BYTES = 64 << 20
+# Files shipped inside the service spec: each argument of a process is capped by the kernel
+# (128 KiB), and base64 inflates by a third.
+MAX_SHIPPED_BYTES = 64 << 10
+NO_NEW_PRIVILEGES_API = (1, 46)   # ContainerSpec.Privileges.NoNewPrivileges appeared here
+TERMINAL_STATES = frozenset({"complete", "failed", "rejected", "shutdown", "orphaned", "remove"})
+WRAPPER_TOOLS = ("base64", "sha256sum", "find", "sort", "xargs", "sed", "cut", "wc", "readlink",
+                 "sleep", "cat", "mkdir")
+
+
+# --------------------------------------------------------------------------- settings
+
+@dataclass(frozen=True)
+class SwarmSettings:
+    registry: str | None = None          # where images built here are pushed for every node
+    artifacts: Path | None = None        # shared storage; None: the run's folder in the store
+    schedule_timeout_s: float = 600.0    # how long a job may wait for a node
+    constraints: tuple[str, ...] = ()    # placement constraints, as `docker service create`
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], source: Path | None = None) -> "SwarmSettings":
+        where = f"{source}: [swarm]" if source else "[swarm]"
+        known = {"registry", "artifacts", "schedule_timeout", "constraints"}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise UsageError(f"{where}: unknown setting {', '.join(unknown)}; the settings are "
+                             f"{', '.join(sorted(known))}.")
+        registry = table.get("registry")
+        if registry is not None and (not isinstance(registry, str) or "/" in registry.strip("/")
+                                     or not registry.strip()):
+            raise UsageError(f"{where}: registry must be a host[:port], such as "
+                             "registry.example.org:5000.")
+        artifacts = table.get("artifacts")
+        if artifacts is not None:
+            if not isinstance(artifacts, str) or not artifacts:
+                raise UsageError(f"{where}: artifacts must be a path on shared storage.")
+            artifacts = Path(artifacts)
+            if not artifacts.is_absolute():
+                artifacts = ((source.parent if source else Path.cwd()) / artifacts)
+            artifacts = artifacts.absolute()
+        try:
+            schedule = parse_duration(table.get("schedule_timeout", cls.schedule_timeout_s))
+        except ValueError as exc:
+            raise UsageError(f"{where}: schedule_timeout: {exc}.") from None
+        constraints = table.get("constraints", [])
+        if not isinstance(constraints, list) or not all(isinstance(c, str) for c in constraints):
+            raise UsageError(f"{where}: constraints must be a list of strings such as "
+                             "\"node.labels.reprun == true\".")
+        return cls(registry=registry.strip("/") if registry else None, artifacts=artifacts,
+                   schedule_timeout_s=schedule, constraints=tuple(constraints))
+
+
+# --------------------------------------------------------------------------- the wrapper
+
+def _q(text: str) -> str:
+    return shlex.quote(text)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one job becomes a service: what the wrapper checks and where things are."""
+    marker: str                         # frames the block; random, so a job cannot guess it
+    workdir: str                        # reprun's own tmpfs folder in the container
+    shipped: dict[str, bytes]           # container path -> content, written before the job
+    dataset_target: str | None          # where the dataset is mounted, to hash it there
+    dataset_sha256: str | None
+    outputs_dir: str | None
+    metrics: str | None
+    artifacts: tuple[str, ...]
+    manifest: str | None
+    no_network: bool
+    no_new_privileges: bool             # the wrapper must apply it (the engine cannot)
+    timeout_s: float
+
+
+_ARTIFACT_HASHER = r"""
+R=$1; shift
+root=$(pwd -P)
+for p in "$@"; do
+  rel=${p#./}; name=${rel##*/}; hit=
+  for pat in @PATTERNS@; do
+    case $rel in $pat) hit=1 ;; esac
+    case $name in $pat) hit=1 ;; esac
+  done
+  [ -n "$hit" ] || continue
+  enc=$(printf '%s' "$rel" | base64 | tr -d '\n')
+  if [ -L "$p" ]; then
+    t=$(readlink -f "$p")
+    case $t in
+      "$root"|"$root"/*) ;;
+      *) printf '%s artifact-escapes %s %s\n' "$R" "$enc" "$(readlink "$p" | base64 | tr -d '\n')" ;;
+    esac
+    continue
+  fi
+  printf '%s artifact %s %s %s\n' "$R" "$(sha256sum < "$p" | cut -c1-64)" "$(wc -c < "$p" | tr -d ' ')" "$enc"
+done
+"""
+
+
+def wrapper_script(plan: Plan) -> str:
+    """The task container's entrypoint (`sh -c`); the job's own entrypoint and command follow
+    as its arguments."""
+    w = plan.workdir
+    lines = [
+        f"R={_q(plan.marker)}",
+        "reprun_begin() { printf '\\n%s begin\\n' \"$R\"; }",
+        "reprun_say() { printf '%s %s\\n' \"$R\" \"$*\"; }",
+        "reprun_refuse() { reprun_begin; reprun_say refused \"$@\"; reprun_say end; exit 125; }",
+        "reprun_missing=",
+        f"for reprun_tool in {' '.join(WRAPPER_TOOLS)}; do",
+        "  command -v \"$reprun_tool\" >/dev/null 2>&1 || reprun_missing=\"$reprun_missing $reprun_tool\"",
+        "done",
+        "[ -z \"$reprun_missing\" ] || reprun_refuse tools \"the image lacks$reprun_missing, "
+        "which the swarm backend needs to check the dataset and hand back results\"",
+    ]
+    for path, content in sorted(plan.shipped.items()):
+        folder = str(PurePosixPath(path).parent)
+        lines.append(f"mkdir -p {_q(folder)} && printf '%s' {_q(_b64(content))} | base64 -d > "
+                     f"{_q(path)} || reprun_refuse ship {_q(f'could not write {path} in the container')}")
+    if plan.artifacts:
+        hasher = _ARTIFACT_HASHER.replace("@PATTERNS@", " ".join(_q(p) for p in plan.artifacts))
+        lines.append(f"printf '%s' {_q(_b64(hasher.encode()))} | base64 -d > {_q(w)}/.artifacts.sh"
+                     " || reprun_refuse ship 'could not write the artifact hasher'")
+    if plan.no_network:
+        lines += [
+            "reprun_ifaces=",
+            "for reprun_if in $(ls /sys/class/net 2>/dev/null); do",
+            "  [ \"$reprun_if\" = lo ] || reprun_ifaces=\"$reprun_ifaces $reprun_if\"",
+            "done",
+            "[ -z \"$reprun_ifaces\" ] || reprun_refuse network \"the container has network "
+            "interfaces besides lo:$reprun_ifaces (the node attaches tasks without a network to "
+            "its default bridge; run its dockerd with --bridge=none)\"",
+        ]
+    lines.append("reprun_nnp=")
+    if plan.no_new_privileges:
+        lines += [
+            "if [ \"$(sed -n 's/^NoNewPrivs:[[:space:]]*//p' /proc/self/status)\" != 1 ]; then",
+            "  command -v setpriv >/dev/null 2>&1 || reprun_refuse privileges \"this engine "
+            "cannot set no-new-privileges on a service and the image has no setpriv to set it\"",
+            "  reprun_nnp='setpriv --no-new-privs'",
+            "fi",
+        ]
+    if plan.dataset_target is not None:
+        target = _q(plan.dataset_target)
+        # The tree hash of DESIGN.md, computed with coreutils where the data is read.
+        lines += [
+            f"if [ -d {target} ]; then",
+            f"  reprun_got=$( (cd {target} && find . -type f -print0 | LC_ALL=C sort -z "
+            f"| xargs -0 sha256sum) 2>{_q(w)}/.dataset-errors | sha256sum | cut -c1-64)",
+            "else",
+            f"  reprun_got=$(sha256sum < {target} 2>{_q(w)}/.dataset-errors | cut -c1-64)",
+            "fi",
+            f"if [ \"$reprun_got\" != {_q(plan.dataset_sha256 or '')} ]; then",
+            "  reprun_begin; reprun_say dataset \"$reprun_got\"",
+            f"  reprun_say refused dataset \"$(head -n 1 {_q(w)}/.dataset-errors | tr -d '\\r')\"",
+            "  reprun_say end; exit 3",
+            "fi",
+            f"rm -f {_q(w)}/.dataset-errors",
+        ]
+    lines += [
+        "reprun_oom() { { sed -n 's/^oom_kill //p' /sys/fs/cgroup/memory.events "
+        "/sys/fs/cgroup/memory/memory.oom_control 2>/dev/null; echo 0; } | head -n 1; }",
+        "reprun_oom_before=$(reprun_oom)",
+        # The job runs in the foreground, as locally (a background job would start with SIGINT
+        # ignored); a timer stops it at its timeout so that its results still come back. It
+        # kills every process but PID 1, so it is armed only where the wrapper is PID 1: in
+        # the task's own PID namespace.
+        "reprun_timer=",
+        "if [ \"$$\" = 1 ]; then",
+        f"  ( sleep {plan.timeout_s:.3f} && : > {_q(w)}/.timed-out && kill -9 -1 ) "
+        ">/dev/null 2>&1 </dev/null &",
+        "  reprun_timer=$!",
+        "fi",
+        "$reprun_nnp \"$@\"",
+        "reprun_status=$?",
+        "[ -z \"$reprun_timer\" ] || kill \"$reprun_timer\" 2>/dev/null",
+        "reprun_begin",
+        "reprun_say exit \"$reprun_status\"",
+        "reprun_say oom \"$reprun_oom_before\" \"$(reprun_oom)\"",
+        f"[ -e {_q(w)}/.timed-out ] && reprun_say timeout",
+    ]
+    if plan.dataset_target is not None:
+        lines.append("reprun_say dataset \"$reprun_got\"")
+    if plan.manifest:
+        m = _q(plan.manifest)
+        lines.append(f"[ -f {m} ] && [ ! -L {m} ] && base64 < {m} | sed \"s/^/$R manifest /\"")
+    if plan.outputs_dir and plan.metrics:
+        out = _q(plan.outputs_dir)
+        m = _q(str(PurePosixPath(plan.outputs_dir) / plan.metrics))
+        lines += [
+            f"if [ -L {m} ]; then reprun_say metrics symlink",
+            f"elif [ ! -e {m} ]; then reprun_say metrics missing",
+            f"elif [ ! -f {m} ]; then reprun_say metrics not-a-file",
+            f"else case \"$(readlink -f {m})\" in \"$(readlink -f {out})\"/*)",
+            f"  reprun_size=$(wc -c < {m} | tr -d ' ')",
+            f"  if [ \"$reprun_size\" -gt {MAX_METRICS_BYTES} ]; then "
+            "reprun_say metrics too-large \"$reprun_size\"",
+            f"  else reprun_say metrics file; base64 < {m} | sed \"s/^/$R metrics-data /\"; fi ;;",
+            "  *) reprun_say metrics outside ;;",
+            "esac; fi",
+        ]
+        if plan.artifacts:
+            lines.append(f"(cd {out} && find . \\( -type f -o -type l \\) -exec sh "
+                         f"{_q(w)}/.artifacts.sh \"$R\" {{}} +)")
+    lines += ["reprun_say end", "exit \"$reprun_status\""]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the block
+
+@dataclass
+class Block:
+    """What the wrapper printed after the job: parsed, not yet judged."""
+    complete: bool = False
+    exit_code: int | None = None
+    oom_kills: int = 0
+    timed_out: bool = False
+    dataset_sha256: str | None = None
+    refused: tuple[str, str] | None = None         # (what, why)
+    manifest: bytes | None = None
+    metrics_state: str | None = None
+    metrics_size: int | None = None
+    metrics: bytes = b""
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _decode_b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def parse_block(text: bytes, marker: str) -> Block:
+    block = Block()
+    manifest, metrics = [], []
+    prefix = marker.encode() + b" "
+    for line in text.split(b"\n"):
+        if not line.startswith(prefix):
+            continue
+        key, _, rest = line[len(prefix):].decode("utf-8", "replace").partition(" ")
+        words = rest.split(" ")
+        if key == "end":
+            block.complete = True
+        elif key == "exit" and rest.strip().isdigit():
+            block.exit_code = int(rest)
+        elif key == "oom" and len(words) == 2 and all(w.isdigit() for w in words):
+            block.oom_kills = int(words[1]) - int(words[0])
+        elif key == "timeout":
+            block.timed_out = True
+        elif key == "dataset":
+            block.dataset_sha256 = rest.strip()
+        elif key == "refused":
+            what, _, why = rest.partition(" ")
+            block.refused = (what, why.strip())
+        elif key == "manifest":
+            manifest.append(rest.strip())
+        elif key == "metrics":
+            block.metrics_state = words[0]
+            if len(words) > 1 and words[1].isdigit():
+                block.metrics_size = int(words[1])
+        elif key == "metrics-data":
+            metrics.append(rest.strip())
+        elif key == "artifact" and len(words) == 3:
+            name = _decode_b64(words[2])
+            try:
+                rel = name.decode("utf-8")
+            except UnicodeDecodeError:
+                shown = name.decode("utf-8", "backslashreplace")
+                block.problems.append(f"the artifact {shown} has a name that is not UTF-8; a "
+                                      "record could not name it unambiguously")
+                continue
+            if words[1].isdigit():
+                block.artifacts[rel] = Artifact(sha256=words[0], size=int(words[1]))
+        elif key == "artifact-escapes" and len(words) == 2:
+            rel = _decode_b64(words[0]).decode("utf-8", "backslashreplace")
+            link = _decode_b64(words[1]).decode("utf-8", "backslashreplace").strip()
+            block.problems.append(f"the artifact {rel} is a symlink to {link}, outside the "
+                                  "outputs folder; refused")
+    if manifest:
+        block.manifest = _decode_b64("".join(manifest))
+    if metrics:
+        block.metrics = _decode_b64("".join(metrics))
+    return block
+
+
+def _metrics_problem(block: Block, name: str) -> str | None:
+    return {
+        "symlink": f"the metrics file {name} is a symlink; a job must write it as a file",
+        "outside": f"the metrics file {name} lies behind a symlinked folder that leads outside "
+                   "the outputs folder; refused",
+        "not-a-file": f"the metrics file {name} is not a regular file",
+        "too-large": f"the metrics file {name} is {block.metrics_size} bytes, over the "
+                     f"{MAX_METRICS_BYTES}-byte limit",
+    }.get(block.metrics_state or "")
+
+
+class OutputSplitter:
+    """Passes the job's stdout on as it comes and keeps back the block printed after it.
+
+    The block starts with a newline, the marker and ` begin`; only a tail that could be the
+    start of that line is held back. If the job printed the start line itself, the last one is
+    the wrapper's: whatever came before it goes to the log after all.
+    """
+
+    def __init__(self, marker: str, sink: LogSink):
+        self.start = b"\n" + marker.encode() + b" begin\n"
+        self.sink = sink
+        self.held = b""
+        self.block: bytes | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self.block is not None:
+            self.block += data
+            return
+        buffer = self.held + data
+        found = buffer.find(self.start)
+        if found >= 0:
+            self._emit(buffer[:found])
+            self.held, self.block = b"", buffer[found + len(self.start):]
+            return
+        cut = buffer.rfind(b"\n", max(0, len(buffer) - len(self.start) + 1))
+        if cut >= 0 and self.start.startswith(buffer[cut:]):
+            self._emit(buffer[:cut])
+            self.held = buffer[cut:]
+        else:
+            self._emit(buffer)
+            self.held = b""
+
+    def finish(self) -> bytes | None:
+        """The block's text (None: the wrapper never printed one); the rest is emitted."""
+        if self.block is None:
+            self._emit(self.held)
+            self.held = b""
+            return None
+        last = self.block.rfind(self.start)
+        if last >= 0:
+            self._emit(self.start + self.block[:last])
+            self.block = self.block[last + len(self.start):]
+        return self.block
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self.sink(data, "stdout")
+
+
+class ServiceLogs(threading.Thread):
+    """Follows a service's logs, stdout and stderr apart, until closed.
+
+    The SDK's `service_logs` merges the two streams and cannot be closed, so the stream is read
+    here: 8-byte frame headers (stream, size) as the engine sends them.
+    """
+
+    def __init__(self, api, service_id: str, splitter: OutputSplitter, on_output: LogSink):
+        super().__init__(daemon=True, name=f"logs-{service_id[:12]}")
+        self.api, self.service_id = api, service_id
+        self.splitter, self.on_output = splitter, on_output
+        self.response = None
+        self.ended = threading.Event()
+        self._closing = False
+
+    def run(self) -> None:
+        try:
+            response = self.api._get(self.api._url("/services/{0}/logs", self.service_id),
+                                     params={"follow": 1, "stdout": 1, "stderr": 1},
+                                     stream=True)
+            self.api._raise_for_status(response)
+            self.response = response
+            if self._closing:
+                return
+            # A job may print nothing for hours: no read timeout on this stream.
+            self.api._disable_socket_timeout(self.api._get_raw_response_socket(response))
+            while True:
+                header = response.raw.read(8)
+                if len(header) < 8:
+                    break
+                stream, size = struct.unpack(">BxxxL", header)
+                data = response.raw.read(size) if size else b""
+                if stream == 2:
+                    self.on_output(data, "stderr")
+                else:
+                    self.splitter.feed(data)
+                if self.splitter.block is not None and b" end\n" in self.splitter.block:
+                    break
+        except Exception:
+            pass   # the stream ends abruptly when it is closed or the service removed
+        finally:
+            self.ended.set()
+
+    def close(self) -> None:
+        self._closing = True
+        response = self.response
+        if response is not None:
+            try:
+                sock = self.api._get_raw_response_socket(response)
+                sock.shutdown(socket.SHUT_RDWR)
+            except Exception:
+                pass
+            try:
+                response.close()
+            except Exception:
+                pass
+        self.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- the backend
+
+@dataclass(frozen=True)
+class _Attempt:
+    outcome: ContainerOutcome
+    lost: bool = False          # Swarm lost the task or could not start it: worth one more try
+
+
+class SwarmBackend:
+    """Runs each job as a replicated-job service on the swarm this engine manages."""
+
+    def __init__(self, settings: SwarmSettings | None = None,
+                 client: docker.DockerClient | None = None):
+        self.settings = settings or SwarmSettings()
+        self._client = client
+        self._lock = threading.Lock()
+        self._live: dict[str, str] = {}          # service ID -> name
+        self._pushed: dict[str, str] = {}        # image ID -> pinned reference
+        self._interrupted = threading.Event()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = connect()
+        return self._client
+
+    # -- facts ---------------------------------------------------------------------------
+
+    def _swarm(self) -> dict:
+        try:
+            info = self.client.info()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise engine_unreachable(exc) from None
+        swarm = info.get("Swarm") or {}
+        if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+            raise InfrastructureError(
+                "the swarm backend needs a swarm manager, but this engine is "
+                f"{'a worker' if swarm.get('LocalNodeState') == 'active' else 'not in a swarm'}. "
+                "Point DOCKER_HOST at a manager, or use --backend local (see docs/cluster.md).")
+        return swarm
+
+    def host_facts(self) -> dict[str, Any]:
+        """The manager's engine, with the capacity of the whole swarm: every node that is ready
+        and active. Each run's record then names the node that ran it."""
+        self._swarm()
+        facts = LocalEngine(self.client).host_facts()
+        try:
+            nodes = self.client.api.nodes()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise engine_unreachable(exc) from None
+        usable = [n for n in nodes if n.get("Status", {}).get("State") == "ready"
+                  and n.get("Spec", {}).get("Availability") == "active"]
+        cpus = sum(n["Description"]["Resources"].get("NanoCPUs", 0) for n in usable) / 1e9
+        facts.update(host_cpus=int(cpus) if cpus == int(cpus) else cpus,
+                     host_memory_bytes=sum(n["Description"]["Resources"].get("MemoryBytes", 0)
+                                           for n in usable),
+                     swarm_node=None)
+        return facts
+
+    def _node_facts(self, node_id: str | None, own_node: str | None) -> dict[str, Any]:
+        if not node_id:
+            return {}
+        try:
+            node = self.client.api.inspect_node(node_id)
+        except Exception:
+            return {"swarm_node": node_id}
+        description = node.get("Description", {})
+        resources = description.get("Resources", {})
+        cpus = resources.get("NanoCPUs", 0) / 1e9
+        facts = {"swarm_node": description.get("Hostname") or node_id,
+                 "engine_version": description.get("Engine", {}).get("EngineVersion"),
+                 "host_cpus": int(cpus) if cpus == int(cpus) else cpus,
+                 "host_memory_bytes": resources.get("MemoryBytes")}
+        if node_id != own_node:
+            # The manager's own facts say nothing about another machine.
+            facts.update(api_version=None, storage_driver=None, cgroup_version=None,
+                         host_os=None, host_kernel=None)
+        return facts
+
+    # -- running -------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
+        with self._lock:
+            services = list(self._live)
+        for service_id in services:
+            self._remove_service(service_id)
+
+    def run(self, job: ContainerJob, on_output: LogSink,
+            on_event: EventSink | None = None) -> ContainerOutcome:
+        say = on_event or (lambda text: None)
+        started = time.monotonic()
+        if self._interrupted.is_set():
+            return ContainerOutcome(None, "interrupted", 0.0,
+                                    "reprun was interrupted; the job was never submitted")
+        own_node = self._swarm().get("NodeID")
+        image = self._pinned_image(job.image_id, say)
+        outputs_here = self._prepare_outputs(job)
+        attempt = None
+        for number in range(1, ATTEMPTS + 1):
+            plan = self._plan(job)
+            name = job.name if number == 1 else f"{job.name}-{number}"
+            attempt = self._attempt(job, plan, image, name, on_output, say, started, own_node)
+            if not attempt.lost or number == ATTEMPTS or self._interrupted.is_set():
+                break
+            say(f"{attempt.outcome.message}; trying once more")
+        outcome = attempt.outcome
+        if attempt.lost:
+            outcome = dataclasses.replace(outcome, message=(
+                f"{outcome.message} (tried {ATTEMPTS} times)"))
+        if outcome.collected is not None and outcome.collected.artifacts and outputs_here:
+            outcome = self._bring_artifacts_home(job, outcome, outputs_here)
+        if outputs_here is not None and outputs_here[1] is not None:
+            with _quiet():
+                outputs_here[1].rmdir()      # an empty run folder on shared storage is clutter
+        return outcome
+
+    def _attempt(self, job: ContainerJob, plan: Plan, image: str, name: str,
+                 on_output: LogSink, say: EventSink, started: float,
+                 own_node: str | None) -> _Attempt:
+        spec = self._service_spec(job, plan, image, name)
+        try:
+            service_id = self.client.api.create_service(**spec)["ID"]
+        except docker.errors.APIError as exc:
+            raise InfrastructureError(f"the swarm refused the job's service: "
+                                      f"{exc.explanation or exc}") from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise engine_unreachable(exc) from None
+        except KeyboardInterrupt:
+            self._remove_by_name(name)
+            raise
+        with self._lock:
+            self._live[service_id] = name
+        splitter = OutputSplitter(plan.marker, on_output)
+        logs = ServiceLogs(self.client.api, service_id, splitter, on_output)
+        logs.start()
+        say(f"submitted to the swarm as service {name}")
+        try:
+            return self._watch(job, plan, service_id, logs, splitter, say, started, own_node)
+        finally:
+            logs.close()
+            self._remove_service(service_id)
+            with self._lock:
+                self._live.pop(service_id, None)
+
+    def _watch(self, job: ContainerJob, plan: Plan, service_id: str, logs: ServiceLogs,
+               splitter: OutputSplitter, say: EventSink, started: float,
+               own_node: str | None) -> _Attempt:
+        schedule_deadline = time.monotonic() + self.settings.schedule_timeout_s
+        running_since, node_id, last_state, task = None, None, None, None
+        while True:
+            if self._interrupted.is_set():
+                return _Attempt(ContainerOutcome(None, "interrupted", time.monotonic() - started,
+                                                 "reprun was interrupted; the service was removed"))
+            try:
+                task = self._task(service_id) or task
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                if self._interrupted.is_set():
+                    continue
+                return _Attempt(ContainerOutcome(None, "engine", time.monotonic() - started,
+                                                 f"lost the swarm manager during the run: {exc}"))
+            state = (task or {}).get("Status", {}).get("State", "new")
+            node_id = (task or {}).get("NodeID") or node_id
+            if state != last_state:
+                last_state = state
+                if state == "running":
+                    running_since = time.monotonic()
+                    say(f"running on swarm node {self._node_name(node_id)}")
+            if state in TERMINAL_STATES:
+                break
+            now = time.monotonic()
+            if running_since is None and now > schedule_deadline:
+                # Waiting longer would not help (no node has the room or the constraints), so
+                # this is reported, not retried.
+                why = _task_message(task) or "no node accepted it"
+                return _Attempt(ContainerOutcome(
+                    None, "engine", now - started,
+                    f"Swarm found no node to run the job within "
+                    f"{self.settings.schedule_timeout_s:g}s (task {state}): {why}"))
+            if running_since is not None and now - running_since > plan.timeout_s + HARD_TIMEOUT_GRACE_S:
+                self._remove_service(service_id)
+                return _Attempt(ContainerOutcome(
+                    None, "timeout", now - started,
+                    f"the job ran past its timeout of {job.timeout_s:g}s and was killed"))
+            if running_since is not None and node_id and self._node_down(node_id):
+                return _Attempt(ContainerOutcome(
+                    None, "engine", now - started,
+                    f"swarm node {self._node_name(node_id)} went down while the job ran"),
+                    lost=True)
+            time.sleep(POLL_S)
+        status = task.get("Status", {})
+        container = status.get("ContainerStatus") or {}
+        ran = running_since is not None or "ExitCode" in container and container.get("ContainerID")
+        if ran:
+            logs.ended.wait(LOG_DRAIN_S)
+        logs.close()
+        text = splitter.finish()
+        duration = time.monotonic() - started
+        host = self._node_facts(node_id, own_node)
+        block = parse_block(text, plan.marker) if text is not None else None
+        if block is None or not block.complete:
+            return self._without_block(state, status, container, bool(ran), node_id, host,
+                                       duration)
+        return _Attempt(self._judge(job, plan, block, host, duration, node_id))
+
+    def _without_block(self, state: str, status: dict, container: dict, ran: bool,
+                       node_id: str | None, host: dict, duration: float) -> _Attempt:
+        where = f"swarm node {self._node_name(node_id)}" if node_id else "the swarm"
+        swarm_says = _task_message({"Status": status})
+        exit_code = container.get("ExitCode")
+        if ran and state in ("complete", "failed") and exit_code is not None:
+            # The job ran and was stopped before the wrapper could speak: a job failure.
+            signal = f" (killed by signal {exit_code - 128})" if exit_code > 128 else ""
+            return _Attempt(ContainerOutcome(
+                exit_code, "exit", duration,
+                f"the job exited with status {exit_code}{signal} on {where}, before its "
+                f"results could be handed back; Swarm says: {swarm_says or state}",
+                collected=Collected(host=host)))
+        return _Attempt(ContainerOutcome(
+            None, "engine", duration,
+            f"Swarm could not run the job on {where}: {swarm_says or 'no reason given'} "
+            f"(task {state})", collected=Collected(host=host)), lost=True)
+
+    def _judge(self, job: ContainerJob, plan: Plan, block: Block, host: dict, duration: float,
+               node_id: str | None) -> ContainerOutcome:
+        where = f"swarm node {self._node_name(node_id)}"
+        manifest = (block.manifest.decode("utf-8", "replace")
+                    if block.manifest is not None else None)
+        if block.refused is not None:
+            what, why = block.refused
+            if what == "dataset":
+                message = (f"the dataset at {plan.dataset_target} on {where} hashes to "
+                           f"{block.dataset_sha256 or 'nothing'}, not to its pin "
+                           f"{plan.dataset_sha256}; the copy on that node differs from the one "
+                           "reprun checked, so the job was not run"
+                           + (f" ({why})" if why else ""))
+                return ContainerOutcome(None, "pin", duration, message,
+                                        collected=Collected(host=host))
+            return ContainerOutcome(None, "engine", duration,
+                                    f"refused to run the job on {where}: {why}",
+                                    collected=Collected(host=host))
+        name = PurePosixPath(plan.metrics or "metrics").name
+        problems = block.problems
+        collected = Collected(
+            manifest=manifest,
+            metrics=block.metrics if block.metrics_state == "file" else None,
+            metrics_problem=_metrics_problem(block, name),
+            artifacts=dict(block.artifacts),
+            artifacts_problem=problems[0] if problems else None,
+            host=host)
+        code = block.exit_code
+        if block.timed_out:
+            return ContainerOutcome(None, "timeout", duration,
+                                    f"the job ran past its timeout of {job.timeout_s:g}s and "
+                                    "was killed", collected=collected)
+        if block.oom_kills > 0:
+            return ContainerOutcome(code, "oom", duration,
+                                    f"the job was killed for running out of memory "
+                                    f"(limit {job.memory_bytes} bytes)", collected=collected)
+        if code != 0:
+            return ContainerOutcome(code, "exit", duration,
+                                    f"the job exited with status {code}"
+                                    + (f" (killed by signal {code - 128})"
+                                       if code and code > 128 else ""), collected=collected)
+        return ContainerOutcome(0, "ok", duration, collected=collected)
+
+    # -- the service -------------------------------------------------------------------------
+
+    def _plan(self, job: ContainerJob) -> Plan:
+        collect: ToCollect | None = job.collect
+        shipped: dict[str, bytes] = {}
+        workdir = str(PurePosixPath(collect.manifest).parent) if collect else "/tmp"
+        for mount in job.mounts:
+            if mount.read_only or (collect and mount.target == collect.outputs_dir):
+                continue
+            # reprun's own folders (the probe's): their files travel inside the service spec.
+            for entry in sorted(Path(mount.source).iterdir()):
+                if entry.is_file():
+                    shipped[str(PurePosixPath(mount.target) / entry.name)] = entry.read_bytes()
+        if sum(len(c) for c in shipped.values()) > MAX_SHIPPED_BYTES:
+            raise InfrastructureError(f"the files reprun ships with the job exceed "
+                                      f"{MAX_SHIPPED_BYTES} bytes")
+        dataset_target = None
+        if collect is not None:
+            dataset = next((m for m in job.mounts if m.source == collect.dataset_source), None)
+            if dataset is None:
+                raise InfrastructureError("the job does not mount its dataset; nothing to verify "
+                                          "where it runs")
+            dataset_target = dataset.target
+        return Plan(
+            marker="@@reprun-end-" + _secrets.token_hex(8), workdir=workdir, shipped=shipped,
+            dataset_target=dataset_target,
+            dataset_sha256=collect.dataset_sha256 if collect else None,
+            outputs_dir=collect.outputs_dir if collect else None,
+            metrics=collect.metrics if collect else None,
+            artifacts=tuple(collect.artifacts) if collect else (),
+            manifest=collect.manifest if collect else None,
+            no_network=job.network == "none",
+            no_new_privileges=("no-new-privileges" in job.security_opt
+                               and not self._engine_sets_no_new_privileges()),
+            timeout_s=job.timeout_s)
+
+    def _engine_sets_no_new_privileges(self) -> bool:
+        version = self.client.api.api_version
+        try:
+            return tuple(int(p) for p in version.split(".")) >= NO_NEW_PRIVILEGES_API
+        except ValueError:
+            return False
+
+    def _service_spec(self, job: ContainerJob, plan: Plan, image: str, name: str) -> dict:
+        labels = {LABEL: "1", LABEL_OWNER: owner_label(), **job.labels}
+        mounts = []
+        work_targets = set()
+        for mount in job.mounts:
+            if plan.outputs_dir is not None and mount.target == plan.outputs_dir \
+                    and not mount.read_only:
+                source = str(self._outputs_source(job, mount.source))
+                mounts.append({"Type": "bind", "Source": source, "Target": mount.target,
+                               "ReadOnly": False})
+            elif mount.read_only:
+                mounts.append({"Type": "bind", "Source": mount.source, "Target": mount.target,
+                               "ReadOnly": True})
+            else:
+                work_targets.add(mount.target)
+                mounts.append({"Type": "tmpfs", "Target": mount.target,
+                               "TmpfsOptions": {"SizeBytes": WORK_TMPFS_BYTES, "Mode": 0o1777}})
+        if plan.workdir not in work_targets:
+            mounts.append({"Type": "tmpfs", "Target": plan.workdir,
+                           "TmpfsOptions": {"SizeBytes": WORK_TMPFS_BYTES, "Mode": 0o1777}})
+        for target, options in job.tmpfs.items():
+            mounts.append({"Type": "tmpfs", "Target": target, "TmpfsOptions": _tmpfs(options)})
+        container = {
+            "Image": image,
+            "Command": ["/bin/sh", "-c", wrapper_script(plan), "reprun-wrapper"],
+            "Args": [*job.entrypoint, *job.command],
+            "Hostname": job.hostname,
+            "Env": [f"{k}={v}" for k, v in job.env.items()],
+            "User": job.user,
+            "Labels": labels,
+            "Mounts": mounts,
+            "ReadOnly": job.read_only_root,
+            "CapabilityDrop": list(job.cap_drop),
+            # Removing the service kills at once, as a local run's forced removal does.
+            "StopSignal": "SIGKILL",
+        }
+        if "no-new-privileges" in job.security_opt and not plan.no_new_privileges:
+            container["Privileges"] = {"NoNewPrivileges": True}
+        others = [o for o in job.security_opt if o != "no-new-privileges"]
+        if others:
+            raise InfrastructureError(f"the swarm backend cannot apply the security options "
+                                      f"{', '.join(others)}")
+        task = {
+            "ContainerSpec": container,
+            "Resources": {
+                "Limits": {"NanoCPUs": job.nano_cpus, "MemoryBytes": job.memory_bytes,
+                           "Pids": job.pids},
+                # Reserved too, so that Swarm never puts two jobs on CPUs or memory they would
+                # have to share: a queued job waits for a node instead.
+                "Reservations": {"NanoCPUs": job.nano_cpus, "MemoryBytes": job.memory_bytes},
+            },
+            "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
+        }
+        if self.settings.constraints:
+            task["Placement"] = {"Constraints": list(self.settings.constraints)}
+        if job.network == "host":
+            task["Networks"] = [{"Target": "host"}]
+        elif job.network != "none":
+            raise InfrastructureError(f"the swarm backend cannot give a job the network "
+                                      f"{job.network!r}")
+        return dict(task_template=task, name=name, labels=labels,
+                    mode={"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}})
+
+    def _outputs_source(self, job: ContainerJob, store_folder: str) -> Path:
+        if self.settings.artifacts is None:
+            return Path(store_folder)
+        return self.settings.artifacts / job.labels.get(LABEL_RUN, job.name)
+
+    def _prepare_outputs(self, job: ContainerJob) -> tuple[Path, Path | None] | None:
+        """(the store's outputs folder, the run's folder on shared storage, made for the job)."""
+        collect = job.collect
+        mount = next((m for m in job.mounts if collect and m.target == collect.outputs_dir
+                      and not m.read_only), None)
+        if mount is None:
+            return None
+        if self.settings.artifacts is None:
+            return Path(mount.source), None
+        if not self.settings.artifacts.is_dir():
+            raise InfrastructureError(
+                f"the artifacts location {self.settings.artifacts} is not mounted on this host; "
+                "reprun makes each run's folder there before the job starts (see "
+                "docs/cluster.md)")
+        folder = self._outputs_source(job, mount.source)
+        folder.mkdir(exist_ok=True)
+        uid, _, gid = job.user.partition(":")
+        if os.geteuid() == 0 and uid.isdigit():
+            os.chown(folder, int(uid), int(gid or uid))
+        else:
+            folder.chmod(0o777)
+        return Path(mount.source), folder
+
+    def _bring_artifacts_home(self, job: ContainerJob, outcome: ContainerOutcome,
+                              outputs: tuple[Path, Path | None]) -> ContainerOutcome:
+        """Link (or copy) the artifacts from shared storage into the run's folder in the store,
+        each checked against the hash taken where it was written."""
+        store_folder, shared = outputs
+        if shared is None:
+            return outcome
+        collected = outcome.collected
+        for rel, artifact in sorted(collected.artifacts.items()):
+            source, target = shared / rel, store_folder / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with _quiet(FileNotFoundError):
+                    target.unlink()
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copyfile(source, target)
+                sha, size = sha256_file(target)
+            except OSError as exc:
+                problem = (f"the artifact {rel} could not be brought from {shared} into the "
+                           f"store ({exc.strerror or exc})")
+            else:
+                if (sha, size) == (artifact.sha256, artifact.size):
+                    continue
+                problem = (f"the artifact {rel} on shared storage no longer matches the hash "
+                           "taken where it was written")
+            return dataclasses.replace(outcome, collected=dataclasses.replace(
+                collected, artifacts_problem=collected.artifacts_problem or problem))
+        return outcome
+
+    def _pinned_image(self, image_id: str, say: EventSink) -> str:
+        """The image as `registry/name@sha256:…`, which every node pulls identically; an image
+        no registry has is pushed to the configured one first."""
+        with self._lock:
+            if image_id in self._pushed:
+                return self._pushed[image_id]
+        try:
+            image = self.client.images.get(image_id)
+        except docker.errors.ImageNotFound:
+            raise InfrastructureError(f"the image {image_id} vanished from the engine") from None
+        registry = self.settings.registry
+        digests = list(image.attrs.get("RepoDigests") or [])
+        preferred = [d for d in digests if registry and d.startswith(registry + "/")]
+        if preferred or digests:
+            reference = (preferred or digests)[0]
+        elif registry is None:
+            raise InfrastructureError(
+                f"the image {image_id[:19]} is in no registry, so the swarm's nodes cannot pull "
+                "it. Set `registry` under [swarm] in reprun.toml (see docs/cluster.md).")
+        else:
+            reference = self._push(image, registry, say)
+        with self._lock:
+            self._pushed[image_id] = reference
+        return reference
+
+    def _push(self, image, registry: str, say: EventSink) -> str:
+        repository = f"{registry}/reprun/images"
+        tag = image.id.split(":")[-1][:24]
+        say(f"pushing image {image.id[:19]} to {registry} for the swarm's nodes")
+        image.tag(repository, tag)
+        try:
+            for event in self.client.api.push(repository, tag=tag, stream=True, decode=True):
+                if "error" in event:
+                    raise InfrastructureError(f"pushing {image.id[:19]} to {registry} failed: "
+                                              f"{event['error']}")
+        except docker.errors.APIError as exc:
+            raise InfrastructureError(f"pushing {image.id[:19]} to {registry} failed: "
+                                      f"{exc.explanation or exc}") from None
+        image.reload()
+        pushed = [d for d in image.attrs.get("RepoDigests") or [] if d.startswith(repository + "@")]
+        if not pushed:
+            raise InfrastructureError(f"pushed {image.id[:19]} to {registry}, but the engine "
+                                      "reports no digest for it there")
+        return pushed[0]
+
+    def _task(self, service_id: str) -> dict | None:
+        tasks = self.client.api.tasks(filters={"service": service_id})
+        return max(tasks, key=lambda t: t.get("CreatedAt", "")) if tasks else None
+
+    def _node_down(self, node_id: str) -> bool:
+        try:
+            node = self.client.api.inspect_node(node_id)
+        except Exception:
+            return False
+        return node.get("Status", {}).get("State") == "down"
+
+    def _node_name(self, node_id: str | None) -> str:
+        if not node_id:
+            return "?"
+        try:
+            return self.client.api.inspect_node(node_id)["Description"]["Hostname"]
+        except Exception:
+            return node_id[:12]
+
+    def _remove_service(self, service_id: str) -> None:
+        remove_service(self.client, service_id)
+
+    def _remove_by_name(self, name: str) -> None:
+        with _quiet():
+            for service in self.client.api.services(filters={"name": name}):
+                if service["Spec"]["Name"] == name:
+                    self._remove_service(service["ID"])
+
+
+def remove_service(client: docker.DockerClient, service_id: str) -> None:
+    try:
+        client.api.remove_service(service_id)
+    except docker.errors.NotFound:
+        pass
+    except Exception:
+        return
+    # Engines before 24.0 keep the finished task's container of a removed replicated-job
+    # service (moby/moby#42789); the one on this engine's node goes here.
+    with _quiet():
+        for container in client.api.containers(
+                all=True, filters={"label": f"com.docker.swarm.service.id={service_id}"}):
+            with _quiet(docker.errors.NotFound):
+                client.api.remove_container(container["Id"], force=True)
+
+
+def _task_message(task: dict | None) -> str:
+    status = (task or {}).get("Status", {})
+    return status.get("Err") or status.get("Message") or ""
+
+
+def _tmpfs(options: str) -> dict:
+    """A local tmpfs option string as a service's TmpfsOptions (size and mode only)."""
+    result: dict[str, int] = {}
+    for option in options.split(","):
+        key, _, value = option.partition("=")
+        if key == "size":
+            result["SizeBytes"] = parse_size(value)
+        elif key == "mode":
+            result["Mode"] = int(value, 8)
+        elif key in ("rw", "nosuid", "nodev", "noexec", ""):
+            continue    # a service's tmpfs is always mounted rw,nosuid,nodev,noexec
+        else:
+            raise InfrastructureError(f"the swarm backend cannot set the tmpfs option {option!r} "
+                                      "(services take a size and a mode only)")
+    return result
+
+
+class _quiet:
+    """Ignore the given exceptions (default: any), as contextlib.suppress but for cleanups."""
+
+    def __init__(self, *kinds):
+        self.kinds = kinds or (Exception,)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        return kind is not None and issubclass(kind, self.kinds)
+
+
+def remove_leftover_services(client: docker.DockerClient, *,
+                             finished_runs: set[str] = frozenset()) -> list[str]:
+    """Services reprun submitted and never removed (its process was killed): each one removed,
+    described. A service whose reprun process is alive on this host is left alone; this engine
+    must be a swarm manager, or there is nothing to do."""
+    try:
+        swarm = client.info().get("Swarm") or {}
+        if not swarm.get("ControlAvailable"):
+            return []
+        services = client.api.services(filters={"label": LABEL})
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        return []
+    removed, here = [], socket.gethostname()
+    for service in services:
+        labels = service.get("Spec", {}).get("Labels") or {}
+        run_id = labels.get(LABEL_RUN, "?")
+        host, _, pid = labels.get(LABEL_OWNER, "").rpartition(":")
+        if run_id in finished_runs:
+            why = f"run {run_id} is already recorded as finished"
+        elif host == here and pid.isdigit() and not process_alive(int(pid)):
+            why = f"its reprun process {pid} is gone"
+        else:
+            continue
+        remove_service(client, service["ID"])
+        removed.append(f"{service['Spec']['Name']} (run {run_id}: {why})")
+    return removed
