@@ -183,3 +183,19 @@ def test_a_finished_record_cannot_be_changed_in_the_store(project):
     with sqlite3.connect(project.store / "store.db") as db:
         with pytest.raises(sqlite3.DatabaseError, match="immutable"):
             db.execute("UPDATE runs SET status = 'failed'")
+
+
+def test_image_facts_are_read_once_per_image_and_again_under_no_cache(project):
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS)
+    for args in (("run", "-q", str(spec)), ("run", "-q", str(spec)), ("run", "-q", "--no-cache", str(spec))):
+        assert project.reprun(*args).returncode == 0
+    runs = sorted(json.loads(project.reprun("runs", "--json").stdout), key=lambda r: r["started_at"])
+    first, second, audited = (record_of(project, r["id"])["environment"] for r in runs)
+    assert "image_facts_from_run" not in first["host"]
+    assert second["host"]["image_facts_from_run"] == runs[0]["id"]
+    assert "image_facts_from_run" not in audited["host"]
+    for env in (second, audited):
+        assert env["python_distributions"] == first["python_distributions"]
+        assert env["os_packages"] == first["os_packages"] and env["blas"] == first["blas"]
+        assert env["hostname"] == "reprun" and env["limits"] == first["limits"]  # read each run
