@@ -31,8 +31,10 @@ class ResolvedImage:
 
 
 def split_reference(ref: str) -> tuple[str, str]:
-    """`registry/name@sha256:…` into (repository, digest)."""
-    repository, _, digest = ref.partition("@")
+    """`registry/name[:tag]@sha256:…` into (repository, digest); the digest wins over a tag."""
+    name, _, digest = ref.partition("@")
+    head, slash, last = name.rpartition("/")
+    repository = f"{head}{slash}{last.partition(':')[0]}"
     return repository, digest
 
 

@@ -5,13 +5,15 @@ comments, key order and formatting survive untouched.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import docker.errors
 import yaml
 
 from .dataset import hash_dataset
 from .engine import LocalEngine
-from .errors import SpecError
+from .errors import InfrastructureError, SpecError
 from .images import resolve_image
 from .spec import load_spec
 
@@ -50,22 +52,62 @@ def _set_scalar(text: str, root: yaml.Node, path: tuple[str, ...], value: str,
     return text[:at] + f"{prefix}{indent}{path[-1]}: {value}\n" + text[at:], None
 
 
+def _raw_ref(text: str) -> str | None:
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    image = _child(root, "image") if isinstance(root, yaml.MappingNode) else None
+    ref = _child(image[1], "ref") if image and isinstance(image[1], yaml.MappingNode) else None
+    return ref[1].value if ref and isinstance(ref[1], yaml.ScalarNode) else None
+
+
+def resolve_tag(client, ref: str) -> str | None:
+    """`name:tag[@digest]` → `name:tag@<the digest the tag points at now>`; None without a tag."""
+    name = ref.partition("@")[0]
+    repository, _, tag = name.rpartition(":")
+    if not tag or "/" in tag:
+        return None
+    try:
+        image = client.images.pull(repository, tag=tag)
+    except docker.errors.APIError as exc:
+        raise InfrastructureError(f"cannot resolve {name} to a digest: "
+                                  f"{exc.explanation or exc}") from None
+    digests = [d for d in image.attrs.get("RepoDigests") or [] if d.startswith(repository + "@")]
+    if not digests:
+        raise InfrastructureError(f"the registry gave {name} no digest; push it first.")
+    return f"{name}@{digests[0].partition('@')[2]}"
+
+
+def _load_as(path: Path, text: str):
+    """The spec `text` would be, were it the file at `path` (relative paths resolve the same)."""
+    draft = path.with_name(f".{path.name}.lock-draft")
+    draft.write_text(text)
+    try:
+        return load_spec(draft, require_pins=False)
+    finally:
+        draft.unlink(missing_ok=True)
+
+
 def lock_spec(path: Path, *, engine: LocalEngine, write: bool = True) -> list[str]:
     """Bring the pins of one spec up to date; returns what changed (or would change)."""
-    spec = load_spec(path, require_pins=False)
     text = path.read_text()
     changes: list[str] = []
-    digest = hash_dataset(spec.dataset.path)
-    wanted = [(("dataset", "sha256"), digest.sha256)]
-    image = resolve_image(engine.client, _unpinned(spec.image), spec_name=spec.name)
-    if spec.image.build is not None:
-        wanted.append((("image", "digest"), image.id))
-    for key_path, value in wanted:
+
+    def pin(key_path: tuple[str, ...], value: str, same) -> None:
+        nonlocal text
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        text, old = _set_scalar(text, root, key_path, value, path)
-        old_bare = (old or "").removeprefix("sha256:") if key_path[0] == "dataset" else old
-        if old_bare != value.removeprefix("sha256:" if key_path[0] == "dataset" else ""):
+        new_text, old = _set_scalar(text, root, key_path, value, path)
+        if old is None or not same(old, value):
             changes.append(f"{'.'.join(key_path)}: {old or '(unset)'} -> {value}")
+            text = new_text
+
+    ref = _raw_ref(text)
+    if ref is not None and (resolved := resolve_tag(engine.client, ref)) is not None:
+        pin(("image", "ref"), resolved, str.__eq__)     # the tag may have moved since
+    spec = _load_as(path, text)
+    pin(("dataset", "sha256"), hash_dataset(spec.dataset.path).sha256,
+        lambda old, new: old.removeprefix("sha256:") == new)
+    if spec.image.build is not None:
+        image = resolve_image(engine.client, _unpinned(spec.image), spec_name=spec.name)
+        pin(("image", "digest"), image.id, str.__eq__)
     if changes and write:
         path.write_text(text)
     return changes
@@ -73,5 +115,4 @@ def lock_spec(path: Path, *, engine: LocalEngine, write: bool = True) -> list[st
 
 def _unpinned(image_spec):
     """The image spec without its ID pin, so that locking resolves what is there now."""
-    from dataclasses import replace
     return replace(image_spec, digest=None) if image_spec.build is not None else image_spec

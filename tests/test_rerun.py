@@ -163,3 +163,16 @@ def test_check_reports_drift_when_the_dockerfile_gains_a_package(project):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "extrapkg" in result.stdout and "drifted" in result.stdout
     assert "<failure" in (project.root / "check.xml").read_text()
+
+
+def test_lock_pins_an_image_tag_to_the_digest_it_points_at(project):
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS, image=f"{REGISTRY}/reprun/sklearn:latest")
+    assert project.reprun("validate", str(spec)).returncode == 2      # a tag alone is no pin
+    assert project.reprun("lock", "--check", str(spec)).returncode == 1
+    assert project.reprun("lock", str(spec)).returncode == 0
+    pinned_digest = project.image_ref.partition("@")[2]
+    assert f"ref: {REGISTRY}/reprun/sklearn:latest@{pinned_digest}" in spec.read_text()
+    assert project.reprun("validate", str(spec)).returncode == 0
+    assert project.reprun("lock", "--check", str(spec)).returncode == 0
+    assert project.reprun("run", "-q", str(spec)).returncode == 0
