@@ -411,15 +411,17 @@ def runs_verify(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
 
 
 @app.command()
-def lock(specs: List[Path],
+def lock(ctx: typer.Context, specs: List[Path],
          check: bool = typer.Option(False, "--check", help="Only say whether the pins are current (exit 0/1)."),
          quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Fill in or update a spec's pins: image digest or ID, dataset checksum."""
+    from .dataset import HashCache
     from .engine import LocalEngine
     from .lock import lock_spec
     engine, stale = LocalEngine(), []
+    cache = HashCache(_store(ctx).db_path)     # remembers the pinned dataset's file list
     for path in specs:
-        changes = lock_spec(path, engine=engine, write=not check)
+        changes = lock_spec(path, engine=engine, write=not check, cache=cache)
         for change in changes:
             if not quiet or check:
                 typer.echo(f"{path}: {change}", err=True)

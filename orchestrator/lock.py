@@ -11,7 +11,7 @@ from pathlib import Path
 import docker.errors
 import yaml
 
-from .dataset import hash_dataset
+from .dataset import HashCache, hash_dataset
 from .engine import LocalEngine
 from .errors import InfrastructureError, SpecError
 from .images import resolve_image
@@ -86,8 +86,13 @@ def _load_as(path: Path, text: str):
         draft.unlink(missing_ok=True)
 
 
-def lock_spec(path: Path, *, engine: LocalEngine, write: bool = True) -> list[str]:
-    """Bring the pins of one spec up to date; returns what changed (or would change)."""
+def lock_spec(path: Path, *, engine: LocalEngine, write: bool = True,
+              cache: HashCache | None = None) -> list[str]:
+    """Bring the pins of one spec up to date; returns what changed (or would change).
+
+    With a cache, the per-file manifest of the pinned dataset is remembered, so that a later
+    mismatch can name the files that changed.
+    """
     text = path.read_text()
     changes: list[str] = []
 
@@ -103,7 +108,7 @@ def lock_spec(path: Path, *, engine: LocalEngine, write: bool = True) -> list[st
     if ref is not None and (resolved := resolve_tag(engine.client, ref)) is not None:
         pin(("image", "ref"), resolved, str.__eq__)     # the tag may have moved since
     spec = _load_as(path, text)
-    pin(("dataset", "sha256"), hash_dataset(spec.dataset.path).sha256,
+    pin(("dataset", "sha256"), hash_dataset(spec.dataset.path, cache=cache).sha256,
         lambda old, new: old.removeprefix("sha256:") == new)
     if spec.image.build is not None:
         image = resolve_image(engine.client, _unpinned(spec.image), spec_name=spec.name)
