@@ -82,6 +82,9 @@ def _load_as(path: Path, text: str):
     draft.write_text(text)
     try:
         return load_spec(draft, require_pins=False)
+    except SpecError as error:   # speak of the user's file, not of the draft
+        raise SpecError(error.message.replace(str(draft), str(path)),
+                        details=[d.replace(str(draft), str(path)) for d in error.details]) from None
     finally:
         draft.unlink(missing_ok=True)
 

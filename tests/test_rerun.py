@@ -180,7 +180,7 @@ def test_lock_pins_an_image_tag_to_the_digest_it_points_at(project):
 
 def test_a_dataset_changed_after_lock_is_refused_naming_the_file_without_any_earlier_run(project):
     project.dataset(files={"a.csv": b"1\n", "b.csv": b"2\n"})
-    spec = project.spec(script=WRITE_METRICS, sha256="0" * 64)
+    spec = project.spec(script=WRITE_METRICS, sha256="f" * 64)
     assert project.reprun("lock", "-q", str(spec)).returncode == 0
     (project.root / "data" / "a.csv").write_bytes(b"9\n")
     result = project.reprun("run", "-q", str(spec))
