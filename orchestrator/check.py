@@ -96,7 +96,8 @@ def environment_drift(spec, prepared: Prepared, *, engine: LocalEngine,
         # The fresh layers must not become the build cache that the pinned ID is rebuilt from.
         if fresh_id and fresh_id != prepared.image.id:
             try:
-                client.images.remove(fresh_id, noprune=False)
+                # force: a swarm backend tagged it when pushing it for its nodes.
+                client.images.remove(fresh_id, noprune=False, force=True)
             except docker.errors.APIError:
                 pass
     rows, _ = compare_environments(pinned, fresh, "pinned", "rebuilt")

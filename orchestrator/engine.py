@@ -188,6 +188,15 @@ class LocalEngine:
         watchdog = threading.Timer(job.timeout_s, expire)
         watchdog.daemon = True
         watchdog.start()
+        watch = _EngineWatch(self.client, container.id)
+        try:
+            return self._wait(container, job, started, pump, watchdog, timed_out, watch)
+        finally:
+            watch.close()
+
+    def _wait(self, container, job: ContainerJob, started: float, pump: threading.Thread,
+              watchdog: threading.Timer, timed_out: threading.Event,
+              watch: "_EngineWatch") -> ContainerOutcome:
         try:
             exit_code = container.wait().get("StatusCode")
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
@@ -200,6 +209,13 @@ class LocalEngine:
             watchdog.cancel()
         pump.join(timeout=10)
         duration = time.monotonic() - started
+        # An engine that shuts down stops its containers first: the wait then answers with the
+        # job's signal status before the engine goes. Its event stream ending tells the two apart.
+        if exit_code is not None and exit_code >= 128 and not timed_out.is_set() \
+                and watch.gone.wait(3.0):
+            return ContainerOutcome(None, "engine", duration,
+                                    f"lost the engine during the run (it stopped the job, "
+                                    f"status {exit_code}, as it went away)")
         if self._interrupted.is_set():
             return ContainerOutcome(exit_code, "interrupted", duration,
                                     "reprun was interrupted; the container was removed")
@@ -223,6 +239,34 @@ class LocalEngine:
                                     f"the job exited with status {exit_code}"
                                     + (f" (killed by signal {exit_code - 128})" if exit_code and exit_code > 128 else ""))
         return ContainerOutcome(0, "ok", duration)
+
+
+class _EngineWatch:
+    """`gone` is set when the engine's event stream for a container ends: the engine went away."""
+
+    def __init__(self, client, container_id: str):
+        self.gone = threading.Event()
+        try:
+            self._events = client.events(filters={"container": container_id}, decode=True)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            self._events = None
+            return
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        try:
+            for _ in self._events:
+                pass
+        except Exception:
+            pass
+        self.gone.set()
+
+    def close(self) -> None:
+        if self._events is not None:
+            try:
+                self._events.close()
+            except Exception:
+                pass
 
 
 def _create_kwargs(job: ContainerJob) -> dict[str, Any]:

@@ -85,14 +85,20 @@ class StreamRedactor:
     def feed(self, chunk: bytes) -> bytes:
         if not self.redactor:
             return chunk
-        data = self.redactor.bytes(self.pending + chunk)
-        if self.hold == 0:
-            self.pending = b""
-            return data
+        data = self.pending + chunk
         cut = max(0, len(data) - self.hold)
-        out, self.pending = data[:cut], data[cut:]
-        return out
+        # Keep back raw bytes, never part of a replacement: a secret that straddles the cut
+        # waits whole for the next chunk, so what is emitted is final and redacted.
+        moved = True
+        while moved:
+            moved = False
+            for secret in self.redactor._encoded:
+                start = data.find(secret, max(0, cut - len(secret) + 1))
+                if start != -1 and start < cut:
+                    cut, moved = start, True
+        self.pending = data[cut:]
+        return self.redactor.bytes(data[:cut])
 
     def flush(self) -> bytes:
         out, self.pending = self.pending, b""
-        return out
+        return self.redactor.bytes(out) if self.redactor else out

@@ -1,7 +1,8 @@
 """Docker Swarm as a backend: each run becomes a `replicated-job` service, placed on any node.
 
 The job may run on another machine, so nothing comes back through a shared filesystem. A small
-POSIX sh wrapper, shipped inside the service spec, runs in the task container around the job:
+POSIX sh wrapper (backends.wrapper_script), shipped inside the service spec, runs in the task
+container around the job:
 
   before  it checks what reprun cannot check from afar — no network interface but `lo`,
           no-new-privileges in force, and the dataset's hash where the data is read (a mismatch
@@ -13,25 +14,22 @@ POSIX sh wrapper, shipped inside the service spec, runs in the task container ar
 
 The block is read back from the service's logs and cut from the job's log. Artifacts go to a
 location the backend is configured with (`[swarm] artifacts`, mounted at the same path on every
-node and on the host running reprun), one folder per run; they are linked or copied into the
-store afterwards and checked against the hashes taken in the container. A task that Swarm lost or
+node and on the host running reprun), one folder per run; they are copied into the store
+afterwards and checked against the hashes taken in the container. A task that Swarm lost or
 could not start is retried once, then reported with Swarm's own message; a job that ran and
 failed is never retried. The service is removed on success, failure, timeout and interruption.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import os
 import secrets as _secrets
-import shlex
 import shutil
 import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
@@ -39,12 +37,12 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from .backends import Collected, EventSink, ToCollect
+from .backends import (Block, Collected, EventSink, OutputSplitter, Plan, ToCollect,
+                       metrics_problem, parse_block, wrapper_script)
 from .engine import (LABEL, LABEL_OWNER, LABEL_RUN, ContainerJob, ContainerOutcome, LocalEngine,
                      LogSink, connect, engine_unreachable, owner_label)
 from .errors import InfrastructureError, UsageError
-from .outputs import MAX_METRICS_BYTES, sha256_file
-from .records import Artifact
+from .outputs import sha256_file
 from .spec import parse_duration, parse_size
 from .store import process_alive
 
@@ -52,10 +50,12 @@ from .store import process_alive
 ATTEMPTS = 2
 # After the task ends, how long its last log lines may take to arrive through the manager.
 LOG_DRAIN_S = 15.0
+QUIET_S = 2.0          # for a task that was killed: its output is over once it goes quiet
 # The wrapper stops a job at its timeout and still hands back its results; the backend removes
 # the service itself only if the job outlives that by this much (a wedged node, say).
 HARD_TIMEOUT_GRACE_S = 60.0
 POLL_S = 0.4
+NODE_CHECK_POLLS = 25  # while a job runs, whether its node is still up is asked every 10 s
 # reprun's own folders in the container (the probe's) become a tmpfs of this size.
 WORK_TMPFS_BYTES = 64 << 20
 # Files shipped inside the service spec: each argument of a process is capped by the kernel
@@ -63,8 +63,6 @@ WORK_TMPFS_BYTES = 64 << 20
 MAX_SHIPPED_BYTES = 64 << 10
 NO_NEW_PRIVILEGES_API = (1, 46)   # ContainerSpec.Privileges.NoNewPrivileges appeared here
 TERMINAL_STATES = frozenset({"complete", "failed", "rejected", "shutdown", "orphaned", "remove"})
-WRAPPER_TOOLS = ("base64", "sha256sum", "find", "sort", "xargs", "sed", "cut", "wc", "readlink",
-                 "sleep", "cat", "mkdir")
 
 
 # --------------------------------------------------------------------------- settings
@@ -109,305 +107,6 @@ class SwarmSettings:
                    schedule_timeout_s=schedule, constraints=tuple(constraints))
 
 
-# --------------------------------------------------------------------------- the wrapper
-
-def _q(text: str) -> str:
-    return shlex.quote(text)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How one job becomes a service: what the wrapper checks and where things are."""
-    marker: str                         # frames the block; random, so a job cannot guess it
-    workdir: str                        # reprun's own tmpfs folder in the container
-    shipped: dict[str, bytes]           # container path -> content, written before the job
-    dataset_target: str | None          # where the dataset is mounted, to hash it there
-    dataset_sha256: str | None
-    outputs_dir: str | None
-    metrics: str | None
-    artifacts: tuple[str, ...]
-    manifest: str | None
-    no_network: bool
-    no_new_privileges: bool             # the wrapper must apply it (the engine cannot)
-    timeout_s: float
-
-
-_ARTIFACT_HASHER = r"""
-R=$1; shift
-root=$(pwd -P)
-for p in "$@"; do
-  rel=${p#./}; name=${rel##*/}; hit=
-  for pat in @PATTERNS@; do
-    case $rel in $pat) hit=1 ;; esac
-    case $name in $pat) hit=1 ;; esac
-  done
-  [ -n "$hit" ] || continue
-  enc=$(printf '%s' "$rel" | base64 | tr -d '\n')
-  if [ -L "$p" ]; then
-    t=$(readlink -f "$p")
-    case $t in
-      "$root"|"$root"/*) ;;
-      *) printf '%s artifact-escapes %s %s\n' "$R" "$enc" "$(readlink "$p" | base64 | tr -d '\n')" ;;
-    esac
-    continue
-  fi
-  printf '%s artifact %s %s %s\n' "$R" "$(sha256sum < "$p" | cut -c1-64)" "$(wc -c < "$p" | tr -d ' ')" "$enc"
-done
-"""
-
-
-def wrapper_script(plan: Plan) -> str:
-    """The task container's entrypoint (`sh -c`); the job's own entrypoint and command follow
-    as its arguments."""
-    w = plan.workdir
-    lines = [
-        f"R={_q(plan.marker)}",
-        "reprun_begin() { printf '\\n%s begin\\n' \"$R\"; }",
-        "reprun_say() { printf '%s %s\\n' \"$R\" \"$*\"; }",
-        "reprun_refuse() { reprun_begin; reprun_say refused \"$@\"; reprun_say end; exit 125; }",
-        "reprun_missing=",
-        f"for reprun_tool in {' '.join(WRAPPER_TOOLS)}; do",
-        "  command -v \"$reprun_tool\" >/dev/null 2>&1 || reprun_missing=\"$reprun_missing $reprun_tool\"",
-        "done",
-        "[ -z \"$reprun_missing\" ] || reprun_refuse tools \"the image lacks$reprun_missing, "
-        "which the swarm backend needs to check the dataset and hand back results\"",
-    ]
-    for path, content in sorted(plan.shipped.items()):
-        folder = str(PurePosixPath(path).parent)
-        lines.append(f"mkdir -p {_q(folder)} && printf '%s' {_q(_b64(content))} | base64 -d > "
-                     f"{_q(path)} || reprun_refuse ship {_q(f'could not write {path} in the container')}")
-    if plan.artifacts:
-        hasher = _ARTIFACT_HASHER.replace("@PATTERNS@", " ".join(_q(p) for p in plan.artifacts))
-        lines.append(f"printf '%s' {_q(_b64(hasher.encode()))} | base64 -d > {_q(w)}/.artifacts.sh"
-                     " || reprun_refuse ship 'could not write the artifact hasher'")
-    if plan.no_network:
-        lines += [
-            "reprun_ifaces=",
-            "for reprun_if in $(ls /sys/class/net 2>/dev/null); do",
-            "  [ \"$reprun_if\" = lo ] || reprun_ifaces=\"$reprun_ifaces $reprun_if\"",
-            "done",
-            "[ -z \"$reprun_ifaces\" ] || reprun_refuse network \"the container has network "
-            "interfaces besides lo:$reprun_ifaces (the node attaches tasks without a network to "
-            "its default bridge; run its dockerd with --bridge=none)\"",
-        ]
-    lines.append("reprun_nnp=")
-    if plan.no_new_privileges:
-        lines += [
-            "if [ \"$(sed -n 's/^NoNewPrivs:[[:space:]]*//p' /proc/self/status)\" != 1 ]; then",
-            "  command -v setpriv >/dev/null 2>&1 || reprun_refuse privileges \"this engine "
-            "cannot set no-new-privileges on a service and the image has no setpriv to set it\"",
-            "  reprun_nnp='setpriv --no-new-privs'",
-            "fi",
-        ]
-    if plan.dataset_target is not None:
-        target = _q(plan.dataset_target)
-        # The tree hash of DESIGN.md, computed with coreutils where the data is read.
-        lines += [
-            f"if [ -d {target} ]; then",
-            f"  reprun_got=$( (cd {target} && find . -type f -print0 | LC_ALL=C sort -z "
-            f"| xargs -0 sha256sum) 2>{_q(w)}/.dataset-errors | sha256sum | cut -c1-64)",
-            "else",
-            f"  reprun_got=$(sha256sum < {target} 2>{_q(w)}/.dataset-errors | cut -c1-64)",
-            "fi",
-            f"if [ \"$reprun_got\" != {_q(plan.dataset_sha256 or '')} ]; then",
-            "  reprun_begin; reprun_say dataset \"$reprun_got\"",
-            f"  reprun_say refused dataset \"$(head -n 1 {_q(w)}/.dataset-errors | tr -d '\\r')\"",
-            "  reprun_say end; exit 3",
-            "fi",
-            f"rm -f {_q(w)}/.dataset-errors",
-        ]
-    lines += [
-        "reprun_oom() { { sed -n 's/^oom_kill //p' /sys/fs/cgroup/memory.events "
-        "/sys/fs/cgroup/memory/memory.oom_control 2>/dev/null; echo 0; } | head -n 1; }",
-        "reprun_oom_before=$(reprun_oom)",
-        # The job runs in the foreground, as locally (a background job would start with SIGINT
-        # ignored); a timer stops it at its timeout so that its results still come back. It
-        # kills every process but PID 1, so it is armed only where the wrapper is PID 1: in
-        # the task's own PID namespace.
-        "reprun_timer=",
-        "if [ \"$$\" = 1 ]; then",
-        f"  ( sleep {plan.timeout_s:.3f} && : > {_q(w)}/.timed-out && kill -9 -1 ) "
-        ">/dev/null 2>&1 </dev/null &",
-        "  reprun_timer=$!",
-        "fi",
-        "$reprun_nnp \"$@\"",
-        "reprun_status=$?",
-        "[ -z \"$reprun_timer\" ] || kill \"$reprun_timer\" 2>/dev/null",
-        "reprun_begin",
-        "reprun_say exit \"$reprun_status\"",
-        "reprun_say oom \"$reprun_oom_before\" \"$(reprun_oom)\"",
-        f"[ -e {_q(w)}/.timed-out ] && reprun_say timeout",
-    ]
-    if plan.dataset_target is not None:
-        lines.append("reprun_say dataset \"$reprun_got\"")
-    if plan.manifest:
-        m = _q(plan.manifest)
-        lines.append(f"[ -f {m} ] && [ ! -L {m} ] && base64 < {m} | sed \"s/^/$R manifest /\"")
-    if plan.outputs_dir and plan.metrics:
-        out = _q(plan.outputs_dir)
-        m = _q(str(PurePosixPath(plan.outputs_dir) / plan.metrics))
-        lines += [
-            f"if [ -L {m} ]; then reprun_say metrics symlink",
-            f"elif [ ! -e {m} ]; then reprun_say metrics missing",
-            f"elif [ ! -f {m} ]; then reprun_say metrics not-a-file",
-            f"else case \"$(readlink -f {m})\" in \"$(readlink -f {out})\"/*)",
-            f"  reprun_size=$(wc -c < {m} | tr -d ' ')",
-            f"  if [ \"$reprun_size\" -gt {MAX_METRICS_BYTES} ]; then "
-            "reprun_say metrics too-large \"$reprun_size\"",
-            f"  else reprun_say metrics file; base64 < {m} | sed \"s/^/$R metrics-data /\"; fi ;;",
-            "  *) reprun_say metrics outside ;;",
-            "esac; fi",
-        ]
-        if plan.artifacts:
-            lines.append(f"(cd {out} && find . \\( -type f -o -type l \\) -exec sh "
-                         f"{_q(w)}/.artifacts.sh \"$R\" {{}} +)")
-    lines += ["reprun_say end", "exit \"$reprun_status\""]
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- the block
-
-@dataclass
-class Block:
-    """What the wrapper printed after the job: parsed, not yet judged."""
-    complete: bool = False
-    exit_code: int | None = None
-    oom_kills: int = 0
-    timed_out: bool = False
-    dataset_sha256: str | None = None
-    refused: tuple[str, str] | None = None         # (what, why)
-    manifest: bytes | None = None
-    metrics_state: str | None = None
-    metrics_size: int | None = None
-    metrics: bytes = b""
-    artifacts: dict[str, Artifact] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-
-def _decode_b64(text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return b""
-
-
-def parse_block(text: bytes, marker: str) -> Block:
-    block = Block()
-    manifest, metrics = [], []
-    prefix = marker.encode() + b" "
-    for line in text.split(b"\n"):
-        if not line.startswith(prefix):
-            continue
-        key, _, rest = line[len(prefix):].decode("utf-8", "replace").partition(" ")
-        words = rest.split(" ")
-        if key == "end":
-            block.complete = True
-        elif key == "exit" and rest.strip().isdigit():
-            block.exit_code = int(rest)
-        elif key == "oom" and len(words) == 2 and all(w.isdigit() for w in words):
-            block.oom_kills = int(words[1]) - int(words[0])
-        elif key == "timeout":
-            block.timed_out = True
-        elif key == "dataset":
-            block.dataset_sha256 = rest.strip()
-        elif key == "refused":
-            what, _, why = rest.partition(" ")
-            block.refused = (what, why.strip())
-        elif key == "manifest":
-            manifest.append(rest.strip())
-        elif key == "metrics":
-            block.metrics_state = words[0]
-            if len(words) > 1 and words[1].isdigit():
-                block.metrics_size = int(words[1])
-        elif key == "metrics-data":
-            metrics.append(rest.strip())
-        elif key == "artifact" and len(words) == 3:
-            name = _decode_b64(words[2])
-            try:
-                rel = name.decode("utf-8")
-            except UnicodeDecodeError:
-                shown = name.decode("utf-8", "backslashreplace")
-                block.problems.append(f"the artifact {shown} has a name that is not UTF-8; a "
-                                      "record could not name it unambiguously")
-                continue
-            if words[1].isdigit():
-                block.artifacts[rel] = Artifact(sha256=words[0], size=int(words[1]))
-        elif key == "artifact-escapes" and len(words) == 2:
-            rel = _decode_b64(words[0]).decode("utf-8", "backslashreplace")
-            link = _decode_b64(words[1]).decode("utf-8", "backslashreplace").strip()
-            block.problems.append(f"the artifact {rel} is a symlink to {link}, outside the "
-                                  "outputs folder; refused")
-    if manifest:
-        block.manifest = _decode_b64("".join(manifest))
-    if metrics:
-        block.metrics = _decode_b64("".join(metrics))
-    return block
-
-
-def _metrics_problem(block: Block, name: str) -> str | None:
-    return {
-        "symlink": f"the metrics file {name} is a symlink; a job must write it as a file",
-        "outside": f"the metrics file {name} lies behind a symlinked folder that leads outside "
-                   "the outputs folder; refused",
-        "not-a-file": f"the metrics file {name} is not a regular file",
-        "too-large": f"the metrics file {name} is {block.metrics_size} bytes, over the "
-                     f"{MAX_METRICS_BYTES}-byte limit",
-    }.get(block.metrics_state or "")
-
-
-class OutputSplitter:
-    """Passes the job's stdout on as it comes and keeps back the block printed after it.
-
-    The block starts with a newline, the marker and ` begin`; only a tail that could be the
-    start of that line is held back. If the job printed the start line itself, the last one is
-    the wrapper's: whatever came before it goes to the log after all.
-    """
-
-    def __init__(self, marker: str, sink: LogSink):
-        self.start = b"\n" + marker.encode() + b" begin\n"
-        self.sink = sink
-        self.held = b""
-        self.block: bytes | None = None
-
-    def feed(self, data: bytes) -> None:
-        if self.block is not None:
-            self.block += data
-            return
-        buffer = self.held + data
-        found = buffer.find(self.start)
-        if found >= 0:
-            self._emit(buffer[:found])
-            self.held, self.block = b"", buffer[found + len(self.start):]
-            return
-        cut = buffer.rfind(b"\n", max(0, len(buffer) - len(self.start) + 1))
-        if cut >= 0 and self.start.startswith(buffer[cut:]):
-            self._emit(buffer[:cut])
-            self.held = buffer[cut:]
-        else:
-            self._emit(buffer)
-            self.held = b""
-
-    def finish(self) -> bytes | None:
-        """The block's text (None: the wrapper never printed one); the rest is emitted."""
-        if self.block is None:
-            self._emit(self.held)
-            self.held = b""
-            return None
-        last = self.block.rfind(self.start)
-        if last >= 0:
-            self._emit(self.start + self.block[:last])
-            self.block = self.block[last + len(self.start):]
-        return self.block
-
-    def _emit(self, data: bytes) -> None:
-        if data:
-            self.sink(data, "stdout")
-
-
 class ServiceLogs(threading.Thread):
     """Follows a service's logs, stdout and stderr apart, until closed.
 
@@ -421,6 +120,7 @@ class ServiceLogs(threading.Thread):
         self.splitter, self.on_output = splitter, on_output
         self.response = None
         self.ended = threading.Event()
+        self.last_data = time.monotonic()
         self._closing = False
 
     def run(self) -> None:
@@ -431,6 +131,7 @@ class ServiceLogs(threading.Thread):
             self.api._raise_for_status(response)
             self.response = response
             if self._closing:
+                response.close()
                 return
             # A job may print nothing for hours: no read timeout on this stream.
             self.api._disable_socket_timeout(self.api._get_raw_response_socket(response))
@@ -440,31 +141,43 @@ class ServiceLogs(threading.Thread):
                     break
                 stream, size = struct.unpack(">BxxxL", header)
                 data = response.raw.read(size) if size else b""
+                self.last_data = time.monotonic()
                 if stream == 2:
                     self.on_output(data, "stderr")
                 else:
                     self.splitter.feed(data)
-                if self.splitter.block is not None and b" end\n" in self.splitter.block:
-                    break
         except Exception:
             pass   # the stream ends abruptly when it is closed or the service removed
         finally:
             self.ended.set()
 
+    def drain(self, quiet_s: float) -> None:
+        """Wait until the block has arrived, or nothing has for `quiet_s` (at most LOG_DRAIN_S)."""
+        deadline = time.monotonic() + LOG_DRAIN_S
+        start = time.monotonic()
+        while not self.ended.wait(0.1) and time.monotonic() < deadline:
+            if self.splitter.complete:
+                return
+            if time.monotonic() - max(self.last_data, start) > quiet_s:
+                return
+
     def close(self) -> None:
         self._closing = True
         response = self.response
         if response is not None:
+            # Shut the socket first: closing the response would wait for the blocked reader.
             try:
-                sock = self.api._get_raw_response_socket(response)
-                sock.shutdown(socket.SHUT_RDWR)
+                raw = self.api._get_raw_response_socket(response)
+                getattr(raw, "_sock", raw).shutdown(socket.SHUT_RDWR)
             except Exception:
                 pass
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=5)
+        if response is not None:
             try:
                 response.close()
             except Exception:
                 pass
-        self.join(timeout=5)
 
 
 # --------------------------------------------------------------------------- the backend
@@ -617,7 +330,9 @@ class SwarmBackend:
                own_node: str | None) -> _Attempt:
         schedule_deadline = time.monotonic() + self.settings.schedule_timeout_s
         running_since, node_id, last_state, task = None, None, None, None
+        waiting_for, polls = None, 0
         while True:
+            polls += 1
             if self._interrupted.is_set():
                 return _Attempt(ContainerOutcome(None, "interrupted", time.monotonic() - started,
                                                  "reprun was interrupted; the service was removed"))
@@ -635,6 +350,10 @@ class SwarmBackend:
                 if state == "running":
                     running_since = time.monotonic()
                     say(f"running on swarm node {self._node_name(node_id)}")
+            why = _task_message(task)
+            if state in ("new", "pending") and why and why != waiting_for:
+                waiting_for = why
+                say(f"waiting for a node: {why}")
             if state in TERMINAL_STATES:
                 break
             now = time.monotonic()
@@ -651,7 +370,8 @@ class SwarmBackend:
                 return _Attempt(ContainerOutcome(
                     None, "timeout", now - started,
                     f"the job ran past its timeout of {job.timeout_s:g}s and was killed"))
-            if running_since is not None and node_id and self._node_down(node_id):
+            if running_since is not None and node_id and polls % NODE_CHECK_POLLS == 0 \
+                    and self._node_down(node_id):
                 return _Attempt(ContainerOutcome(
                     None, "engine", now - started,
                     f"swarm node {self._node_name(node_id)} went down while the job ran"),
@@ -659,9 +379,13 @@ class SwarmBackend:
             time.sleep(POLL_S)
         status = task.get("Status", {})
         container = status.get("ContainerStatus") or {}
-        ran = running_since is not None or "ExitCode" in container and container.get("ContainerID")
+        ran = running_since is not None or bool(container.get("ContainerID")
+                                                   and "ExitCode" in container)
         if ran:
-            logs.ended.wait(LOG_DRAIN_S)
+            # A wrapper that exited by itself printed a block: wait for it to come through the
+            # manager. One that was killed printed none: wait only for the output to go quiet.
+            killed = (container.get("ExitCode") or 0) >= 128
+            logs.drain(QUIET_S if killed else LOG_DRAIN_S)
         logs.close()
         text = splitter.finish()
         duration = time.monotonic() - started
@@ -705,15 +429,18 @@ class SwarmBackend:
                            + (f" ({why})" if why else ""))
                 return ContainerOutcome(None, "pin", duration, message,
                                         collected=Collected(host=host))
+            hint = {"network": "; a task without a network joins the node's default bridge: "
+                               "run that node's dockerd with --bridge=none",
+                    "privileges": f" (API {self.client.api.api_version})"}.get(what, "")
             return ContainerOutcome(None, "engine", duration,
-                                    f"refused to run the job on {where}: {why}",
+                                    f"refused to run the job on {where}: {why}{hint}",
                                     collected=Collected(host=host))
         name = PurePosixPath(plan.metrics or "metrics").name
         problems = block.problems
         collected = Collected(
             manifest=manifest,
             metrics=block.metrics if block.metrics_state == "file" else None,
-            metrics_problem=_metrics_problem(block, name),
+            metrics_problem=metrics_problem(block, name),
             artifacts=dict(block.artifacts),
             artifacts_problem=problems[0] if problems else None,
             host=host)
@@ -869,8 +596,9 @@ class SwarmBackend:
 
     def _bring_artifacts_home(self, job: ContainerJob, outcome: ContainerOutcome,
                               outputs: tuple[Path, Path | None]) -> ContainerOutcome:
-        """Link (or copy) the artifacts from shared storage into the run's folder in the store,
-        each checked against the hash taken where it was written."""
+        """Copy the artifacts from shared storage into the run's folder in the store, each
+        checked against the hash taken where it was written. A copy, not a link: what happens
+        to the shared copy later must not change what the store holds."""
         store_folder, shared = outputs
         if shared is None:
             return outcome
@@ -879,12 +607,7 @@ class SwarmBackend:
             source, target = shared / rel, store_folder / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with _quiet(FileNotFoundError):
-                    target.unlink()
-                try:
-                    os.link(source, target)
-                except OSError:
-                    shutil.copyfile(source, target)
+                shutil.copyfile(source, target)
                 sha, size = sha256_file(target)
             except OSError as exc:
                 problem = (f"the artifact {rel} could not be brought from {shared} into the "

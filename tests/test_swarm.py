@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, REPRUN, WRITE_METRICS
-from orchestrator.backends import Collected, ToCollect, load_config, open_backend
+from orchestrator.backends import (Collected, OutputSplitter, Plan, ToCollect, load_config,
+                                   open_backend, parse_block, wrapper_script)
 from orchestrator.errors import UsageError
-from orchestrator.swarm import (OutputSplitter, Plan, SwarmBackend, SwarmSettings, parse_block,
-                                wrapper_script)
+from orchestrator.swarm import SwarmBackend, SwarmSettings
 
 ADDRESS_POOL = "100.64.0.0/16"
 GATEWAY_SUBNET = "100.64.200.0/24"
@@ -213,7 +213,8 @@ def test_a_spec_verified_on_swarm_gives_the_same_record_and_verdict_as_on_local(
         stored = project.store / "runs" / run["id"] / "out" / "model.bin"
         assert stored.read_bytes() == written.read_bytes()
     assert project.reprun("runs", "verify").returncode == 0
-    assert not services_of(swarm, "io.reprun.spec=job")
+    for run in (s1, s2):
+        assert not services_of(swarm, f"io.reprun.run-id={run['id']}")
 
 
 @pytest.mark.engine
@@ -434,7 +435,7 @@ def test_a_job_no_node_can_take_is_reported_with_swarms_own_words(project, tmp_p
     assert "insufficient resources" in result.stderr and "within 4s" in result.stderr
     [record] = runs_of(project)
     assert record["status"] == "error"
-    assert not services_of(swarm, "io.reprun.spec=job")
+    assert not services_of(swarm, f"io.reprun.run-id={record['id']}")
 
 
 @pytest.mark.engine
@@ -482,6 +483,49 @@ def test_check_fans_specs_out_over_the_swarm_and_streams_progress(project, tmp_p
     # The four runs were submitted together: the last to start did so before the first ended.
     starts = sorted(r["started_at"] for r in runs)
     assert starts[-1] < min(r["finished_at"] for r in runs)
+
+
+@pytest.mark.engine
+@pytest.mark.xdist_group("swarm")
+def test_a_local_run_replayed_on_the_swarm_is_identical(project, tmp_path, swarm):
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS)
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    [original] = runs_of(project)
+    swarm_project(project, tmp_path)
+    result = project.reprun("rerun", original["id"], "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("IDENTICAL")
+    replay = runs_of(project)[-1]
+    assert replay["environment"]["host"]["swarm_node"]
+
+
+@pytest.mark.engine
+@pytest.mark.xdist_group("swarm")
+def test_an_image_built_here_is_pushed_by_digest_for_the_nodes(project, tmp_path, swarm):
+    import requests
+    context = project.root / "image"
+    context.mkdir(parents=True)
+    (context / "Dockerfile").write_text(
+        f"FROM reprun/sklearn:latest\nRUN echo {time.time_ns()} > /etc/reprun-test-build\n")
+    project.dataset()
+    spec = project.spec(name=f"built-{os.getpid()}", script=WRITE_METRICS)
+    spec.write_text(spec.read_text().replace(f"  ref: {project.image_ref}\n",
+                                             "  build: {context: image}\n"))
+    swarm_project(project, tmp_path)
+    refused = project.reprun("run", str(spec), "-q")
+    assert refused.returncode == 4 and "is in no registry" in refused.stderr
+    swarm_project(project, tmp_path, registry="127.0.0.1:5000")
+    result = project.reprun("run", str(spec))
+    assert result.returncode == 0, result.stderr
+    assert "pushing image" in result.stderr
+    built = runs_of(project)[-1]
+    image = swarm.images.get(built["inputs"]["image"]["id"])
+    [pushed] = [d for d in image.attrs["RepoDigests"] if d.startswith("127.0.0.1:5000/reprun/images@")]
+    name, digest = pushed.split("/", 1)[1].split("@")
+    response = requests.delete(f"http://127.0.0.1:5000/v2/{name}/manifests/{digest}", timeout=10)
+    assert response.status_code == 202, response.text
+    swarm.images.remove(image.id, force=True)
 
 
 @pytest.mark.engine
