@@ -31,6 +31,7 @@ install_packages() {
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
+  need_root_debian
   say "installing ${missing[*]} from Debian's packages"
   # Serialise concurrent callers: dpkg holds its own lock but apt-get update races on lists.
   flock /var/lib/reprun-engine.apt.lock bash -c '
@@ -119,7 +120,7 @@ main() {
     say "engine answers ($(docker version --format '{{.Server.Version}}'))"
   fi
   if ! registry_answers; then
-    command -v docker-registry >/dev/null 2>&1 || { need_root_debian; install_packages; }
+    install_packages   # the registry, and curl to ask it, may be missing beside a user's engine
     mkdir -p "$STATE_DIR"
     exec 8>"$STATE_DIR/registry.lock"
     flock 8

@@ -35,6 +35,14 @@ if docker image inspect "$TAG" >/dev/null 2>&1; then
   exit 0
 fi
 
+if ! command -v debootstrap >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ] || {
+    say "needs debootstrap (Debian's package) and root to make the base image"; exit 4; }
+  say "installing debootstrap from Debian's packages"
+  flock /var/lib/reprun-engine.apt.lock bash -c \
+    'DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >/dev/null' \
+    || { apt-get update -q >/dev/null && apt-get install -y -q debootstrap >/dev/null; }
+fi
 mirror=$(debian_mirror)
 rootfs=$WORK/rootfs
 rm -rf "$rootfs"; mkdir -p "$rootfs"
