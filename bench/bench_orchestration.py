@@ -128,8 +128,30 @@ def bench_verify(scratch: Path) -> list[tuple]:
         "parallel": lambda: _reprun(store, "verify", "-q", spec, cwd=REPO),
     }, tries=3)
     ratio = best["sequential"] / best["parallel"]
-    return [("verify, two 1-CPU runs in parallel", best["parallel"], "the same, one after another",
-             best["sequential"], ratio, "≥ 1.67 (≤ 0.6× sequential)", ratio >= 1 / 0.6)]
+    runs = _turns(_in_process_verify(spec, store), tries=3)
+    runs_ratio = runs["sequential"] / runs["parallel"]
+    return [("verify, two 1-CPU runs in parallel (whole CLI)", best["parallel"],
+             "the same, one after another", best["sequential"], ratio,
+             "≥ 1.67 (≤ 0.6× sequential)", ratio >= 1 / 0.6),
+            ("  the two training runs alone (inputs prepared once)", runs["parallel"],
+             "the same two runs one after another", runs["sequential"], runs_ratio,
+             "≥ 1.67 (≤ 0.6× sequential)", runs_ratio >= 1 / 0.6)]
+
+
+def _in_process_verify(spec_path: str, store_root: Path) -> dict:
+    sys.path.insert(0, str(REPO))
+    from orchestrator.engine import LocalEngine
+    from orchestrator.events import RunObserver
+    from orchestrator.runner import prepare
+    from orchestrator.spec import load_spec
+    from orchestrator.store import Store
+    from orchestrator.verify import RunPlan, run_all
+    store, engine, quiet = Store(store_root), LocalEngine(), RunObserver()
+    prepared = prepare(load_spec(spec_path), store=store, engine=engine, observer=quiet)
+    plans = [RunPlan("run 1/2"), RunPlan("run 2/2")]
+    return {mode: (lambda parallel=(mode == "parallel"): run_all(
+                prepared, plans, store=store, engine=engine, observer=quiet, parallel=parallel))
+            for mode in ("sequential", "parallel")}
 
 
 def _big_record(record, packages: int, shift: int):
