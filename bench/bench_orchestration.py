@@ -10,7 +10,6 @@ Each contender takes turns with its baseline and keeps its fastest of a few trie
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import sqlite3

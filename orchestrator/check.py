@@ -7,7 +7,6 @@ neither, train twice).
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import shutil
 import tempfile
@@ -22,13 +21,12 @@ from .engine import LocalEngine
 from .errors import ExitCode, ReprunError
 from .events import RunObserver
 from .hermetic import RunPaths, container_job
-from .images import resolve_image
 from .probe import new_marker, parse_manifest, pyprobe_source, wrapper_script
 from .records import EnvironmentManifest, SUCCEEDED
 from .runner import Prepared, execute, prepare
 from .spec import ImageSpec, load_spec
 from .store import Store
-from .verify import RunPlan, fits_in_parallel, run_all
+from .verify import RunPlan, fits_in_parallel, run_all, run_concurrently
 
 
 @dataclass(frozen=True)
@@ -149,17 +147,9 @@ def check_all(paths: list[Path], *, store: Store, engine: LocalEngine, observer:
               jobs: int = 1) -> list[SpecCheck]:
     if jobs <= 1:
         return [check_spec(p, store=store, engine=engine, observer=observer) for p in paths]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(check_spec, p, store=store, engine=engine, observer=observer)
-                   for p in paths]
-        try:
-            concurrent.futures.wait(futures)
-        except KeyboardInterrupt:
-            # As in verify: stop every job under way, let each record itself, then go on.
-            engine.interrupt()
-            concurrent.futures.wait(futures)
-            raise
-        return [f.result() for f in futures]
+    return run_concurrently(
+        lambda p: check_spec(p, store=store, engine=engine, observer=observer),
+        paths, workers=jobs, engine=engine)
 
 
 def summary_rows(results: list[SpecCheck]) -> list[tuple]:

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import concurrent.futures
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 from .engine import LocalEngine
 from .events import RunObserver
 from .records import RunRecord
 from .runner import JobTransform, Prepared, execute
 from .store import Store
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -28,9 +32,16 @@ def run_all(prepared: Prepared, plans: list[RunPlan], *, store: Store, engine: L
     if not parallel or len(plans) < 2:
         return [execute(prepared, store=store, engine=engine, observer=observer,
                         label=p.label, seed=p.seed, transform=p.transform) for p in plans]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(plans)) as pool:
-        futures = [pool.submit(execute, prepared, store=store, engine=engine, observer=observer,
-                               label=p.label, seed=p.seed, transform=p.transform) for p in plans]
+    return run_concurrently(
+        lambda p: execute(prepared, store=store, engine=engine, observer=observer,
+                          label=p.label, seed=p.seed, transform=p.transform),
+        plans, workers=len(plans), engine=engine)
+
+
+def run_concurrently(work: Callable[[T], R], items: list[T], *, workers: int, engine) -> list[R]:
+    """`work` over `items` on threads, results in order; Ctrl-C stops every job under way."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(work, item) for item in items]
         try:
             concurrent.futures.wait(futures)
         except KeyboardInterrupt:

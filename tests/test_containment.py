@@ -9,11 +9,9 @@ import socket
 import threading
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
-from conftest import WRITE_METRICS
 from orchestrator.compare import compare_records
 from orchestrator.records import (Artifact, DatasetFacts, EnvironmentManifest, ImageFacts,
                                   Inputs, Outputs, RunRecord)

@@ -841,7 +841,7 @@ def test_reprun_killed_mid_run_is_repaired_next_time_and_gc_removes_only_what_it
         for survivor in (unlabelled, in_use):
             survivor.reload()
         assert docker_client.images.get(dangling.id).tags == []
-        assert docker_client.images.get(f"reprun/job:built")
+        assert docker_client.images.get("reprun/job:built")
         again = project.reprun("gc")
         assert again.stdout.strip() == "nothing to remove: reprun left nothing behind"
         assert_store_intact(project)

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
-import shutil
-import textwrap
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -68,7 +67,7 @@ def fake_distribution(version: str) -> str:
             f"Version: {version}\\n' > {site}/METADATA")
 
 
-def build_spec(project, version: str) -> "Path":
+def build_spec(project, version: str) -> Path:
     context = project.root / "image"
     context.mkdir(exist_ok=True)
     (context / "Dockerfile").write_text(
