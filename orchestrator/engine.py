@@ -363,22 +363,28 @@ def remove_leftovers(client: docker.DockerClient, *, finished_runs: set[str] = f
     still alive on this host is in use and left alone; so is anything without reprun's label.
     `finished_runs`: run IDs the store knows are over, whichever host ran them."""
     removed = []
-    here = socket.gethostname()
     for container in client.containers.list(all=True, filters={"label": LABEL}):
         labels = container.labels or {}
         run_id = labels.get(LABEL_RUN, "?")
-        host, _, pid = labels.get(LABEL_OWNER, "").rpartition(":")
-        if run_id in finished_runs:
-            why = f"run {run_id} is already recorded as finished"
-        elif host == here and pid.isdigit() and not process_alive(int(pid)):
-            why = f"its reprun process {pid} is gone"
-        elif not host and container.status != "running":
+        why = left_behind_because(labels, finished_runs)
+        if why is None and not labels.get(LABEL_OWNER) and container.status != "running":
             why = "it stopped and no reprun process claims it"
-        else:
+        if why is None:
             continue
         if _remove_container(container, patience=0.0):
             removed.append(f"{container.name} (run {run_id}: {why})")
     return removed
+
+
+def left_behind_because(labels: dict[str, str], finished_runs) -> str | None:
+    """Why something reprun labelled (a container, a service) is left over; None: in use."""
+    run_id = labels.get(LABEL_RUN, "?")
+    host, _, pid = labels.get(LABEL_OWNER, "").rpartition(":")
+    if run_id in finished_runs:
+        return f"run {run_id} is already recorded as finished"
+    if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
+        return f"its reprun process {pid} is gone"
+    return None
 
 
 def remove_unused_builds(client: docker.DockerClient, built: dict[str, str]

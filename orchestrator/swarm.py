@@ -40,11 +40,10 @@ import requests.exceptions
 from .backends import (Block, Collected, EventSink, OutputSplitter, Plan, ToCollect,
                        metrics_problem, parse_block, wrapper_script)
 from .engine import (LABEL, LABEL_OWNER, LABEL_RUN, ContainerJob, ContainerOutcome, LocalEngine,
-                     LogSink, connect, engine_unreachable, owner_label)
+                     LogSink, connect, engine_unreachable, left_behind_because, owner_label)
 from .errors import InfrastructureError, UsageError
 from .outputs import sha256_file
 from .spec import parse_duration, parse_size
-from .store import process_alive
 
 # A task Swarm lost or could not start is tried this many times in all.
 ATTEMPTS = 2
@@ -758,16 +757,12 @@ def remove_leftover_services(client: docker.DockerClient, *,
         services = client.api.services(filters={"label": LABEL})
     except (docker.errors.DockerException, requests.exceptions.RequestException):
         return []
-    removed, here = [], socket.gethostname()
+    removed = []
     for service in services:
         labels = service.get("Spec", {}).get("Labels") or {}
         run_id = labels.get(LABEL_RUN, "?")
-        host, _, pid = labels.get(LABEL_OWNER, "").rpartition(":")
-        if run_id in finished_runs:
-            why = f"run {run_id} is already recorded as finished"
-        elif host == here and pid.isdigit() and not process_alive(int(pid)):
-            why = f"its reprun process {pid} is gone"
-        else:
+        why = left_behind_because(labels, finished_runs)
+        if why is None:
             continue
         remove_service(client, service["ID"])
         removed.append(f"{service['Spec']['Name']} (run {run_id}: {why})")
