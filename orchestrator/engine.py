@@ -175,6 +175,10 @@ class LocalEngine:
             pump = threading.Thread(target=_pump, args=(stream, on_output), daemon=True)
             pump.start()
             container.start()
+        except requests.exceptions.ConnectionError as exc:
+            # It answered a moment ago, when the container was created.
+            return ContainerOutcome(None, "engine", time.monotonic() - started,
+                                    f"lost the engine during the run, as the job started: {exc}")
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise _as_infrastructure(exc) from None
         # A watchdog kills the job at its deadline; the wait itself has no HTTP timeout, so a
