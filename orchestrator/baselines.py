@@ -77,3 +77,9 @@ def baseline_ids(store: Store) -> set[str]:
     finally:
         db.close()
     return {r[0] for r in rows}
+
+
+def approved_note(store: Store, run_ids) -> dict[str, str]:
+    """A report note naming which of these runs is an approved baseline, if any is."""
+    approved = baseline_ids(store) & set(run_ids)
+    return {"approved baseline": ", ".join(sorted(approved))} if approved else {}

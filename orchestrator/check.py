@@ -21,7 +21,7 @@ from .engine import LocalEngine
 from .errors import ExitCode, ReprunError
 from .events import RunObserver
 from .hermetic import RunPaths, container_job
-from .probe import new_marker, parse_manifest, pyprobe_source, wrapper_script
+from .probe import new_marker, parse_manifest, write_probe
 from .records import EnvironmentManifest, SUCCEEDED
 from .runner import Prepared, execute, prepare
 from .spec import ImageSpec, load_spec
@@ -58,8 +58,7 @@ def capture_manifest(spec, image_id: str, engine: LocalEngine, host: dict) -> En
             folder.mkdir(parents=True)
             folder.chmod(0o777)
         marker = new_marker()
-        (paths.meta / "wrap.sh").write_text(wrapper_script(marker))
-        (paths.meta / "pyprobe.py").write_text(pyprobe_source())
+        write_probe(paths.meta, marker)
         outcome = engine.run(job, lambda *_: None)
         manifest = paths.meta / "manifest.txt"
         if outcome.collected is not None:      # read where the probe ran

@@ -189,12 +189,10 @@ def _check_report_paths(paths: List[Path]) -> None:
 
 def _compare_and_report(store, records, report_paths: List[Path], extra: dict | None = None,
                         comparisons: list | None = None) -> None:
-    from .baselines import baseline_ids
+    from .baselines import approved_note
     from .compare import combined_verdict, compare_records
     from .reports import format_for_path, render
-    approved = baseline_ids(store) & {r.id for r in records}
-    extra = {**(extra or {}),
-             **({"approved baseline": ", ".join(sorted(approved))} if approved else {})}
+    extra = {**(extra or {}), **approved_note(store, [r.id for r in records])}
     first = records[0]
     comparisons = comparisons or [compare_records(first, other, baseline_id=first.id, extra=extra)
                                   for other in records[1:]]

@@ -13,6 +13,7 @@ import re
 import secrets as _secrets
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any, Callable
 
 from .records import EnvironmentManifest
@@ -217,6 +218,12 @@ def new_marker() -> str:
 
 def pyprobe_source() -> str:
     return resources.files(__package__).joinpath("pyprobe.py").read_text()
+
+
+def write_probe(meta: Path, marker: str, probes: tuple[Probe, ...] = PROBES) -> None:
+    """Put the wrapper and the Python probe where the container mounts them (/reprun)."""
+    (meta / "wrap.sh").write_text(wrapper_script(marker, probes))
+    (meta / "pyprobe.py").write_text(pyprobe_source())
 
 
 def split_sections(text: str, marker: str) -> dict[str, tuple[str, int | None]]:

@@ -19,7 +19,7 @@ from .hermetic import RunPaths, applied_settings, container_job
 from .images import ResolvedImage, resolve_image
 from .outputs import OutputsError, hash_artifacts, read_metrics, sha256_file
 from .probe import (PROBES, REDACTED, RUN_PROBES, image_facts, image_facts_key, new_marker,
-                    parse_manifest, pyprobe_source, redact_env, wrapper_script)
+                    parse_manifest, redact_env, write_probe)
 from .redact import Redactor, secret_values
 from .records import (ERROR, FAILED, INTERRUPTED, SUCCEEDED, DatasetFacts, ImageFacts, Inputs,
                       EnvironmentManifest, Outputs, RunRecord)
@@ -164,8 +164,7 @@ def execute(prepared: Prepared, *, store: Store, engine: Executor, observer: Run
     facts_key = image_facts_key(job, spec.secrets)
     cached = store.image_facts(facts_key) if prepared.use_cache else None
     probes = PROBES if cached is None else RUN_PROBES
-    (paths.meta / "wrap.sh").write_text(wrapper_script(marker, probes))
-    (paths.meta / "pyprobe.py").write_text(pyprobe_source())
+    write_probe(paths.meta, marker, probes)
     log = LogFile(paths.log, int(os.environ.get("REPRUN_LOG_CAP", DEFAULT_LOG_CAP)))
 
     streams = {"stdout": redactor.stream(), "stderr": redactor.stream()}

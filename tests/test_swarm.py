@@ -224,8 +224,7 @@ def test_manifest_and_metrics_come_back_through_the_service_logs_not_a_mount(
     """The backend, driven directly: nothing of the store is mounted into the task, and what
     the record needs arrives as the framed block at the end of the service's output."""
     from orchestrator.hermetic import RunPaths, container_job
-    from orchestrator.probe import new_marker, pyprobe_source
-    from orchestrator.probe import wrapper_script as probe_wrapper
+    from orchestrator.probe import new_marker, write_probe
     from orchestrator.spec import load_spec
     project.dataset()
     shared = swarm_project(project, tmp_path)
@@ -236,8 +235,7 @@ def test_manifest_and_metrics_come_back_through_the_service_logs_not_a_mount(
         folder.mkdir(parents=True)
         folder.chmod(0o777)
     marker = new_marker()
-    (paths.meta / "wrap.sh").write_text(probe_wrapper(marker))
-    (paths.meta / "pyprobe.py").write_text(pyprobe_source())
+    write_probe(paths.meta, marker)
     image_id = swarm.images.get(example_ref).id
     job = container_job(spec, run_id="logs-test", image_id=image_id, seed=7, paths=paths)
     backend = SwarmBackend(SwarmSettings(artifacts=shared), client=swarm)
