@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import tempfile
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +16,14 @@ pytestmark = pytest.mark.engine
 
 
 def engine_script(*, env: dict | None = None, user: str | None = None) -> subprocess.Popen:
-    command = ["bash", str(REPO / "scripts" / "engine.sh")]
+    script = REPO / "scripts" / "engine.sh"
+    if user:
+        # The checkout may sit in a folder only root can enter: give the other user a copy.
+        folder = Path(tempfile.mkdtemp(prefix="reprun-engine-sh-"))
+        folder.chmod(0o755)
+        script = Path(shutil.copy(script, folder / "engine.sh"))
+        script.chmod(0o755)
+    command = ["bash", str(script)]
     if user:
         command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
