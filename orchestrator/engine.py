@@ -367,7 +367,9 @@ def remove_leftovers(client: docker.DockerClient, *, finished_runs: set[str] = f
     still alive on this host is in use and left alone; so is anything without reprun's label.
     `finished_runs`: run IDs the store knows are over, whichever host ran them."""
     removed = []
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
+    # ignore_removed: another reprun may remove one of them between listing and inspecting
+    for container in client.containers.list(all=True, ignore_removed=True,
+                                            filters={"label": LABEL}):
         labels = container.labels or {}
         run_id = labels.get(LABEL_RUN, "?")
         why = left_behind_because(labels, finished_runs)
@@ -403,7 +405,8 @@ def remove_unused_builds(client: docker.DockerClient, built: dict[str, str]
         except docker.errors.ImageNotFound:
             done.append((image_id, None))
             continue
-        if image.tags or client.containers.list(all=True, filters={"ancestor": image_id}):
+        if image.tags or client.containers.list(all=True, ignore_removed=True,
+                                                filters={"ancestor": image_id}):
             continue
         try:
             client.images.remove(image_id, noprune=False)

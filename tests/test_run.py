@@ -147,7 +147,7 @@ def test_ctrl_c_mid_run_leaves_no_container_and_an_interrupted_record(project, d
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, running = time.monotonic() + 60, []
     while not running and time.monotonic() < deadline:
-        running = docker_client.containers.list(filters={"label": f"io.reprun.spec={name}",
+        running = docker_client.containers.list(ignore_removed=True, filters={"label": f"io.reprun.spec={name}",
                                                          "status": "running"})
         time.sleep(0.2)
     assert running, "the job's container never started"
@@ -157,7 +157,7 @@ def test_ctrl_c_mid_run_leaves_no_container_and_an_interrupted_record(project, d
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     run_id = running[0].labels["io.reprun.run-id"]
-    assert not docker_client.containers.list(all=True, filters={"label": f"io.reprun.run-id={run_id}"})
+    assert not docker_client.containers.list(all=True, ignore_removed=True, filters={"label": f"io.reprun.run-id={run_id}"})
     assert record_of(project, run_id)["status"] == "interrupted"
 
 

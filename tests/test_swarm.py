@@ -364,13 +364,13 @@ def test_a_job_killed_mid_run_is_reported_failed_and_no_service_is_left(
     assert record["status"] == "failed" and record["outputs"]["exit_code"] == 137
     assert "started" in (project.store / "runs" / record["id"] / "log.txt").read_text()
     assert not services_of(swarm, f"io.reprun.spec={name}")
-    assert not swarm.containers.list(all=True, filters={"label": f"io.reprun.spec={name}"})
+    assert not swarm.containers.list(all=True, ignore_removed=True, filters={"label": f"io.reprun.spec={name}"})
 
 
 def wait_for_task_container(client, spec_name: str, timeout: float = 90):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = client.containers.list(filters={"label": f"io.reprun.spec={spec_name}",
+        running = client.containers.list(ignore_removed=True, filters={"label": f"io.reprun.spec={spec_name}",
                                                   "status": "running"})
         if running:
             return running[0]
@@ -396,7 +396,7 @@ def test_ctrl_c_during_a_swarm_run_removes_the_service_and_records_interrupted(
     [record] = runs_of(project)
     assert record["status"] == "interrupted"
     assert not services_of(swarm, f"io.reprun.spec={name}")
-    assert not swarm.containers.list(all=True, filters={"label": f"io.reprun.spec={name}"})
+    assert not swarm.containers.list(all=True, ignore_removed=True, filters={"label": f"io.reprun.spec={name}"})
 
 
 @pytest.mark.engine
