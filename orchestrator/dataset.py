@@ -4,10 +4,11 @@ The tree hash is defined by a coreutils pipeline, so anyone can check a pin with
 
     (cd DIR && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum
 
-This module produces exactly those bytes, only faster: files are hashed in parallel threads
-(hashlib releases the GIL on large updates), each streamed through a reusable buffer so memory
-stays bounded whatever the size, and a file whose identity (device, inode, size, mtime, ctime)
-is unchanged since it was last hashed is not read again.
+This module produces exactly those bytes, only faster: files are hashed in parallel — big ones
+by threads (hashlib releases the GIL on large updates), the many small files of a tree by helper
+processes — each streamed through a reusable buffer so memory stays bounded whatever the size,
+and a file whose identity (device, inode, size, mtime, ctime) is unchanged since it was last
+hashed is not read again.
 """
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ import queue
 import re
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from operator import attrgetter
 from datetime import datetime, timezone
@@ -29,12 +32,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 from .errors import InfrastructureError, PinMismatch, SpecError
+from .hash_worker import FRAME as _FRAME, RECORD as _RECORD
 
 Progress = Callable[[int, int], None]
 
 BLOCK = 1 << 20                    # read size; per worker, so memory is workers x BLOCK
 READ_AHEAD_FROM = 64 << 20         # files this big are read by a second thread while hashed
 PROGRESS_INTERVAL = 0.1            # seconds between progress calls
+HELPERS_FROM = 64                  # small files to hash before helper processes pay their start
 LISTED_PER_KIND = 20               # files named per kind (added/removed/changed) on a mismatch
 
 # A file modified within one timestamp tick after we read it would keep its mtime, and the
@@ -457,6 +462,133 @@ class _Workers:
             reader.join()   # before the caller closes fd: the reader must be done with it
 
 
+class _Helpers:
+    """Helper processes for the many small files of a tree, each hashing the files sent to it.
+
+    For a 100 KiB file, the interpreter's own work per file (open, read, fstat, the digest's
+    line) is a good part of the cost, and threads take turns for it under the GIL; processes do
+    not. Files go to them in batches while the walk is still finding more. Same interface as
+    _Workers; big files stay with the threads, which read ahead.
+    """
+
+    BATCH = 64      # files per message; progress moves per batch
+
+    def __init__(self, count: int, not_after_ns: int):
+        self.not_after_ns = not_after_ns
+        self.procs: list[subprocess.Popen] = []
+        try:
+            for _ in range(count):
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-I", "-S", str(Path(__file__).with_name("hash_worker.py"))],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True))
+        except OSError:
+            self.abandon()
+            raise
+        self.sent: list[collections.deque[tuple[int, _File]]] = [collections.deque() for _ in self.procs]
+        self.batch: list[tuple[int, _File]] = []
+        self.read = [0] * len(self.procs)
+        self.results: dict[int, _Listed] = {}
+        self.failures: list[BaseException] = []
+        self.readers = [threading.Thread(target=self._collect, args=(slot,), daemon=True,
+                                         name=f"reprun-hash-helper-{slot}")
+                        for slot in range(len(self.procs))]
+        for reader in self.readers:
+            reader.start()
+
+    @classmethod
+    def start(cls, count: int, not_after_ns: int) -> _Helpers | None:
+        """Helpers, or None where processes cannot be started (threads then do it all)."""
+        if count < 2 or not sys.executable:
+            return None
+        try:
+            return cls(count, not_after_ns)
+        except OSError:
+            return None
+
+    def submit(self, i: int, job: _File) -> None:
+        self.batch.append((i, job))
+        if len(self.batch) >= self.BATCH:
+            self._send()
+
+    def finish(self, report: Callable[[int], None]) -> dict[int, _Listed]:
+        try:
+            self._send()
+            for proc in self.procs:
+                with suppress(OSError):     # a dead helper: its reader tells
+                    proc.stdin.close()
+            for reader in self.readers:
+                while reader.is_alive():
+                    reader.join(PROGRESS_INTERVAL)
+                    report(sum(self.read))
+            if not self.failures:
+                self._check_all_answered()
+        finally:
+            self.abandon()
+        if self.failures:
+            raise self.failures[0]
+        return self.results
+
+    def _check_all_answered(self) -> None:
+        for proc, unanswered in zip(self.procs, self.sent):
+            if unanswered:
+                raise InfrastructureError(
+                    f"a dataset hashing helper process ended with exit code {proc.wait()} before "
+                    f"it had hashed {len(unanswered)} of its files",
+                    details=["Run again; if it recurs, look in the system log for the "
+                             "out-of-memory killer or a resource limit."])
+
+    def abandon(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs:
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                with suppress(OSError):
+                    pipe.close()
+        for reader in getattr(self, "readers", ()):
+            reader.join()
+
+    def _send(self) -> None:
+        # To the helper with the fewest files still to hash: balanced by how fast each really
+        # goes, whatever the file sizes.
+        batch, self.batch = self.batch, []
+        if not batch:
+            return
+        slot = min(range(len(self.procs)), key=lambda n: len(self.sent[n]))
+        self.sent[slot].extend(batch)
+        message = b"".join(_FRAME.pack(len(job.abs)) + job.abs for _, job in batch)
+        try:
+            self.procs[slot].stdin.write(message + _FRAME.pack(0))
+            self.procs[slot].stdin.flush()
+        except OSError:
+            pass        # the helper died; its reader says so once it has drained what came back
+
+    def _collect(self, slot: int) -> None:
+        size, sent, pending = _RECORD.size, self.sent[slot], b""
+        try:
+            while chunk := self.procs[slot].stdout.read1(1 << 16):
+                pending += chunk
+                whole = len(pending) - len(pending) % size
+                for record in _RECORD.iter_unpack(pending[:whole]):
+                    i, job = sent.popleft()
+                    self.results[i] = self._listed(job, record)
+                    self.read[slot] += record[1]
+                pending = pending[whole:]
+        except BaseException as exc:        # noqa: BLE001 (handed to the caller's thread)
+            self.failures.append(exc)
+
+    def _listed(self, job: _File, record: tuple) -> _Listed:
+        digest, size, dev, ino, st_size, mtime_ns, ctime_ns, errno = record
+        if errno:
+            raise SpecError(f"the dataset file {os.fsdecode(job.abs)} cannot be read: "
+                            f"{os.strerror(errno)}")
+        after = (_i64(dev), _i64(ino), st_size, mtime_ns, ctime_ns)
+        unchanged = size == job.st.st_size and after == _identity(job.st)
+        settled = job.st.st_mtime_ns < self.not_after_ns
+        return _Listed.of(job.rel, digest.hex(), size, unchanged and settled)
+
+
 _by_rel = attrgetter("rel")      # byte order of the paths, as `LC_ALL=C sort -z`
 
 
@@ -489,7 +621,11 @@ def hash_dataset(path: Path, *, cache: HashCache | None = None, progress: Progre
         raise SpecError(f"the dataset {path} is neither a regular file nor a folder")
 
     cached = cache._load(root, kind == "tree") if cache is not None else {}
-    pool = _Workers(workers or _default_workers(), not_after_ns=started_ns - RACY_NS)
+    workers = workers or _default_workers()
+    not_after_ns = started_ns - RACY_NS
+    pool = _Workers(workers, not_after_ns=not_after_ns)
+    helpers: _Helpers | None = None
+    small = 0
     files: list[_File] = []
     known: dict[int, str] = {}
     try:
@@ -498,19 +634,33 @@ def hash_dataset(path: Path, *, cache: HashCache | None = None, progress: Progre
             hit = cached.get(f.abs)
             if hit is not None and hit[1:6] == _identity(f.st):
                 known[i] = hit[6]
-            else:
-                pool.submit(i, f)
+                continue
+            if f.st.st_size < READ_AHEAD_FROM:
+                small += 1
+                if small == HELPERS_FROM:
+                    helpers = _Helpers.start(workers, not_after_ns)
+            (helpers or pool).submit(i, f)
+
+        total = sum(f.st.st_size for f in files)
+        hit_bytes = sum(files[i].st.st_size for i in known)
+
+        def report(_: int) -> None:
+            if progress is not None:
+                done = sum(pool.read) + (sum(helpers.read) if helpers else 0)
+                progress(min(hit_bytes + done, total), total)
+
+        report(0)
+        hashed = pool.finish(report)
+        if helpers:
+            hashed.update(helpers.finish(report))
+        if len(hashed) + len(known) != len(files):     # a digest must never skip a file
+            raise InfrastructureError(f"hashing the dataset {path} lost track of "
+                                      f"{len(files) - len(hashed) - len(known)} of its files")
     except BaseException:
         pool.abandon()
+        if helpers:
+            helpers.abandon()
         raise
-
-    total = sum(f.st.st_size for f in files)
-    hit_bytes = sum(files[i].st.st_size for i in known)
-    if progress is not None:
-        progress(hit_bytes, total)
-        hashed = pool.finish(lambda done: progress(min(hit_bytes + done, total), total))
-    else:
-        hashed = pool.finish(lambda done: None)
 
     listed = sorted([*hashed.values(), *(_Listed.of(files[i].rel, sha, files[i].st.st_size)
                                          for i, sha in known.items())],

@@ -17,7 +17,7 @@ from orchestrator.dataset import (
     DatasetDigest, FileEntry, HashCache, ManifestDiff, diff_manifests, hash_dataset,
     tree_sha256, verify_dataset,
 )
-from orchestrator.errors import ExitCode, PinMismatch, SpecError
+from orchestrator.errors import ExitCode, InfrastructureError, PinMismatch, SpecError
 
 AN_HOUR_AGO = time.time() - 3600
 
@@ -147,6 +147,88 @@ def test_tree_sha256_does_not_depend_on_the_order_it_is_given():
 
 def test_the_hash_is_the_same_with_one_worker_or_many(digits: Path):
     assert hash_dataset(digits, workers=1).sha256 == hash_dataset(digits, workers=8).sha256
+
+
+# --------------------------------------------------------------------------- helper processes
+
+@pytest.fixture
+def helpers(monkeypatch) -> list:
+    """Helper processes from the first file on; each started _Helpers is appended."""
+    started = []
+    real_start = dataset._Helpers.start.__func__
+
+    def start(cls, count, not_after_ns):
+        made = real_start(cls, count, not_after_ns)
+        started.append(made)
+        return made
+
+    monkeypatch.setattr(dataset, "HELPERS_FROM", 1)
+    monkeypatch.setattr(dataset._Helpers, "start", classmethod(start))
+    return started
+
+
+def many_files(root: Path, count: int = 300) -> Path:
+    return written_an_hour_ago(make_tree(root, {
+        f"part-{i % 7}/sample-{i:04}.bin": os.urandom(500 + 37 * i) for i in range(count)}))
+
+
+def test_helper_processes_hash_a_tree_as_coreutils_does(tmp_path: Path, helpers: list, cache: HashCache):
+    tree = many_files(tmp_path / "tree")
+    digest = hash_dataset(tree, workers=2, cache=cache)
+    assert helpers and helpers[0] is not None and len(helpers[0].procs) == 2
+    assert all(proc.returncode is not None for proc in helpers[0].procs)    # none left running
+    assert digest.sha256 == coreutils_tree_hash(tree)
+    assert digest.bytes_read == digest.bytes and digest.cache_hits == 0
+    again = hash_dataset(tree, workers=2, cache=cache)
+    assert again.sha256 == digest.sha256 and again.cache_hits == 300 and again.bytes_read == 0
+
+
+def test_a_file_gone_before_its_helper_reads_it_is_named(tmp_path: Path, helpers: list, monkeypatch):
+    tree = many_files(tmp_path / "tree", count=100)
+    real_walk = dataset._walk
+
+    def walk_then_lose_the_last(path, root):
+        found = list(real_walk(path, root))
+        yield from found
+        os.unlink(found[-1].abs)    # still in the batch not yet sent to a helper
+
+    monkeypatch.setattr(dataset, "_walk", walk_then_lose_the_last)
+    with pytest.raises(SpecError, match=r"sample-\d{4}.bin cannot be read: No such file or directory"):
+        hash_dataset(tree, workers=2)
+    assert all(proc.returncode is not None for proc in helpers[0].procs)
+
+
+def test_a_helper_that_dies_is_an_infrastructure_error(tmp_path: Path, helpers: list, monkeypatch):
+    tree = many_files(tmp_path / "tree", count=100)
+    monkeypatch.setattr(dataset.sys, "executable", "/bin/false")    # exits at once, reads nothing
+    with pytest.raises(InfrastructureError, match=r"hashing helper process ended with exit code 1 ") as caught:
+        hash_dataset(tree, workers=2)
+    assert caught.value.exit_code == ExitCode.INFRASTRUCTURE
+
+
+def test_where_helpers_cannot_start_threads_hash_it_all(tmp_path: Path, helpers: list, monkeypatch):
+    tree = many_files(tmp_path / "tree", count=100)
+    monkeypatch.setattr(dataset.sys, "executable", str(tmp_path / "no-such-python"))
+    assert hash_dataset(tree, workers=2).sha256 == coreutils_tree_hash(tree)
+    assert helpers == [None]
+
+
+def test_an_interrupt_while_helpers_hash_leaves_none_running(tmp_path: Path, helpers: list):
+    tree = many_files(tmp_path / "tree")
+
+    def interrupt(done: int, total: int) -> None:
+        if helpers:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        hash_dataset(tree, workers=2, progress=interrupt)
+    assert all(proc.returncode is not None for proc in helpers[0].procs)
+
+
+def test_one_cpu_gets_no_helpers(tmp_path: Path, helpers: list):
+    tree = many_files(tmp_path / "tree", count=50)
+    assert hash_dataset(tree, workers=1).sha256 == coreutils_tree_hash(tree)
+    assert helpers == [None]
 
 
 # --------------------------------------------------------------------------- pins

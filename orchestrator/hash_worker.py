@@ -1,0 +1,60 @@
+"""A helper process that hashes the dataset files its parent names, one record per file.
+
+Started by orchestrator.dataset as `python -I -S hash_worker.py`; standard library only, so it
+starts in milliseconds. Input frames: a little-endian u32 length and that many path bytes; a
+length of 0 asks for the records so far to be flushed. Output: one RECORD per path, in order.
+"""
+import hashlib
+import os
+import signal
+import struct
+import sys
+
+# digest, bytes read, then the file's fstat after reading: device, inode, size, mtime, ctime;
+# last an errno (0: read fine).
+RECORD = struct.Struct("<32sqQQqqqi")
+FRAME = struct.Struct("<I")
+BLOCK = 1 << 20
+
+
+def hash_file(path: bytes, view: memoryview) -> bytes:
+    try:
+        # O_NOFOLLOW: a file swapped for a link since the walk is not followed out of the dataset.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            digest, size = hashlib.sha256(), 0
+            while n := os.readv(fd, [view]):
+                digest.update(view[:n])
+                size += n
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return RECORD.pack(b"", 0, 0, 0, 0, 0, 0, exc.errno or 0)
+    return RECORD.pack(digest.digest(), size, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                       st.st_ctime_ns, 0)
+
+
+def main() -> None:
+    # The parent owns interruption: it kills its helpers when it stops, and a Ctrl-C sent to
+    # the whole process group must not print a second traceback from here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    view = memoryview(bytearray(BLOCK))
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    try:
+        while len(frame := source.read(FRAME.size)) == FRAME.size:
+            (length,) = FRAME.unpack(frame)
+            if length == 0:
+                sink.flush()
+            else:
+                sink.write(hash_file(source.read(length), view))
+        sink.flush()
+    except BrokenPipeError:
+        pass                # the parent is gone or gave up; nobody is left to tell
+    finally:
+        os._exit(0)         # no flushing at exit into a pipe that may be closed
+
+
+if __name__ == "__main__":
+    main()
