@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# Bytecode as a wheel install would have it: where PYTHONDONTWRITEBYTECODE is set, an editable
+# install otherwise compiles every module of reprun again at each command.
 install: $(STAMP)
+	$(BIN)/python -m compileall -q orchestrator
 
 # A Docker engine (the user's own, or Debian's dockerd started here) and a registry on 127.0.0.1.
 engine:

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -68,17 +69,23 @@ def peak_rss_bytes() -> int:
 
 
 def helper_peak_rss_bytes(paths: list[Path]) -> int:
-    """The high-water mark of one hashing helper process given every file of the tree."""
+    """The high-water mark of one hashing helper process that hashed every file of the tree,
+    read from its /proc entry while it waits for more (its rusage would count the memory of the
+    process it was forked from)."""
     helper = subprocess.Popen([sys.executable, "-I", "-S", hash_worker.__file__],
-                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    for path in paths:
-        raw = os.fsencode(path)
-        helper.stdin.write(hash_worker.FRAME.pack(len(raw)) + raw)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    frames = b"".join(hash_worker.FRAME.pack(len(raw)) + raw for raw in map(os.fsencode, paths))
+    writer = threading.Thread(target=lambda: (helper.stdin.write(frames + hash_worker.FRAME.pack(0)),
+                                              helper.stdin.flush()))
+    writer.start()
+    answered = helper.stdout.read(len(paths) * hash_worker.RECORD.size)
+    writer.join()
+    assert len(answered) == len(paths) * hash_worker.RECORD.size, "the hashing helper failed"
+    with open(f"/proc/{helper.pid}/status") as status:
+        peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
     helper.stdin.close()
-    _, status, usage = os.wait4(helper.pid, 0)
-    helper.returncode = os.waitstatus_to_exitcode(status)
-    assert helper.returncode == 0, f"the hashing helper failed: {helper.returncode}"
-    return usage.ru_maxrss * 1024
+    helper.wait()
+    return peak
 
 
 def cpu_seconds() -> float:

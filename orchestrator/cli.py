@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from tabulate import tabulate
 
 from . import __version__
 from .errors import ExitCode, ReprunError, UsageError
@@ -22,6 +21,13 @@ app.add_typer(runs_app, name="runs")
 
 VERDICT_EXIT = {"identical": 0, "equivalent": 0, "differs": int(ExitCode.DIFFERS),
                 "incomplete": int(ExitCode.JOB_FAILED)}
+
+
+def tabulate(*args, **kwargs) -> str:
+    # Imported when a table is printed: the import costs about 40 ms, a good part of what a
+    # one-shot `reprun run` adds to the job, which prints no table.
+    from tabulate import tabulate as render_table
+    return render_table(*args, **kwargs)
 
 
 def _version(value: bool) -> None:
