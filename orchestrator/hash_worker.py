@@ -42,6 +42,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     view = memoryview(bytearray(BLOCK))
     source, sink = sys.stdin.buffer, sys.stdout.buffer
+    status = 0
     try:
         while len(frame := source.read(FRAME.size)) == FRAME.size:
             (length,) = FRAME.unpack(frame)
@@ -52,8 +53,10 @@ def main() -> None:
         sink.flush()
     except BrokenPipeError:
         pass                # the parent is gone or gave up; nobody is left to tell
+    except BaseException:   # noqa: BLE001 (the parent reports the files left unanswered)
+        status = 1
     finally:
-        os._exit(0)         # no flushing at exit into a pipe that may be closed
+        os._exit(status)    # no flushing at exit into a pipe that may be closed
 
 
 if __name__ == "__main__":

@@ -441,6 +441,43 @@ def start_at_stage(project, stage: str, docker_client, request) -> tuple[Started
     raise AssertionError(stage)
 
 
+def hashing_helpers_of(pid: int) -> list[int]:
+    helpers = []
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"\nPPid:\t{pid}\n" in status and b"hash_worker.py" in cmdline:
+            helpers.append(int(entry.name))
+    return helpers
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_process_group_while_helpers_hash_leaves_no_helper(project, signum):
+    folder = project.root / "many"
+    folder.mkdir()
+    for i in range(300):                        # sparse: gigabytes to read, no disk used
+        with open(folder / f"part-{i:03}.bin", "wb") as handle:
+            handle.truncate(60 << 20)
+    spec = project.spec(script=WRITE_METRICS, dataset="many", sha256="f" * 64)
+    started = Started(project, "run", "--no-cache", str(spec))
+    started.wait_for("hash ")
+    deadline = time.monotonic() + 60
+    while not (helpers := hashing_helpers_of(started.process.pid)):
+        assert time.monotonic() < deadline, "no hashing helper process started"
+        time.sleep(0.05)
+    for pid in [started.process.pid, *helpers]:    # as a terminal's Ctrl-C reaches them all
+        os.kill(pid, signum)
+    code, _, stderr = started.finish()
+    assert code == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    for pid in helpers:
+        assert not Path(f"/proc/{pid}").exists(), f"hashing helper {pid} outlived reprun"
+    assert runs_in(project) == []
+
+
 @engine
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("stage", ["hash", "pull", "build", "run", "compare"])
