@@ -40,6 +40,7 @@ BLOCK = 1 << 20                    # read size; per worker, so memory is workers
 READ_AHEAD_FROM = 64 << 20         # files this big are read by a second thread while hashed
 PROGRESS_INTERVAL = 0.1            # seconds between progress calls
 HELPERS_FROM = 64                  # small files to hash before helper processes pay their start
+WORKER_SCRIPT = Path(__file__).with_name("hash_worker.py")
 LISTED_PER_KIND = 20               # files named per kind (added/removed/changed) on a mismatch
 
 # A file modified within one timestamp tick after we read it would keep its mtime, and the
@@ -476,36 +477,37 @@ class _Helpers:
     def __init__(self, count: int, not_after_ns: int):
         self.not_after_ns = not_after_ns
         self.procs: list[subprocess.Popen] = []
-        try:
-            for _ in range(count):
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-I", "-S", str(Path(__file__).with_name("hash_worker.py"))],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True))
-        except OSError:
-            self.abandon()
-            raise
-        self.sent: list[collections.deque[tuple[int, _File]]] = [collections.deque() for _ in self.procs]
+        self.sent: list[collections.deque[tuple[int, _File]]] = [collections.deque() for _ in range(count)]
         self.batch: list[tuple[int, _File]] = []
-        self.read = [0] * len(self.procs)
+        self.read = [0] * count
         self.results: dict[int, _Listed] = {}
         self.failures: list[BaseException] = []
-        self.readers = [threading.Thread(target=self._collect, args=(slot,), daemon=True,
-                                         name=f"reprun-hash-helper-{slot}")
-                        for slot in range(len(self.procs))]
-        for reader in self.readers:
-            reader.start()
+        self.readers: list[threading.Thread] = []
+        try:    # an interrupt half-way must not leave helpers behind, which ignore signals
+            for slot in range(count):
+                self.procs.append(subprocess.Popen([sys.executable, "-I", "-S", str(WORKER_SCRIPT)],
+                                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+                reader = threading.Thread(target=self._collect, args=(slot,), daemon=True,
+                                          name=f"reprun-hash-helper-{slot}")
+                self.readers.append(reader)
+                reader.start()
+        except BaseException:
+            self.abandon()
+            raise
 
     @classmethod
     def start(cls, count: int, not_after_ns: int) -> _Helpers | None:
         """Helpers, or None where processes cannot be started (threads then do it all)."""
-        if count < 2 or not sys.executable:
-            return None
+        if count < 2 or not sys.executable or not WORKER_SCRIPT.is_file():
+            return None     # one CPU, or a frozen build with no interpreter and script to start
         try:
             return cls(count, not_after_ns)
         except OSError:
             return None
 
     def submit(self, i: int, job: _File) -> None:
+        if self.failures:       # stop at the first unreadable file, as the threads do
+            raise self.failures[0]
         self.batch.append((i, job))
         if len(self.batch) >= self.BATCH:
             self._send()
@@ -543,11 +545,12 @@ class _Helpers:
                 proc.kill()
         for proc in self.procs:
             proc.wait()
+        for reader in self.readers:     # a dead helper's pipe ends, so its reader does too
+            reader.join()
+        for proc in self.procs:
             for pipe in (proc.stdin, proc.stdout):
                 with suppress(OSError):
                     pipe.close()
-        for reader in getattr(self, "readers", ()):
-            reader.join()
 
     def _send(self) -> None:
         # To the helper with the fewest files still to hash: balanced by how fast each really
@@ -565,18 +568,26 @@ class _Helpers:
             pass        # the helper died; its reader says so once it has drained what came back
 
     def _collect(self, slot: int) -> None:
+        # Reads to the end whatever it meets: a helper whose answers are left unread would block
+        # on its full pipe, and then so would the walk that sends it more.
         size, sent, pending = _RECORD.size, self.sent[slot], b""
-        try:
-            while chunk := self.procs[slot].stdout.read1(1 << 16):
-                pending += chunk
-                whole = len(pending) - len(pending) % size
-                for record in _RECORD.iter_unpack(pending[:whole]):
-                    i, job = sent.popleft()
+        while chunk := self._read_some(slot):
+            pending += chunk
+            whole = len(pending) - len(pending) % size
+            for record in _RECORD.iter_unpack(pending[:whole]):
+                i, job = sent.popleft()
+                try:
                     self.results[i] = self._listed(job, record)
-                    self.read[slot] += record[1]
-                pending = pending[whole:]
-        except BaseException as exc:        # noqa: BLE001 (handed to the caller's thread)
-            self.failures.append(exc)
+                except Exception as exc:    # noqa: BLE001 (handed to the caller's thread)
+                    self.failures.append(exc)
+                self.read[slot] += record[1]
+            pending = pending[whole:]
+
+    def _read_some(self, slot: int) -> bytes:
+        try:
+            return self.procs[slot].stdout.read1(1 << 16)
+        except (OSError, ValueError):       # the pipe broke or was closed: as at its end
+            return b""
 
     def _listed(self, job: _File, record: tuple) -> _Listed:
         digest, size, dev, ino, st_size, mtime_ns, ctime_ns, errno = record
@@ -635,10 +646,12 @@ def hash_dataset(path: Path, *, cache: HashCache | None = None, progress: Progre
             if hit is not None and hit[1:6] == _identity(f.st):
                 known[i] = hit[6]
                 continue
-            if f.st.st_size < READ_AHEAD_FROM:
-                small += 1
-                if small == HELPERS_FROM:
-                    helpers = _Helpers.start(workers, not_after_ns)
+            if f.st.st_size >= READ_AHEAD_FROM:
+                pool.submit(i, f)
+                continue
+            small += 1
+            if small == HELPERS_FROM:
+                helpers = _Helpers.start(workers, not_after_ns)
             (helpers or pool).submit(i, f)
 
         total = sum(f.st.st_size for f in files)

@@ -30,7 +30,7 @@ def hash_file(path: bytes, view: memoryview) -> bytes:
         finally:
             os.close(fd)
     except OSError as exc:
-        return RECORD.pack(b"", 0, 0, 0, 0, 0, 0, exc.errno or 0)
+        return RECORD.pack(b"", 0, 0, 0, 0, 0, 0, exc.errno or -1)   # never 0: that is success
     return RECORD.pack(digest.digest(), size, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                        st.st_ctime_ns, 0)
 

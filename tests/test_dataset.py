@@ -198,6 +198,66 @@ def test_a_file_gone_before_its_helper_reads_it_is_named(tmp_path: Path, helpers
     assert all(proc.returncode is not None for proc in helpers[0].procs)
 
 
+def test_unreadable_files_in_every_helper_stop_the_hash_at_once_instead_of_hanging(
+        tmp_path: Path, helpers: list, monkeypatch):
+    # Enough files that a helper whose answers went unread would fill its pipe and block.
+    tree = many_files(tmp_path / "tree", count=6000)
+    real_walk = dataset._walk
+
+    def walk_with_missing_files(path, root):
+        for n, found in enumerate(real_walk(path, root)):
+            if n in (100, 200, 300, 400):     # spread over both helpers' batches
+                found = found._replace(abs=found.abs + b".gone")
+            yield found
+
+    monkeypatch.setattr(dataset, "_walk", walk_with_missing_files)
+    outcome: list[BaseException] = []
+
+    def hash_it() -> None:
+        try:
+            hash_dataset(tree, workers=2)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=hash_it, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "hashing hung on unreadable files"
+    assert isinstance(outcome[0], SpecError) and "cannot be read: No such file" in str(outcome[0])
+    assert all(proc.returncode is not None for proc in helpers[0].procs)
+
+
+def test_big_files_stay_with_the_threads_that_read_ahead_once_helpers_run(
+        tmp_path: Path, helpers: list, monkeypatch):
+    monkeypatch.setattr(dataset, "READ_AHEAD_FROM", 2 * dataset.BLOCK)
+    tree = many_files(tmp_path / "tree", count=100)
+    (tree / "part-3" / "big.bin").write_bytes(os.urandom(3 * dataset.BLOCK))
+    to_helpers: list[bytes] = []
+    real_submit = dataset._Helpers.submit
+    monkeypatch.setattr(dataset._Helpers, "submit",
+                        lambda self, i, job: (to_helpers.append(job.rel), real_submit(self, i, job)))
+    assert hash_dataset(tree, workers=2).sha256 == coreutils_tree_hash(tree)
+    assert len(to_helpers) > 0 and b"./part-3/big.bin" not in to_helpers
+
+
+def test_an_interrupt_while_helpers_start_leaves_none_running(tmp_path: Path, helpers: list,
+                                                              monkeypatch):
+    tree = many_files(tmp_path / "tree", count=100)
+    started: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def popen_then_interrupt(*args, **kwargs):
+        if started:
+            raise KeyboardInterrupt
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(dataset.subprocess, "Popen", popen_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        hash_dataset(tree, workers=2)
+    assert started and started[0].returncode is not None
+
+
 def test_a_helper_that_dies_is_an_infrastructure_error(tmp_path: Path, helpers: list, monkeypatch):
     tree = many_files(tmp_path / "tree", count=100)
     monkeypatch.setattr(dataset.sys, "executable", "/bin/false")    # exits at once, reads nothing
