@@ -485,8 +485,11 @@ class _Helpers:
         self.readers: list[threading.Thread] = []
         try:    # an interrupt half-way must not leave helpers behind, which ignore signals
             for slot in range(count):
+                # stderr: a helper that fails is reported by the files it left unanswered,
+                # never by a traceback of its own.
                 self.procs.append(subprocess.Popen([sys.executable, "-I", "-S", str(WORKER_SCRIPT)],
-                                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+                                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.DEVNULL))
                 reader = threading.Thread(target=self._collect, args=(slot,), daemon=True,
                                           name=f"reprun-hash-helper-{slot}")
                 self.readers.append(reader)
