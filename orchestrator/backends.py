@@ -112,6 +112,11 @@ class Executor(Protocol):
         """Facts of where jobs run, for the record; a backend may refine them per run
         (`Collected.host`). `host_cpus` is the capacity parallel runs may share."""
 
+    def facts_scope(self) -> str | None:
+        """The one machine every job runs on (its engine's ID, say), within which image-bound
+        facts read by one run hold for the next: which BLAS kernels an image's libraries pick
+        depends on the CPU. None where a job may land on any of several machines."""
+
 
 @dataclass(frozen=True)
 class Config:

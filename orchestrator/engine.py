@@ -102,6 +102,7 @@ class LocalEngine:
 
     def __init__(self, client: docker.DockerClient | None = None):
         self._client = client
+        self._engine_id: str | None = None
         self._live: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._interrupted = threading.Event()
@@ -118,6 +119,7 @@ class LocalEngine:
             version = self.client.version()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise engine_unreachable(exc) from None
+        self._engine_id = info.get("ID")
         return {
             "engine": "docker",
             "engine_version": version.get("Version"),
@@ -129,6 +131,11 @@ class LocalEngine:
             "host_cpus": info.get("NCPU"),
             "host_memory_bytes": info.get("MemTotal"),
         }
+
+    def facts_scope(self) -> str | None:
+        if self._engine_id is None:
+            self.host_facts()
+        return f"engine {self._engine_id}" if self._engine_id else None
 
     def interrupt(self) -> None:
         """Stop every container this engine started; their runs end as `interrupted`."""

@@ -180,10 +180,11 @@ IMAGE_BOUND_FIELDS = ("os", "os_packages", "package_manager", "python", "python_
 RUN_PROBES = tuple(p for p in PROBES if p.name not in IMAGE_BOUND_PROBES)
 
 
-def image_facts_key(job, secret_names=()) -> str:
-    """What the image-bound facts depend on: the image, the job's environment, CPU and user."""
+def image_facts_key(job, scope: str, secret_names=()) -> str:
+    """What the image-bound facts depend on: the image, the job's environment, CPU limit and
+    user, and the machine it runs on (`scope`, see Executor.facts_scope)."""
     env = {k: v for k, v in job.env.items() if k != "REPRUN_RUN_ID" and k not in secret_names}
-    identity = json.dumps([job.image_id, sorted(env.items()), job.nano_cpus, job.user])
+    identity = json.dumps([scope, job.image_id, sorted(env.items()), job.nano_cpus, job.user])
     return hashlib.sha256(identity.encode()).hexdigest()
 
 

@@ -37,6 +37,7 @@ class Prepared:
     image: ResolvedImage
     host: dict
     use_cache: bool = True      # False for audits: every byte and every fact read again
+    facts_scope: str | None = None      # where image-bound facts may be reused (Executor)
 
 
 def prepare(spec, *, store: Store, engine: LocalEngine, observer: RunObserver,
@@ -57,7 +58,8 @@ def prepare(spec, *, store: Store, engine: LocalEngine, observer: RunObserver,
         store.note_built_image(image.id, spec.name)
     host = {**engine.host_facts(), "reprun_version": __version__,
             "image_id": image.id, "image_repo_digest": image.repo_digest}
-    return Prepared(spec=spec, dataset=digest, image=image, host=host, use_cache=use_cache)
+    return Prepared(spec=spec, dataset=digest, image=image, host=host, use_cache=use_cache,
+                    facts_scope=engine.facts_scope())
 
 
 def describe_image(image_spec) -> str:
@@ -161,8 +163,9 @@ def execute(prepared: Prepared, *, store: Store, engine: Executor, observer: Run
     _owned_by_job(paths.outputs, job.user)
     _owned_by_job(paths.meta, job.user)
     marker = new_marker()
-    facts_key = image_facts_key(job, spec.secrets)
-    cached = store.image_facts(facts_key) if prepared.use_cache else None
+    facts_key = image_facts_key(job, prepared.facts_scope, spec.secrets) \
+        if prepared.facts_scope else None
+    cached = store.image_facts(facts_key) if prepared.use_cache and facts_key else None
     probes = PROBES if cached is None else RUN_PROBES
     write_probe(paths.meta, marker, probes)
     log = LogFile(paths.log, int(os.environ.get("REPRUN_LOG_CAP", DEFAULT_LOG_CAP)))
@@ -193,7 +196,7 @@ def execute(prepared: Prepared, *, store: Store, engine: Executor, observer: Run
     record = _record(prepared, run_id, started_at, seed, job, outcome, paths, log,
                      ManifestPlan(marker, probes, cached), redactor)
     record = store.finish(record)
-    if cached is None and (facts := image_facts(record.environment)) is not None:
+    if facts_key and cached is None and (facts := image_facts(record.environment)) is not None:
         store.remember_image_facts(facts_key, prepared.image.id, facts, record.id)
     observer.finished(label, record)
     if interrupted:

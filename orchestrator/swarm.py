@@ -62,6 +62,7 @@ WORK_TMPFS_BYTES = 64 << 20
 MAX_SHIPPED_BYTES = 64 << 10
 NO_NEW_PRIVILEGES_API = (1, 46)   # ContainerSpec.Privileges.NoNewPrivileges appeared here
 TERMINAL_STATES = frozenset({"complete", "failed", "rejected", "shutdown", "orphaned", "remove"})
+_UNKNOWN = object()     # facts_scope before the nodes were asked
 
 
 # --------------------------------------------------------------------------- settings
@@ -194,6 +195,7 @@ class SwarmBackend:
                  client: docker.DockerClient | None = None):
         self.settings = settings or SwarmSettings()
         self._client = client
+        self._scope: str | None | object = _UNKNOWN
         self._lock = threading.Lock()
         self._live: dict[str, str] = {}          # service ID -> name
         self._pushed: dict[str, str] = {}        # image ID -> pinned reference
@@ -229,14 +231,19 @@ class SwarmBackend:
             nodes = self.client.api.nodes()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise engine_unreachable(exc) from None
-        usable = [n for n in nodes if n.get("Status", {}).get("State") == "ready"
-                  and n.get("Spec", {}).get("Availability") == "active"]
+        usable = usable_nodes(nodes)
+        self._scope = facts_scope_of(usable)
         cpus = sum(n["Description"]["Resources"].get("NanoCPUs", 0) for n in usable) / 1e9
         facts.update(host_cpus=int(cpus) if cpus == int(cpus) else cpus,
                      host_memory_bytes=sum(n["Description"]["Resources"].get("MemoryBytes", 0)
                                            for n in usable),
                      swarm_node=None)
         return facts
+
+    def facts_scope(self) -> str | None:
+        if self._scope is _UNKNOWN:
+            self.host_facts()
+        return self._scope
 
     def _node_facts(self, node_id: str | None, own_node: str | None) -> dict[str, Any]:
         if not node_id:
@@ -692,6 +699,17 @@ class SwarmBackend:
             for service in self.client.api.services(filters={"name": name}):
                 if service["Spec"]["Name"] == name:
                     self._remove_service(service["ID"])
+
+
+def usable_nodes(nodes: list[dict]) -> list[dict]:
+    """The nodes a task can be placed on: ready and active."""
+    return [n for n in nodes if n.get("Status", {}).get("State") == "ready"
+            and n.get("Spec", {}).get("Availability") == "active"]
+
+
+def facts_scope_of(usable: list[dict]) -> str | None:
+    """A swarm of one node is one machine; in a larger one a job may land on any of them."""
+    return f"swarm node {usable[0]['ID']}" if len(usable) == 1 else None
 
 
 def remove_service(client: docker.DockerClient, service_id: str) -> None:

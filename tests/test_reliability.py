@@ -761,6 +761,16 @@ def second_engine():
 
 @engine
 @pytest.mark.xdist_group("second-engine")
+def test_image_facts_are_scoped_to_the_engine_that_ran_the_job(second_engine, docker_client):
+    # Which BLAS kernels an image's libraries pick depends on the machine's CPU. (Docker 20.10
+    # derives an engine's ID from its host's key, so two engines on one host share the scope.)
+    from orchestrator.engine import LocalEngine
+    for client in (docker_client, second_engine.client()):
+        assert LocalEngine(client).facts_scope() == f"engine {client.info()['ID']}"
+
+
+@engine
+@pytest.mark.xdist_group("second-engine")
 @pytest.mark.parametrize("how", ["graceful-restart", "crash-and-restart"])
 def test_an_engine_restarted_mid_run_gives_an_error_record_exit_4_and_no_container(
         project, second_engine, tiny_ref, how):

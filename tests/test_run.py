@@ -185,6 +185,21 @@ def test_a_finished_record_cannot_be_changed_in_the_store(project):
             db.execute("UPDATE runs SET status = 'failed'")
 
 
+def test_image_facts_are_kept_apart_by_machine_image_environment_cpu_limit_and_user():
+    from types import SimpleNamespace
+    from orchestrator.probe import image_facts_key
+    job = SimpleNamespace(image_id="sha256:1", env={"A": "1", "REPRUN_RUN_ID": "r1", "TOKEN": "s"},
+                          nano_cpus=10**9, user="65534:65534")
+    key = image_facts_key(job, "engine A", secret_names=("TOKEN",))
+    assert key == image_facts_key(SimpleNamespace(**{**vars(job), "env": {
+        "A": "1", "REPRUN_RUN_ID": "r2", "TOKEN": "other"}}), "engine A", secret_names=("TOKEN",))
+    assert key != image_facts_key(job, "engine B", secret_names=("TOKEN",))
+    for change in ({"image_id": "sha256:2"}, {"env": {"A": "2"}}, {"nano_cpus": 2 * 10**9},
+                   {"user": "1000:1000"}):
+        assert key != image_facts_key(SimpleNamespace(**{**vars(job), **change}), "engine A",
+                                      secret_names=("TOKEN",))
+
+
 def test_image_facts_are_read_once_per_image_and_again_under_no_cache(project):
     project.dataset()
     spec = project.spec(script=WRITE_METRICS)

@@ -660,3 +660,14 @@ def test_to_collect_travels_with_every_job(project):
                                     artifacts=("*.bin",), manifest="/reprun/manifest.txt",
                                     dataset_source=str(spec.dataset.path),
                                     dataset_sha256=spec.dataset.sha256)
+
+
+@pytest.mark.xdist_group("swarm")
+def test_image_facts_are_reused_within_one_node_and_not_across_a_swarm_of_several(swarm):
+    from orchestrator.swarm import facts_scope_of, usable_nodes
+    node = swarm.api.nodes()[0]
+    assert SwarmBackend(client=swarm).facts_scope() == f"swarm node {node['ID']}"
+    other = {**node, "ID": "another-node"}
+    drained = {**other, "Spec": {**node["Spec"], "Availability": "drain"}}
+    assert facts_scope_of(usable_nodes([node, drained])) == f"swarm node {node['ID']}"
+    assert facts_scope_of(usable_nodes([node, other])) is None
