@@ -280,7 +280,7 @@ def rerun(ctx: typer.Context,
 
 @app.command()
 def archive(ctx: typer.Context, run_id: str,
-            output: Path = typer.Option(..., "--output", "-o", help="The archive file to write (.tar).")) -> None:
+            output: Path = typer.Option(..., "--output", "-o", help="The archive file to write: .tar, or compressed .tar.gz (.tgz), .tar.xz, .tar.bz2.")) -> None:
     """Write one self-contained archive of a run: image, dataset and record."""
     from .archive import write_archive
     from .engine import LocalEngine

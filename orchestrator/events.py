@@ -19,6 +19,9 @@ class RunObserver:
     def finished(self, label: str, record) -> None: ...
 
 
+BYTE_PHASES = frozenset({"hash", "write"})     # counted in bytes; other phases in steps
+
+
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -58,7 +61,7 @@ class TerminalObserver(RunObserver):
         if last == -1.0 or (not final and last is not None and now - last < interval):
             return
         self._last_progress[key] = -1.0 if final else now  # a finished bar is drawn once
-        if phase == "hash":
+        if phase in BYTE_PHASES:
             amount = f"{_human_bytes(done)} / {_human_bytes(total)}"
         else:
             amount = f"{done}/{total}"

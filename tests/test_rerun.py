@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
+import tarfile
 
 import pytest
 import requests
@@ -106,19 +109,33 @@ def delete_from_registry(reference: str) -> None:
     assert response.status_code == 202, response.text
 
 
+def unique_tag(kind: str) -> str:
+    """A tag no other test process uses: each test deletes its image from the registry."""
+    return f"{REGISTRY}/reprun-test/{kind}-{os.getpid()}-{secrets.token_hex(4)}:1"
+
+
 METRICS_SH = ["sh", "-c", 'echo "{{\\"score\\": $0}}" > /out/metrics.json; echo model > /out/model.bin', "{seed}"]
 
 
-def test_an_archive_replays_after_the_image_left_the_engine_and_the_registry(project, docker_client, tmp_path):
-    tag = f"{REGISTRY}/reprun-test/archive-{tmp_path.name[-12:].lower().replace('_', '-')}:1"
+@pytest.mark.parametrize("name, magic", [("run.tar", None), ("run.tar.gz", b"\x1f\x8b"),
+                                         ("run.tar.xz", b"\xfd7zXZ")])
+def test_an_archive_replays_after_the_image_left_the_engine_and_the_registry(
+        project, docker_client, tmp_path, name, magic):
+    tag = unique_tag("archive")
     image = import_tiny_image(docker_client, tag)
     reference = push(docker_client, tag)
     project.dataset()
     spec = project.spec(command=METRICS_SH, image=reference)
     assert project.reprun("run", str(spec), "-q").returncode == 0, project.reprun("run", str(spec)).stderr
     [original] = run_ids(project)
-    archive = project.root / "run.tar"
-    assert project.reprun("archive", original, "-o", str(archive)).returncode == 0
+    archive = project.root / name
+    written = project.reprun("archive", original, "-o", str(archive))
+    assert written.returncode == 0, written.stderr
+    assert "[archive] write" in written.stderr and "archive written" in written.stdout
+    if magic:
+        assert archive.read_bytes()[:len(magic)] == magic
+    else:
+        assert tarfile.is_tarfile(archive) and archive.read_bytes()[257:262] == b"ustar"
     delete_from_registry(reference)
     docker_client.images.remove(image.id, force=True)
     assert project.reprun("rerun", original, "-q").returncode in (3, 4)   # nowhere to get it
@@ -128,7 +145,7 @@ def test_an_archive_replays_after_the_image_left_the_engine_and_the_registry(pro
 
 
 def test_a_tampered_archive_is_refused_with_what_is_wrong(project, docker_client, tmp_path):
-    tag = f"{REGISTRY}/reprun-test/tamper-{tmp_path.name[-12:].lower().replace('_', '-')}:1"
+    tag = unique_tag("tamper")
     import_tiny_image(docker_client, tag)
     project.dataset(files={"train.csv": b"a,b\n" * 100})
     spec = project.spec(command=METRICS_SH, image=push(docker_client, tag))
@@ -143,6 +160,22 @@ def test_a_tampered_archive_is_refused_with_what_is_wrong(project, docker_client
     assert result.returncode == 3, result.stderr
     assert "damaged" in result.stderr and "dataset/train.csv" in result.stderr
     assert not list((project.store / "archives").iterdir())   # nothing left behind
+
+
+def test_a_truncated_compressed_archive_is_refused_and_leaves_nothing(project, docker_client, tmp_path):
+    tag = unique_tag("cut")
+    import_tiny_image(docker_client, tag)
+    project.dataset()
+    spec = project.spec(command=METRICS_SH, image=push(docker_client, tag))
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    archive = project.root / "run.tgz"
+    assert project.reprun("archive", run_ids(project)[0], "-o", str(archive)).returncode == 0
+    archive.write_bytes(archive.read_bytes()[:-4096])
+    result = project.reprun("rerun", "--from-archive", str(archive), "-q")
+    assert result.returncode == 3, result.stderr
+    assert "damaged" in result.stderr and "cannot be read as an archive" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((project.store / "archives").iterdir())
 
 
 def test_check_reports_no_drift_for_the_examples(project):
