@@ -37,6 +37,14 @@ def example_ref(docker_client) -> str:
     return digests[0]
 
 
+def containers(client, *, running: bool = False, **filters) -> list:
+    """Containers matching the engine's filters (label=..., id=...); one that another process
+    removes while they are listed is left out, not an error."""
+    if running:
+        filters["status"] = "running"
+    return client.containers.list(all=not running, ignore_removed=True, filters=filters)
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, REPRUN, WRITE_METRICS
+from conftest import REPO, REPRUN, WRITE_METRICS, containers
 from orchestrator.outputs import sha256_file
 from orchestrator.records import (Artifact, DatasetFacts, EnvironmentManifest, ImageFacts,
                                   Inputs, Outputs, RunRecord)
@@ -305,8 +305,7 @@ class Started:
 
 def containers_of(client, pid: int) -> list:
     import socket
-    return client.containers.list(all=True, ignore_removed=True, filters={
-        "label": f"io.reprun.owner={socket.gethostname()}:{pid}"})
+    return containers(client, label=f"io.reprun.owner={socket.gethostname()}:{pid}")
 
 
 def wait_for_container(client, pid: int, timeout: float = 120):
@@ -494,7 +493,7 @@ def test_a_signal_at_any_stage_ends_with_130_no_container_and_a_true_record(
     if stage == "build":     # the engine cancels the build and removes its step container
         deadline = time.monotonic() + 30
         while any(f"sleep 45.{os.getpid()}" in " ".join(c.attrs["Config"]["Cmd"] or [])
-                  for c in docker_client.containers.list(all=True, ignore_removed=True)):
+                  for c in containers(docker_client)):
             assert time.monotonic() < deadline, "the build's step container was left behind"
             time.sleep(0.5)
     runs = runs_in(project)
@@ -788,7 +787,7 @@ def test_an_engine_restarted_mid_run_gives_an_error_record_exit_4_and_no_contain
     assert code == 4, stderr
     assert "lost the engine during the run" in stderr and "Traceback" not in stderr
     client = second_engine.client()
-    assert client.containers.list(all=True, ignore_removed=True, filters={"id": container.id}) == []
+    assert containers(client, id=container.id) == []
     run, = runs_in(project)
     record = record_of(project, run["id"])
     assert record["status"] == "error" and record["outputs"]["reason"] == "engine"
@@ -810,13 +809,13 @@ def test_an_engine_that_stays_away_leaves_a_container_that_gc_removes_once_it_is
     assert "`reprun gc` removes it once the engine is back" in stderr
     second_engine.start()
     client = second_engine.client()
-    assert client.containers.list(all=True, ignore_removed=True, filters={"id": container.id})   # still there
+    assert containers(client, id=container.id)   # still there
     gc = subprocess.run([*REPRUN, "gc"], cwd=project.root, capture_output=True, text=True,
                         env={**os.environ, **env, "REPRUN_STORE": str(project.store),
                              "PYTHONPATH": str(REPO)}, timeout=120)
     assert gc.returncode == 0, gc.stderr
     assert f"removed container {container.name}" in gc.stdout
-    assert client.containers.list(all=True, ignore_removed=True, filters={"id": container.id}) == []
+    assert containers(client, id=container.id) == []
 
 
 @engine
@@ -885,7 +884,7 @@ def test_reprun_killed_mid_run_is_repaired_next_time_and_gc_removes_only_what_it
         assert f"removed image {first_build[:19]} (an untagged build of spec job that no " \
                "recorded run used)" in said
         assert len(said) == 3, said
-        assert not docker_client.containers.list(all=True, ignore_removed=True, filters={"id": container.id})
+        assert not containers(docker_client, id=container.id)
         assert not (project.store / "runs" / run["id"]).exists()
         for survivor in (unlabelled, in_use):
             survivor.reload()
@@ -925,5 +924,4 @@ def test_gc_survives_a_container_that_another_reprun_removes_while_gc_lists_them
     monkeypatch.setattr(docker_client.api, "inspect_container", removed_by_someone_else_first)
     removed = remove_leftovers(docker_client, finished_runs={"finished", "vanishing"})
     assert removed == [f"{leftover.name} (run finished: run finished is already recorded as finished)"]
-    assert not docker_client.containers.list(all=True, ignore_removed=True,
-                                             filters={"id": leftover.id})
+    assert not containers(docker_client, id=leftover.id)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, REPRUN, WRITE_METRICS
+from conftest import REPO, REPRUN, WRITE_METRICS, containers
 
 pytestmark = pytest.mark.engine
 
@@ -147,8 +147,7 @@ def test_ctrl_c_mid_run_leaves_no_container_and_an_interrupted_record(project, d
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, running = time.monotonic() + 60, []
     while not running and time.monotonic() < deadline:
-        running = docker_client.containers.list(ignore_removed=True, filters={"label": f"io.reprun.spec={name}",
-                                                         "status": "running"})
+        running = containers(docker_client, running=True, label=f"io.reprun.spec={name}")
         time.sleep(0.2)
     assert running, "the job's container never started"
     time.sleep(1)
@@ -157,7 +156,7 @@ def test_ctrl_c_mid_run_leaves_no_container_and_an_interrupted_record(project, d
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     run_id = running[0].labels["io.reprun.run-id"]
-    assert not docker_client.containers.list(all=True, ignore_removed=True, filters={"label": f"io.reprun.run-id={run_id}"})
+    assert not containers(docker_client, label=f"io.reprun.run-id={run_id}")
     assert record_of(project, run_id)["status"] == "interrupted"
 
 

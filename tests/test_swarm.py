@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, REPRUN, WRITE_METRICS
+from conftest import REPO, REPRUN, WRITE_METRICS, containers
 from orchestrator.backends import (Collected, OutputSplitter, Plan, ToCollect, load_config,
                                    open_backend, parse_block, wrapper_script)
 from orchestrator.errors import UsageError
@@ -364,14 +364,13 @@ def test_a_job_killed_mid_run_is_reported_failed_and_no_service_is_left(
     assert record["status"] == "failed" and record["outputs"]["exit_code"] == 137
     assert "started" in (project.store / "runs" / record["id"] / "log.txt").read_text()
     assert not services_of(swarm, f"io.reprun.spec={name}")
-    assert not swarm.containers.list(all=True, ignore_removed=True, filters={"label": f"io.reprun.spec={name}"})
+    assert not containers(swarm, label=f"io.reprun.spec={name}")
 
 
 def wait_for_task_container(client, spec_name: str, timeout: float = 90):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = client.containers.list(ignore_removed=True, filters={"label": f"io.reprun.spec={spec_name}",
-                                                  "status": "running"})
+        running = containers(client, running=True, label=f"io.reprun.spec={spec_name}")
         if running:
             return running[0]
         time.sleep(0.2)
@@ -396,7 +395,7 @@ def test_ctrl_c_during_a_swarm_run_removes_the_service_and_records_interrupted(
     [record] = runs_of(project)
     assert record["status"] == "interrupted"
     assert not services_of(swarm, f"io.reprun.spec={name}")
-    assert not swarm.containers.list(all=True, ignore_removed=True, filters={"label": f"io.reprun.spec={name}"})
+    assert not containers(swarm, label=f"io.reprun.spec={name}")
 
 
 @pytest.mark.engine
