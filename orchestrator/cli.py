@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.main
 
 from . import __version__
 from .errors import ExitCode, ReprunError, UsageError
@@ -475,11 +476,21 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+_COMMAND = []
+
+
+def command():
+    """The Click command Typer builds from `app`, built once: a warm process builds it ahead."""
+    if not _COMMAND:
+        _COMMAND.append(typer.main.get_command(app))
+    return _COMMAND[0]
+
+
 def main() -> None:
     # SIGTERM ends a run the way Ctrl-C does: container removed, record marked interrupted.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        code = app(standalone_mode=False)
+        code = command().main(prog_name="reprun", standalone_mode=False)
     except ReprunError as error:
         typer.echo(f"reprun: {error.render()}", err=True)
         code = int(error.exit_code)

@@ -26,8 +26,11 @@ LABEL = "io.reprun"            # every container reprun starts carries it, so le
 LABEL_RUN = "io.reprun.run-id"
 LABEL_SPEC = "io.reprun.spec"
 LABEL_OWNER = "io.reprun.owner"  # host:pid of the reprun process; `gc` spares the living ones
-# How long a run that lost its engine waits for it to come back, to remove its container.
-ENGINE_PATIENCE_S = float(os.environ.get("REPRUN_ENGINE_PATIENCE", "20"))
+
+
+def engine_patience_s() -> float:
+    """How long a run that lost its engine waits for it to come back, to remove its container."""
+    return float(os.environ.get("REPRUN_ENGINE_PATIENCE", "20"))
 
 
 def owner_label() -> str:
@@ -87,13 +90,21 @@ def engine_unreachable(exc: Exception) -> InfrastructureError:
         "Start one with `make engine`, or point DOCKER_HOST at a running engine.")
 
 
-def connect() -> docker.DockerClient:
+def connect() -> tuple[docker.DockerClient, dict[str, Any]]:
+    """A client speaking the engine's own API version, and the engine's version facts.
+
+    The engine here can be older than the SDK's default API version, so the version is asked
+    first (unversioned); the answer also says the engine answers and is kept for the manifest,
+    which saves the two round trips `version="auto"` and a ping would make again.
+    """
     try:
-        # version="auto": the engine here can be older than the SDK's default API version.
-        client = docker.from_env(version="auto", timeout=120)
-        client.ping()
-        return client
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        probe = docker.from_env(version=docker.constants.MINIMUM_DOCKER_API_VERSION)
+        try:
+            version = probe.version(api_version=False)
+        finally:
+            probe.close()
+        return docker.from_env(version=version["ApiVersion"], timeout=120), version
+    except (docker.errors.DockerException, requests.exceptions.RequestException, KeyError) as exc:
         raise engine_unreachable(exc) from None
 
 
@@ -102,6 +113,7 @@ class LocalEngine:
 
     def __init__(self, client: docker.DockerClient | None = None):
         self._client = client
+        self._version: dict[str, Any] | None = None
         self._engine_id: str | None = None
         self._live: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -110,13 +122,13 @@ class LocalEngine:
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            self._client = connect()
+            self._client, self._version = connect()
         return self._client
 
     def host_facts(self) -> dict[str, Any]:
         try:
             info = self.client.info()
-            version = self.client.version()
+            version = self._version or self.client.version()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise engine_unreachable(exc) from None
         self._engine_id = info.get("ID")
@@ -165,7 +177,7 @@ class LocalEngine:
             outcome = self._run_created(container, job, on_output, started)
         finally:
             lost = outcome is not None and outcome.reason == "engine"
-            gone = _remove_container(container, patience=ENGINE_PATIENCE_S if lost else 0.0)
+            gone = _remove_container(container, patience=engine_patience_s() if lost else 0.0)
             with self._lock:
                 self._live.pop(container.id, None)
         if not gone:

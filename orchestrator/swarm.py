@@ -204,7 +204,7 @@ class SwarmBackend:
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            self._client = connect()
+            self._client, _version = connect()
         return self._client
 
     # -- facts ---------------------------------------------------------------------------

@@ -213,3 +213,14 @@ def test_image_facts_are_read_once_per_image_and_again_under_no_cache(project):
         assert env["python_distributions"] == first["python_distributions"]
         assert env["os_packages"] == first["os_packages"] and env["blas"] == first["blas"]
         assert env["hostname"] == "reprun" and env["limits"] == first["limits"]  # read each run
+
+
+@pytest.mark.parametrize("id_line, user", [
+    ("uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)",
+     {"uid": 65534, "gid": 65534, "name": "nobody"}),
+    ("uid=1234 gid=1234 groups=1234", {"uid": 1234, "gid": 1234}),     # no passwd entry
+])
+def test_the_identity_probe_reads_the_user_from_one_id_call(id_line, user):
+    from orchestrator.probe import parse_identity
+    fields = parse_identity(f"{id_line}\numask=0027\nhostname=reprun\n")
+    assert fields == {"user": user, "locale": {"umask": "0027"}, "hostname": "reprun"}

@@ -1,0 +1,227 @@
+"""The `reprun` command handed to a warm process: same outcome, streams, signals, exit codes.
+
+Every test has its own warm process (REPRUN_WARM names it) and its own log (under TMPDIR), and
+stops it at the end. They run one after another: one of them edits a file of reprun, which
+retires every warm process that sees it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, WRITE_METRICS, containers
+
+COMMAND = str(Path(sys.executable).with_name("reprun"))     # the console script users run
+SLEEPER = "import time; print('started', flush=True); time.sleep(120)"
+pytestmark = pytest.mark.xdist_group("warm")
+
+
+class Warm:
+    """One test's warm process: its environment, its log, and the commands run through it."""
+
+    def __init__(self, project):
+        self.project = project
+        self.tmp = Path(tempfile.mkdtemp(prefix="rw"))
+        self.env = {**os.environ, "REPRUN_STORE": str(project.store), "TMPDIR": str(self.tmp),
+                    "REPRUN_WARM": f"test-{uuid.uuid4().hex[:8]}"}
+        self.env.pop("PYTHONPATH", None)
+        self.log = self.tmp / f"reprun-warm-{os.getuid()}" / "warm.log"
+
+    def run(self, *args: str, warm: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        env = self.env if warm else {**self.env, "REPRUN_WARM": "0"}
+        return subprocess.run([COMMAND, *args], cwd=self.project.root, env=env, text=True,
+                              stdout=kwargs.pop("stdout", subprocess.PIPE),
+                              stderr=kwargs.pop("stderr", subprocess.PIPE), timeout=300, **kwargs)
+
+    def popen(self, *args: str, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen([COMMAND, *args], cwd=self.project.root, env=self.env,
+                                text=True, **kwargs)
+
+    def lines(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def serving(self) -> list[int]:
+        return [int(m[1]) for m in (re.search(r"\[(\d+)\] serving ", line) for line in self.lines())
+                if m]
+
+    def up(self) -> int:
+        """Start it (a first command does) and wait until it serves: its pid."""
+        assert self.run("--version").returncode == 0
+        deadline = time.monotonic() + 60
+        while not self.serving():
+            assert time.monotonic() < deadline, f"no warm process came up: {self.lines()}"
+            time.sleep(0.1)
+        return self.serving()[-1]
+
+    def served(self, words: str) -> list[str]:
+        return [line for line in self.lines() if words in line and ": exit " in line]
+
+    def stop(self) -> None:
+        for pid in self.serving():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def warm(project):
+    handle = Warm(project)
+    yield handle
+    handle.stop()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and \
+                    int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return found
+
+
+def record_of(project, run_id: str) -> dict:
+    import json
+    with sqlite3.connect(project.store / "store.db") as db:
+        row = db.execute("SELECT record FROM runs WHERE id = ?", (run_id,)).fetchone()
+    return json.loads(row[0]) if row else {}
+
+
+def wait_for_container(docker_client, name: str):
+    deadline, running = time.monotonic() + 60, []
+    while not running and time.monotonic() < deadline:
+        running = containers(docker_client, running=True, label=f"io.reprun.spec={name}")
+        time.sleep(0.2)
+    assert running, "the job's container never started"
+    return running[0]
+
+
+def test_a_warm_process_runs_a_command_as_the_command_would_have(project, warm):
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS).name          # relative: the client's folder counts
+    warm.up()
+    result = warm.run("run", spec)
+    assert result.returncode == 0, result.stderr
+    assert warm.served("run job.yaml: exit 0"), warm.lines()
+    run_id = re.search(r"run (\S+): succeeded", result.stdout)[1]
+    assert record_of(project, run_id)["outputs"]["metrics"]["score"] == 0.7
+
+
+def test_errors_and_exit_codes_are_the_same_warm_or_not(project, warm):
+    warm.up()
+    here, there = warm.run("run", "no-such.yaml", warm=False), warm.run("run", "no-such.yaml")
+    assert there.returncode == here.returncode == 2
+    assert there.stderr == here.stderr and "no-such.yaml" in there.stderr
+    assert warm.served("run no-such.yaml: exit 2")
+
+
+def test_with_REPRUN_WARM_0_no_warm_process_is_started(project, warm):
+    assert warm.run("--version", warm=False).returncode == 0
+    time.sleep(1)
+    assert not warm.log.exists()
+
+
+def test_the_command_sees_the_terminal_it_was_started_from(project, warm):
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS).name
+    warm.up()
+    leader, follower = os.openpty()
+    try:
+        result = warm.run("run", spec, stderr=follower, stdout=subprocess.PIPE)
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:        # EIO: every writer has closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(leader)
+    assert result.returncode == 0
+    assert warm.served("run job.yaml: exit 0")
+    assert b"\r\x1b[K" in seen, seen[-500:]          # drawn as on a terminal, not plain lines
+
+
+def test_an_edit_to_reprun_retires_the_warm_process(project, warm):
+    first = warm.up()
+    source = REPO / "orchestrator" / "lock.py"
+    before = source.stat()
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    try:
+        assert warm.run("--version").returncode == 0    # refused, so run by the command itself
+    finally:
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert any("leaving: reprun's files changed" in line for line in warm.lines())
+    deadline = time.monotonic() + 60
+    while warm.serving()[-1] == first:                  # and a fresh one was started
+        assert time.monotonic() < deadline, warm.lines()
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_command_reaches_the_run(project, warm, docker_client, signum):
+    project.dataset()
+    name = f"warm-signal-{uuid.uuid4().hex[:6]}"
+    spec = project.spec(name=name, script=SLEEPER)
+    warm.up()
+    process = warm.popen("run", str(spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    container = wait_for_container(docker_client, name)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert warm.served(": exit 130")                   # by the warm process, passed on
+    run_id = container.labels["io.reprun.run-id"]
+    assert not containers(docker_client, label=f"io.reprun.run-id={run_id}")
+    assert record_of(project, run_id)["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("victim", ["client", "session"])
+def test_a_run_nobody_waits_for_any_more_is_stopped_and_recorded(project, warm, docker_client,
+                                                                 victim):
+    """The `reprun` process killed outright (a CI timeout), or the warm session serving it."""
+    project.dataset()
+    name = f"warm-orphan-{uuid.uuid4().hex[:6]}"
+    spec = project.spec(name=name, script=SLEEPER)
+    server = warm.up()
+    process = warm.popen("run", str(spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    container = wait_for_container(docker_client, name)
+    if victim == "client":
+        process.kill()
+    else:
+        sessions = children(server)
+        assert len(sessions) == 1, sessions
+        os.kill(sessions[0], signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    if victim == "session":
+        assert process.returncode == 4
+        assert "went away before it finished" in stderr and "Traceback" not in stderr
+    run_id = container.labels["io.reprun.run-id"]
+    deadline = time.monotonic() + 60
+    while record_of(project, run_id).get("status") != "interrupted":
+        assert time.monotonic() < deadline, record_of(project, run_id)
+        time.sleep(0.2)
+    assert not containers(docker_client, label=f"io.reprun.run-id={run_id}")
+    if victim == "client":
+        deadline = time.monotonic() + 30
+        while not warm.served(": exit 130"):          # SIGTERM from its session
+            assert time.monotonic() < deadline, warm.lines()
+            time.sleep(0.1)
