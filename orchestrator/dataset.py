@@ -18,6 +18,7 @@ import json
 import os
 import queue
 import re
+import select
 import sqlite3
 import stat
 import subprocess
@@ -470,6 +471,10 @@ class _Helpers:
     line) is a good part of the cost, and threads take turns for it under the GIL; processes do
     not. Files go to them in batches while the walk is still finding more. Same interface as
     _Workers; big files stay with the threads, which read ahead.
+
+    All the talking is done by the caller's thread, through non-blocking pipes and poll(), in
+    between the files the walk finds: reader threads would take turns with the walk for the
+    GIL, which on two cores cost more than they saved.
     """
 
     BATCH = 64      # files per message; progress moves per batch
@@ -478,22 +483,28 @@ class _Helpers:
         self.not_after_ns = not_after_ns
         self.procs: list[subprocess.Popen] = []
         self.sent: list[collections.deque[tuple[int, _File]]] = [collections.deque() for _ in range(count)]
+        self.outbox = [bytearray() for _ in range(count)]
+        self.inbox = [b""] * count
+        self.open = [True] * count              # its answers have not ended yet
+        self.closing = False                    # every file sent: close stdin once written
         self.batch: list[tuple[int, _File]] = []
         self.read = [0] * count
         self.results: dict[int, _Listed] = {}
         self.failures: list[BaseException] = []
-        self.readers: list[threading.Thread] = []
+        self.poller = select.poll()
+        self.slot_of: dict[int, int] = {}
         try:    # an interrupt half-way must not leave helpers behind, which ignore signals
             for slot in range(count):
                 # stderr: a helper that fails is reported by the files it left unanswered,
                 # never by a traceback of its own.
-                self.procs.append(subprocess.Popen([sys.executable, "-I", "-S", str(WORKER_SCRIPT)],
-                                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                   stderr=subprocess.DEVNULL))
-                reader = threading.Thread(target=self._collect, args=(slot,), daemon=True,
-                                          name=f"reprun-hash-helper-{slot}")
-                self.readers.append(reader)
-                reader.start()
+                proc = subprocess.Popen([sys.executable, "-I", "-S", str(WORKER_SCRIPT)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL)
+                self.procs.append(proc)
+                for pipe in (proc.stdin, proc.stdout):
+                    os.set_blocking(pipe.fileno(), False)
+                    self.slot_of[pipe.fileno()] = slot
+                self.poller.register(proc.stdout, select.POLLIN)
         except BaseException:
             self.abandon()
             raise
@@ -514,17 +525,21 @@ class _Helpers:
         self.batch.append((i, job))
         if len(self.batch) >= self.BATCH:
             self._send()
+            self._exchange(timeout_ms=0)
 
     def finish(self, report: Callable[[int], None]) -> dict[int, _Listed]:
         try:
             self._send()
-            for proc in self.procs:
-                with suppress(OSError):     # a dead helper: its reader tells
-                    proc.stdin.close()
-            for reader in self.readers:
-                while reader.is_alive():
-                    reader.join(PROGRESS_INTERVAL)
+            self.closing = True
+            for slot in range(len(self.procs)):
+                if not self.outbox[slot]:
+                    self._close_stdin(slot)
+            reported = time.monotonic()
+            while any(self.open):
+                self._exchange(timeout_ms=int(PROGRESS_INTERVAL * 1000))
+                if time.monotonic() - reported >= PROGRESS_INTERVAL:
                     report(sum(self.read))
+                    reported = time.monotonic()
             if not self.failures:
                 self._check_all_answered()
         finally:
@@ -548,9 +563,6 @@ class _Helpers:
                 proc.kill()
         for proc in self.procs:
             proc.wait()
-        for reader in self.readers:     # a dead helper's pipe ends, so its reader does too
-            reader.join()
-        for proc in self.procs:
             for pipe in (proc.stdin, proc.stdout):
                 with suppress(OSError):
                     pipe.close()
@@ -561,36 +573,69 @@ class _Helpers:
         batch, self.batch = self.batch, []
         if not batch:
             return
-        slot = min(range(len(self.procs)), key=lambda n: len(self.sent[n]))
+        slot = min(range(len(self.procs)), key=lambda n: len(self.sent[n]) if self.open[n] else 1 << 62)
         self.sent[slot].extend(batch)
-        message = b"".join(_FRAME.pack(len(job.abs)) + job.abs for _, job in batch)
+        self.outbox[slot] += b"".join(_FRAME.pack(len(job.abs)) + job.abs for _, job in batch)
+        self.outbox[slot] += _FRAME.pack(0)
+        self.poller.register(self.procs[slot].stdin, select.POLLOUT)
+
+    def _exchange(self, timeout_ms: int) -> None:
+        """Write what each helper can take, read what each has answered; wait at most timeout."""
+        for fd, events in self.poller.poll(timeout_ms):
+            slot = self.slot_of[fd]
+            proc = self.procs[slot]
+            if fd == proc.stdout.fileno():
+                self._take(slot)
+            else:
+                self._give(slot)
+
+    def _give(self, slot: int) -> None:
+        if not self.outbox[slot]:   # its helper ended earlier in the same poll
+            return
+        stdin = self.procs[slot].stdin
         try:
-            self.procs[slot].stdin.write(message + _FRAME.pack(0))
-            self.procs[slot].stdin.flush()
+            written = os.write(stdin.fileno(), self.outbox[slot])
+        except BlockingIOError:
+            return
+        except OSError:         # the helper died; its answers ending tells what it left undone
+            written = len(self.outbox[slot])
+        del self.outbox[slot][:written]
+        if not self.outbox[slot]:
+            self.poller.unregister(stdin)
+            if self.closing:
+                self._close_stdin(slot)
+
+    def _close_stdin(self, slot: int) -> None:
+        """No more files for this helper: it answers what it has, then ends."""
+        with suppress(OSError):
+            self.procs[slot].stdin.close()
+
+    def _take(self, slot: int) -> None:
+        stdout = self.procs[slot].stdout
+        try:
+            chunk = os.read(stdout.fileno(), 1 << 16)
+        except BlockingIOError:
+            return
         except OSError:
-            pass        # the helper died; its reader says so once it has drained what came back
-
-    def _collect(self, slot: int) -> None:
-        # Reads to the end whatever it meets: a helper whose answers are left unread would block
-        # on its full pipe, and then so would the walk that sends it more.
-        size, sent, pending = _RECORD.size, self.sent[slot], b""
-        while chunk := self._read_some(slot):
-            pending += chunk
-            whole = len(pending) - len(pending) % size
-            for record in _RECORD.iter_unpack(pending[:whole]):
-                i, job = sent.popleft()
-                try:
-                    self.results[i] = self._listed(job, record)
-                except Exception as exc:    # noqa: BLE001 (handed to the caller's thread)
-                    self.failures.append(exc)
-                self.read[slot] += record[1]
-            pending = pending[whole:]
-
-    def _read_some(self, slot: int) -> bytes:
-        try:
-            return self.procs[slot].stdout.read1(1 << 16)
-        except (OSError, ValueError):       # the pipe broke or was closed: as at its end
-            return b""
+            chunk = b""
+        if not chunk:           # the helper ended: whatever it did not answer stays in `sent`
+            self.poller.unregister(stdout)
+            self.open[slot] = False
+            if self.outbox[slot]:
+                self.outbox[slot].clear()
+                self.poller.unregister(self.procs[slot].stdin)
+            return
+        size, sent = _RECORD.size, self.sent[slot]
+        pending = self.inbox[slot] + chunk
+        whole = len(pending) - len(pending) % size
+        for record in _RECORD.iter_unpack(pending[:whole]):
+            i, job = sent.popleft()
+            try:
+                self.results[i] = self._listed(job, record)
+            except Exception as exc:    # noqa: BLE001 (raised by submit or finish)
+                self.failures.append(exc)
+            self.read[slot] += record[1]
+        self.inbox[slot] = pending[whole:]
 
     def _listed(self, job: _File, record: tuple) -> _Listed:
         digest, size, dev, ino, st_size, mtime_ns, ctime_ns, errno = record
