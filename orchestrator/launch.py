@@ -3,10 +3,18 @@
 Starting Python and importing reprun, the Docker SDK and Typer costs about 0.3 s before a command
 does anything: more than a no-op container run. A warm process (`orchestrator.warm`) pays that
 once; for each command it forks a copy that takes on this process's arguments, environment,
-working folder, umask, limits and standard streams (the file descriptors themselves, so a
-terminal stays a terminal) and sends its exit status back. Signals this process receives are
-passed on to that copy. Whatever prevents the hand-over before the command has started makes the
-command run here instead, so the warm process is only ever a shortcut, never a dependency.
+working folder, umask, limits, ignored signals and standard streams (the file descriptors
+themselves, so a terminal stays a terminal) and sends its exit status back. Signals this process
+receives are passed on to that copy. Whatever prevents the hand-over before the command has
+started makes the command run here instead, so the warm process is only ever a shortcut, never a
+dependency.
+
+The hand-over, on one connection: the request; READY from the warm process; GO from here with
+the three descriptors (or nothing, if we gave up waiting: then it never starts the command, so a
+command never runs twice, and our streams never sit in the queue of a process that does not
+read it, which would keep a pipe reader waiting for its end); STARTED with the command's pid
+once it has taken everything on (or REFUSED); last EXITED with its exit code, or KILLED with the
+signal that ended it.
 
 This module is all a warm command imports: the interpreter's own C modules (`_socket` and
 `_signal` rather than `socket` and `signal`, which import `enum`: a third of this module's start).
@@ -23,13 +31,18 @@ import sys
 
 OFF = "0"                    # REPRUN_WARM=0: every command runs in its own process
 INFRASTRUCTURE, INTERRUPTED = 4, 130    # exit codes, as orchestrator.errors and cli define them
+PATIENCE_S = 3.0             # for the warm process to answer before the command runs here
 REPLY = struct.Struct("<ci")  # a tag and a number
 HEADER = struct.Struct("<I")  # length of the request that follows the descriptors
-STARTED, EXITED, REFUSED = b"R", b"X", b"N"
+READY, GO, STARTED, REFUSED, EXITED, KILLED = b"Y", b"G", b"R", b"N", b"X", b"K"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2)
+JOB_CONTROL = (signal.SIGTSTP, signal.SIGCONT, signal.SIGWINCH)
 LIMITS = ("RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE",
           "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_STACK")
+# Read by the interpreter or by libraries as they are imported: a warm process started under
+# other values would not behave as a fresh one, so they are part of its identity.
+STARTUP_VARIABLES = ("PYTHON", "LC_", "LANG", "TYPER_")
 
 
 class Lost(Exception):
@@ -40,19 +53,24 @@ def identity() -> tuple[str, str]:
     """(address, fingerprint) of the warm process that may run this interpreter's commands.
 
     A warm process serves only commands that would have run the same code the same way: the same
-    interpreter, flags, import path and reprun folder, and the same view of the machine (groups,
-    which decide access to the engine's socket; mount and process namespaces; cgroup, which
-    decides whose resources the run uses). It checks itself that its files have not changed
-    since it imported them.
+    interpreter, flags, import path, reprun folder and start-up variables (locale, PYTHON*), and
+    the same view of the machine (groups, which decide access to the engine's socket; mount and
+    process namespaces; cgroup, which decides whose resources the run uses). It checks itself
+    that its files have not changed since it imported them.
     """
     package = os.path.dirname(os.path.abspath(__file__))
     fingerprint = repr((package, sys.executable, sys.flags, sys.warnoptions, sys.path[1:],
-                        os.environ.get("REPRUN_WARM", ""), sorted(os.getgroups()), os.getgid(),
-                        _read_link("/proc/self/ns/mnt"), _read_link("/proc/self/ns/pid"),
-                        _read_text("/proc/self/cgroup")))
+                        sorted(startup_environment().items()), sorted(os.getgroups()),
+                        os.getgid(), _read_link("/proc/self/ns/mnt"),
+                        _read_link("/proc/self/ns/pid"), _read_text("/proc/self/cgroup")))
     digest = format(hash_text(fingerprint), "08x")
     # An abstract socket: nothing on disk to go stale when every process is killed.
     return f"\0reprun-warm-{os.getuid()}-{digest}", fingerprint
+
+
+def startup_environment() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items()
+            if name.startswith(STARTUP_VARIABLES) or name == "REPRUN_WARM"}
 
 
 def _read_link(path: str) -> str:
@@ -102,11 +120,13 @@ def peer_uid(conn: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
-def send_request(conn: socket.socket, request: dict, fds: list[int]) -> None:
+def send_request(conn: socket.socket, request: dict) -> None:
     body = marshal.dumps(request)
-    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    conn.sendmsg([HEADER.pack(len(body))], rights)
-    conn.sendall(body)
+    conn.sendall(HEADER.pack(len(body)) + body)
+
+
+def send_go(conn: socket.socket, fds: list[int]) -> None:
+    conn.sendmsg([GO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
 
 
 def read_reply(conn: socket.socket) -> tuple[bytes, int] | None:
@@ -119,30 +139,46 @@ def read_reply(conn: socket.socket) -> tuple[bytes, int] | None:
     return REPLY.unpack(data)
 
 
-def request_here(fingerprint: str) -> dict:
+def ignored_signals() -> list[int]:
+    """Signals this process was started ignoring (nohup, `&` in a script): the command ignores
+    them too, and they are not passed on."""
+    return [signum for signum in FORWARDED + JOB_CONTROL
+            if signal.getsignal(signum) == signal.SIG_IGN]
+
+
+def request_here(fingerprint: str, ignored: list[int]) -> dict:
     import resource
     umask = os.umask(0o22)
     os.umask(umask)
     limits = {name: resource.getrlimit(getattr(resource, name))
               for name in LIMITS if hasattr(resource, name)}
     return {"fingerprint": fingerprint, "argv": sys.argv, "cwd": os.getcwd(),
-            "env": dict(os.environ), "umask": umask, "limits": limits}
+            "env": dict(os.environ), "umask": umask, "limits": limits, "ignored": ignored}
+
+
+class Interrupted(Exception):
+    """A signal came before the command started: nothing ran."""
 
 
 class Forwarder:
     """Signals to this process, passed on to the command's process group once it has started.
 
-    Installed before the hand-over begins, so that a Ctrl-C at any moment is either passed on
-    or, before the command started, ends this process as an interrupted command would.
+    Before GO is sent, a signal ends the hand-over (nothing has run); between GO and STARTED it
+    waits, and is passed on as soon as the command can take it.
     """
 
-    def __init__(self):
+    def __init__(self, ignored: list[int]):
+        self.ignored = ignored
+        self.committed = False
         self.pid: int | None = None
         self.pending: list[int] = []
         for signum in FORWARDED:
-            signal.signal(signum, self._receive)
+            if signum not in ignored:
+                signal.signal(signum, self._receive)
 
     def _receive(self, signum, frame) -> None:
+        if not self.committed:
+            raise Interrupted
         if self.pid is None:
             self.pending.append(signum)
         else:
@@ -156,50 +192,90 @@ class Forwarder:
 
     def started(self, pid: int) -> None:
         self.pid = pid
+        for signum in JOB_CONTROL:
+            if signum not in self.ignored:
+                signal.signal(signum, self._job_control)
         for signum in self.pending:
             self._send(signum)
 
-    @staticmethod
-    def uninstall() -> None:
+    def _job_control(self, signum, frame) -> None:
+        self._send(signum)
+        if signum == signal.SIGTSTP:    # Ctrl-Z: the command stops, then so do we
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    def uninstall(self) -> None:
         for signum in FORWARDED:
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
-                          else signal.SIG_DFL)
+            if signum not in self.ignored:
+                signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
+                              else signal.SIG_DFL)
 
 
 def hand_over(address: str, fingerprint: str) -> int | None:
-    """Run this command in the warm process: its exit status, or None if it did not start there."""
-    forwarder = Forwarder()
-    conn = connect(address)
+    """Run this command in the warm process: its exit status, or None if it did not start there.
+
+    Raises Interrupted when a signal came before the command started, Lost when the warm
+    process went away after.
+    """
+    ignored = ignored_signals()
+    forwarder = Forwarder(ignored)
+    conn = None
     try:
+        conn = connect(address)
         if conn is None:
             return None
+        conn.settimeout(PATIENCE_S)      # a stopped or stuck warm process: run it here
         try:
-            send_request(conn, request_here(fingerprint), [0, 1, 2])
+            send_request(conn, request_here(fingerprint, ignored))
             reply = read_reply(conn)
-        except OSError:       # a closed standard stream, a process gone meanwhile: run it here
+            if reply is None or reply[0] != READY:
+                return None
+            forwarder.committed = True
+            send_go(conn, [0, 1, 2])
+        except OSError:     # a closed standard stream, a timeout, a process gone: run it here
             return None
+        conn.settimeout(None)
+        try:
+            reply = read_reply(conn)
+        except OSError:
+            reply = None
         if reply is None or reply[0] != STARTED:
-            return None
+            if forwarder.pending:
+                raise Interrupted
+            return None         # it could not take the command on; nothing ran there
         forwarder.started(reply[1])
         try:
             reply = read_reply(conn)
         except OSError:
             reply = None
-        if reply is None or reply[0] != EXITED:
+        if reply is None or reply[0] not in (EXITED, KILLED):
             raise Lost
+        if reply[0] == KILLED:
+            die_by(reply[1])
         return reply[1]
     finally:
         if conn is not None:
             conn.close()
         if forwarder.pid is None:
-            Forwarder.uninstall()
-            if forwarder.pending:        # interrupted before anything started
-                sys.stderr.write("reprun: interrupted before the command started.\n")
-                sys.exit(INTERRUPTED)
+            forwarder.uninstall()
+
+
+def die_by(signum: int) -> None:
+    """End as the command ended, killed by `signum`, so that a shell or a parent process sees it."""
+    sys.stdout.flush()
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+    except (OSError, ValueError):   # SIGKILL and SIGSTOP have no handler to reset
+        pass
+    os.kill(os.getpid(), signum)
+    sys.exit(128 + signum)      # a signal whose default is not to end the process
 
 
 def start_warm(address: str, fingerprint: str) -> None:
-    """Start a warm process in the background for the next commands; any failure is ignored."""
+    """Start a warm process in the background for the next commands; any failure is ignored.
+
+    It gets only the variables start-up reads: the environment of each command reaches the copy
+    that runs it, and nothing else (no secret) stays behind in the warm process.
+    """
     import subprocess
     try:
         path = log_path()
@@ -209,9 +285,12 @@ def start_warm(address: str, fingerprint: str) -> None:
             # From the folder that holds this package, so that `-m` finds this very copy.
             subprocess.Popen(
                 [sys.executable, *subprocess._args_from_interpreter_flags(),
-                 "-m", "orchestrator.warm", address[1:], fingerprint],
+                 "-m", "orchestrator.warm", address[1:]],
                 cwd=os.path.dirname(package), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True)
+                start_new_session=True,
+                env={**startup_environment(), "REPRUN_WARM_FINGERPRINT": fingerprint,
+                     **{name: os.environ[name] for name in ("PATH", "HOME", "TMPDIR")
+                        if name in os.environ}})
     except OSError:
         pass
 
@@ -221,6 +300,9 @@ def main() -> None:
         address, fingerprint = identity()
         try:
             code = hand_over(address, fingerprint)
+        except Interrupted:
+            sys.stderr.write("reprun: interrupted before the command started; nothing ran.\n")
+            sys.exit(INTERRUPTED)
         except Lost:
             sys.stderr.write(
                 "reprun: the warm reprun process running this command went away before it "

@@ -240,9 +240,14 @@ def pyprobe_source() -> str:
 
 
 def write_probe(meta: Path, marker: str, probes: tuple[Probe, ...] = PROBES) -> None:
-    """Put the wrapper and the Python probe where the container mounts them (/reprun)."""
-    (meta / "wrap.sh").write_text(wrapper_script(marker, probes))
-    (meta / "pyprobe.py").write_text(pyprobe_source())
+    """Put the wrapper and the Python probe where the container mounts them (/reprun).
+
+    Readable by all whatever the umask (077 is common on hardened hosts): the job's user is not
+    the one who writes them.
+    """
+    for name, text in (("wrap.sh", wrapper_script(marker, probes)), ("pyprobe.py", pyprobe_source())):
+        (meta / name).write_text(text)
+        (meta / name).chmod(0o644)
 
 
 def split_sections(text: str, marker: str) -> dict[str, tuple[str, int | None]]:

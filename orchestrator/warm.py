@@ -1,26 +1,30 @@
 """The warm process: reprun with its imports already paid, forking one copy per command.
 
 Started in the background by `orchestrator.launch` the first time a command finds none, as
-`python -m orchestrator.warm ADDRESS FINGERPRINT`. It binds its abstract socket first, so that of
-several started at once all but one leave at once, then imports everything a command may need.
-For each connection it forks a *session*, which forks the *command*: the command takes on the
-client's streams, folder, environment, umask and limits and runs `reprun` as a fresh process
-would, in its own process group (the client passes signals on to it). The session waits for it
-and sends the exit status back; if the client goes away first, the command gets SIGTERM, as a
-run whose terminal closed, and records itself interrupted.
+`python -m orchestrator.warm ADDRESS`, with the fingerprint of the commands it may serve in
+REPRUN_WARM_FINGERPRINT and no other variables than those start-up reads. It binds its abstract
+socket first, so that of several started at once all but one leave at once, then imports
+everything a command may need. For each connection it forks a *session*, which forks the
+*command* (launch describes the exchange): the command takes on the client's streams, folder,
+environment, umask, limits and ignored signals and runs `reprun` as a fresh process would, in
+its own process group (the client passes signals on to it). The session waits for it and sends
+back how it ended; if the client goes away first, the command gets SIGTERM, as a run whose
+terminal closed, and records itself interrupted.
 
 The warm process itself never runs a command and never opens the store or the engine, so every
-command starts from the same state. It leaves when idle for IDLE_S, and when any file it
-imported from reprun's folder or the folder of installed packages changes, so that an upgrade
-or an edit is never served by old code.
+command starts from the same state. It leaves when idle for IDLE_S, and when any file of
+reprun's or the folder of installed packages changes, so that an upgrade or an edit is never
+served by old code.
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import importlib
 import io
 import marshal
 import os
+import resource
 import select
 import signal
 import socket
@@ -28,13 +32,30 @@ import sys
 import time
 import traceback
 
-from .launch import EXITED, HEADER, REFUSED, REPLY, STARTED, peer_uid
+from .launch import (EXITED, GO, HEADER, INTERRUPTED, KILLED, READY, REFUSED, REPLY, STARTED,
+                     peer_uid)
 
 IDLE_S = 600.0
 PR_SET_PDEATHSIG = 1
+LIBC = ctypes.CDLL(None)
+# Signals a fresh interpreter starts with at their default action (SIGINT has Python's handler).
+RESET = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+         signal.SIGCHLD, signal.SIGTSTP, signal.SIGCONT, signal.SIGWINCH)
+
+
+def _startup_stream(stream, line_buffering: bool) -> tuple[str, str, bool, bool]:
+    if stream is None:
+        return "utf-8", "strict", line_buffering, False
+    return stream.encoding, stream.errors, line_buffering, stream.write_through
+
+
+# How this interpreter set up its standard streams, from the same start-up variables as the
+# client's: commands' streams are made the same way. stderr is always line-buffered.
+STARTUP_STREAMS = {0: _startup_stream(sys.stdin, False), 1: _startup_stream(sys.stdout, False),
+                   2: _startup_stream(sys.stderr, True)}
 # Everything a command may import; the probe and hash-worker scripts run when imported, so they
 # are not here (they run in containers and helper processes, never in reprun's own).
-PRELOAD = ("ctypes", "docker", "requests", "yaml", "tabulate", "sqlite3", "typer",
+PRELOAD = ("docker", "requests", "yaml", "tabulate", "sqlite3", "typer",
            "orchestrator.cli", "orchestrator.runner", "orchestrator.engine", "orchestrator.swarm",
            "orchestrator.backends", "orchestrator.spec", "orchestrator.store", "orchestrator.events",
            "orchestrator.verify", "orchestrator.compare", "orchestrator.culprit",
@@ -51,12 +72,13 @@ def log(message: str) -> None:
 
 
 def sources() -> dict[str, float]:
-    """Modification times of what this process imported that an upgrade or an edit would change."""
+    """Modification times of reprun's files (all of them: some are imported only by the commands
+    that need them) and of the folder of installed packages, which changes on any (un)install."""
     package = os.path.dirname(os.path.abspath(__file__))
-    paths = {module.__file__ for module in list(sys.modules.values())
-             if getattr(module, "__file__", None) and module.__file__.startswith(package)}
+    paths = {os.path.join(folder, name) for folder, _, names in os.walk(package)
+             for name in names if name.endswith((".py", ".json"))}
     paths |= {os.path.dirname(os.path.dirname(os.path.abspath(importlib.import_module(name).__file__)))
-              for name in ("docker", "typer", "yaml")}   # site-packages: changes on (un)install
+              for name in ("docker", "typer", "yaml")}
     return {path: _mtime(path) for path in paths}
 
 
@@ -116,43 +138,50 @@ def _reply(conn: socket.socket, tag: bytes, number: int) -> None:
         pass
 
 
-def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
+def _receive(conn: socket.socket) -> dict:
     conn.settimeout(10)     # a client sends everything at once; one that does not is dropped
-    data, fds, _flags, _addr = socket.recv_fds(conn, HEADER.size, 3)
-    if len(data) < HEADER.size:
-        raise ConnectionError("short request")
-    size, = HEADER.unpack(data)
-    body = bytearray()
-    while len(body) < size:
-        chunk = conn.recv(size - len(body))
-        if not chunk:
-            raise ConnectionError("short request")
-        body += chunk
+    size, = HEADER.unpack(_exactly(conn, HEADER.size))
+    request = marshal.loads(_exactly(conn, size))
     conn.settimeout(None)
-    return marshal.loads(bytes(body)), fds
+    return request
+
+
+def _exactly(conn: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the client left in the middle of its request")
+        data += chunk
+    return bytes(data)
 
 
 def _session(conn: socket.socket, fingerprint: str) -> None:
     code = 0
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        request, fds = _receive(conn)
+        request = _receive(conn)
         if request.get("fingerprint") != fingerprint:
             _reply(conn, REFUSED, 0)
-        elif len(fds) != 3:
-            _reply(conn, REFUSED, 0)
-        else:
-            session = os.getpid()
-            pid = os.fork()
-            if pid == 0:
-                conn.close()
-                _command(request, fds, session)  # never returns
+            return
+        _reply(conn, READY, 0)
+        fds = _go_ahead(conn)
+        if len(fds) != 3:           # the client gave up waiting and runs it itself
             for fd in fds:
                 os.close(fd)
-            _reply(conn, STARTED, pid)
-            status = _wait(pid, conn)
-            _reply(conn, EXITED, status)
-            log(f"{' '.join(request['argv'][1:3])}: exit {status}")
+            return
+        pid, took_over = _start_command(request, fds, conn)
+        for fd in fds:
+            os.close(fd)
+        if not took_over:           # it could not become the client's process: the client runs it
+            os.waitpid(pid, 0)
+            _reply(conn, REFUSED, 0)
+            return
+        _reply(conn, STARTED, pid)
+        tag, number = _wait(pid, conn)
+        log(f"{' '.join(request['argv'][1:3])}: " +
+            (f"exit {number}" if tag == EXITED else f"killed by signal {number}"))
+        _reply(conn, tag, number)
     except BaseException:
         log("session failed:\n" + traceback.format_exc())
         code = 1
@@ -160,12 +189,49 @@ def _session(conn: socket.socket, fingerprint: str) -> None:
         os._exit(code)
 
 
-def _wait(pid: int, conn: socket.socket) -> int:
-    """The command's exit status; SIGTERM to it if the client goes away first."""
+def _go_ahead(conn: socket.socket) -> list[int]:
+    """The client's standard streams, sent with GO; none if it gave up waiting."""
+    conn.settimeout(10)
+    try:
+        data, fds, _flags, _address = socket.recv_fds(conn, 1, 3)
+    except OSError:
+        return []
+    finally:
+        conn.settimeout(None)
+    if data != GO:
+        for fd in fds:
+            os.close(fd)
+        return []
+    return fds
+
+
+def _start_command(request: dict, fds: list[int], conn: socket.socket) -> tuple[int, bool]:
+    """Fork the command; (its pid, whether it took on the client's state)."""
+    ready, took = os.pipe()
+    session = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready)
+        conn.close()
+        _command(request, fds, session, took)       # never returns
+    os.close(took)
+    try:
+        # As the command does itself: whichever runs first, the group exists before the client
+        # learns the pid and passes signals to it.
+        os.setpgid(pid, pid)
+    except OSError:
+        pass
+    with os.fdopen(ready, "rb") as answer:
+        return pid, answer.read(1) == b"1"
+
+
+def _wait(pid: int, conn: socket.socket) -> tuple[bytes, int]:
+    """How the command ended: (EXITED, code) or (KILLED, signal); SIGTERM to it if the client
+    goes away first."""
     try:
         pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):     # before Linux 5.3: no watching the client
-        return _status(os.waitpid(pid, 0)[1])
+        return _ending(os.waitpid(pid, 0)[1])
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
     poller.register(conn, select.POLLIN | select.POLLHUP)
@@ -180,47 +246,54 @@ def _wait(pid: int, conn: socket.socket) -> int:
             except ProcessLookupError:
                 pass
     os.close(pidfd)
-    return _status(os.waitpid(pid, 0)[1])
+    return _ending(os.waitpid(pid, 0)[1])
 
 
-def _status(status: int) -> int:
-    """An exit code as a shell reports it: 128 + N for a command killed by signal N."""
-    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+def _ending(status: int) -> tuple[bytes, int]:
+    return (EXITED, os.WEXITSTATUS(status)) if os.WIFEXITED(status) \
+        else (KILLED, os.WTERMSIG(status))
 
 
-def _command(request: dict, fds: list[int], session: int) -> None:
-    code = 1
+def _command(request: dict, fds: list[int], session: int, took: int) -> None:
     try:
         os.setpgid(0, 0)
         _end_with_session(session)
         _adopt(request, fds)
+        os.write(took, b"1")
+        os.close(took)
+    except BaseException:       # noqa: BLE001 (the client then runs the command itself)
+        os._exit(1)
+    code = 1
+    try:
         from .cli import main
         main()
         code = 0
     except SystemExit as exit_:
         code = _exit_code(exit_.code)
-    except BaseException:
+    except KeyboardInterrupt:   # before cli.main took over signals
+        sys.stderr.write("reprun: interrupted before the command started; nothing ran.\n")
+        code = INTERRUPTED
+    except BaseException:       # noqa: BLE001 (cli.main reports its own errors; this is a bug)
         traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except Exception:
+            except Exception:   # noqa: BLE001 (a closed pipe: nothing more to say)
                 pass
         os._exit(code)
 
 
 def _end_with_session(session: int) -> None:
     """SIGTERM when the session dies: a command nobody waits for must not run on unseen."""
-    import ctypes
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != session:     # it died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _adopt(request: dict, fds: list[int]) -> None:
-    """Become the process the client would have been: its streams, folder, environment, limits."""
-    import resource
+    """Become the process the client would have been: its streams, folder, environment, limits,
+    and signal dispositions as a fresh interpreter has them."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -235,22 +308,26 @@ def _adopt(request: dict, fds: list[int]) -> None:
     os.environ.update(request["env"])
     time.tzset()                      # the client's TZ, not the one this process started with
     sys.argv = list(request["argv"])
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-                   signal.SIGUSR2, signal.SIGCHLD):
+    for signum in RESET:
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in request["ignored"]:
+        signal.signal(signum, signal.SIG_IGN)
     sys.stdin = sys.__stdin__ = _stream(0, "r")
     sys.stdout = sys.__stdout__ = _stream(1, "w")
-    sys.stderr = sys.__stderr__ = _stream(2, "w", errors="backslashreplace", line_buffering=True)
+    sys.stderr = sys.__stderr__ = _stream(2, "w")
 
 
-def _stream(fd: int, mode: str, errors: str = "strict", line_buffering: bool = False):
-    """A text stream on `fd` as Python would have opened it at start-up: line-buffered on a tty."""
-    encoding = os.environ.get("PYTHONIOENCODING", "").split(":")[0] or "utf-8"
+def _stream(fd: int, mode: str):
+    """A text stream on `fd` as Python opened this process's own at start-up (same encoding,
+    error handler and buffering: start-up variables are part of the fingerprint), line-buffered
+    on a terminal."""
+    encoding, errors, line_buffering, write_through = STARTUP_STREAMS[fd]
     raw = io.FileIO(fd, mode, closefd=False)
     buffered = io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw)
     return io.TextIOWrapper(buffered, encoding=encoding, errors=errors,
-                            line_buffering=line_buffering or os.isatty(fd))
+                            line_buffering=line_buffering or os.isatty(fd),
+                            write_through=write_through)
 
 
 def _exit_code(code) -> int:
@@ -263,4 +340,4 @@ def _exit_code(code) -> int:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], sys.argv[2])
+    serve(sys.argv[1], os.environ.pop("REPRUN_WARM_FINGERPRINT", ""))

@@ -65,7 +65,9 @@ class Warm:
         return self.serving()[-1]
 
     def served(self, words: str) -> list[str]:
-        return [line for line in self.lines() if words in line and ": exit " in line]
+        """Commands the warm process ran (it logs each before its caller learns the outcome)."""
+        return [line for line in self.lines() if words in line
+                and (": exit " in line or ": killed by signal " in line)]
 
     def stop(self) -> None:
         for pid in self.serving():
@@ -225,3 +227,85 @@ def test_a_run_nobody_waits_for_any_more_is_stopped_and_recorded(project, warm, 
         while not warm.served(": exit 130"):          # SIGTERM from its session
             assert time.monotonic() < deadline, warm.lines()
             time.sleep(0.1)
+
+
+def test_the_command_takes_on_the_callers_environment_umask_and_folder(project, warm):
+    """The warm process was started by another command, under another store."""
+    warm.up()
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS)
+    other = project.root / "elsewhere"
+    result = subprocess.run(f"umask 077 && exec {COMMAND} run {spec.name}", shell=True,
+                            cwd=project.root, env={**warm.env, "REPRUN_STORE": str(other)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert warm.served(f"run {spec.name}: exit 0")
+    records = list(other.glob("runs/*/record.json"))
+    assert len(records) == 1 and not project.store.exists()
+    assert records[0].stat().st_mode & 0o777 == 0o600
+
+
+def test_a_stopped_warm_process_is_waited_for_briefly_then_the_command_runs_here(project, warm):
+    server = warm.up()
+    os.kill(server, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result = warm.run("--version")
+        waited = time.monotonic() - started
+        assert result.returncode == 0 and "reprun" in result.stdout
+        assert waited < 20, waited
+        interrupted = warm.popen("--version", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        interrupted.send_signal(signal.SIGINT)
+        _, stderr = interrupted.communicate(timeout=20)
+        assert interrupted.returncode == 130 and "nothing ran" in stderr, stderr
+    finally:
+        os.kill(server, signal.SIGCONT)
+    time.sleep(2)      # it now answers the two requests whose clients gave up: neither may run
+    assert not warm.served("--version"), warm.lines()
+
+
+def test_a_signal_the_caller_ignores_is_ignored_by_the_command(project, warm, docker_client):
+    """`nohup reprun run ...`: the hang-up at logout must not end the run."""
+    project.dataset()
+    name = f"warm-nohup-{uuid.uuid4().hex[:6]}"
+    spec = project.spec(name=name, script="import time; time.sleep(3)\n" + WRITE_METRICS)
+    warm.up()
+    process = warm.popen("run", str(spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    wait_for_container(docker_client, name)
+    process.send_signal(signal.SIGHUP)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert warm.served(f"run {spec}: exit 0")
+
+
+def test_a_command_killed_by_a_signal_ends_its_caller_the_same_way(project, warm, docker_client):
+    project.dataset()
+    name = f"warm-killed-{uuid.uuid4().hex[:6]}"
+    spec = project.spec(name=name, script=SLEEPER)
+    server = warm.up()
+    process = warm.popen("run", str(spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    container = wait_for_container(docker_client, name)
+    try:
+        session, = children(server)
+        command, = children(session)
+        os.kill(command, signal.SIGKILL)
+        process.communicate(timeout=60)
+        assert process.returncode == -signal.SIGKILL
+        assert warm.served("killed by signal 9")
+    finally:
+        container.remove(force=True)
+
+
+def test_commands_started_together_start_one_warm_process_and_all_succeed(project, warm):
+    first = [warm.popen("--version", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(4)]
+    assert all(p.wait(timeout=120) == 0 for p in first)
+    deadline = time.monotonic() + 60
+    while not warm.serving():
+        assert time.monotonic() < deadline, warm.lines()
+        time.sleep(0.1)
+    time.sleep(1)              # any other would have bound by now, or left
+    assert len(warm.serving()) == 1, warm.lines()
+    assert warm.run("--version").returncode == 0 and warm.served("--version: exit 0")
