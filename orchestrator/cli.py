@@ -204,7 +204,7 @@ def _compare_and_report(store, records, report_paths: List[Path], extra: dict | 
     comparisons = comparisons or [compare_records(first, other, baseline_id=first.id, extra=extra)
                                   for other in records[1:]]
     for comparison in comparisons:
-        typer.echo(render(comparison, "terminal", color=sys.stdout.isatty()))
+        typer.echo(render(comparison, "terminal", color=bool(sys.stdout and sys.stdout.isatty())))
         text = render(comparison, "json")
         saved = store.save_report([comparison.a.run_id, comparison.b.run_id],
                                   comparison.verdict, text)

@@ -4,6 +4,7 @@ The orchestration code never prints; it calls these hooks. The base observer ign
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -35,7 +36,8 @@ class TerminalObserver(RunObserver):
 
     def __init__(self, stream: TextIO | None = None, *, show_output: bool = True,
                  prefix_output: bool = False):
-        self.stream = stream or sys.stderr
+        # No stderr at all (started with it closed, `2>&-`): the run goes on, unseen.
+        self.stream = stream or sys.stderr or open(os.devnull, "w")
         self.show_output = show_output
         self.prefix_output = prefix_output
         self.tty = self.stream.isatty()

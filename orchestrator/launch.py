@@ -55,14 +55,21 @@ def identity() -> tuple[str, str]:
     A warm process serves only commands that would have run the same code the same way: the same
     interpreter, flags, import path, reprun folder and start-up variables (locale, PYTHON*), and
     the same view of the machine (groups, which decide access to the engine's socket; mount and
-    process namespaces; cgroup, which decides whose resources the run uses). It checks itself
-    that its files have not changed since it imported them.
+    process namespaces; cgroup, which decides whose resources the run uses), and the same
+    standing in it: what a command could not set back once forked from it (niceness, OOM score,
+    hard limits) and the CPUs it may use, which size its worker pools. It checks itself that its
+    files have not changed since it imported them.
     """
+    import resource
     package = os.path.dirname(os.path.abspath(__file__))
     fingerprint = repr((package, sys.executable, sys.flags, sys.warnoptions, sys.path[1:],
                         sorted(startup_environment().items()), sorted(os.getgroups()),
                         os.getgid(), _read_link("/proc/self/ns/mnt"),
-                        _read_link("/proc/self/ns/pid"), _read_text("/proc/self/cgroup")))
+                        _read_link("/proc/self/ns/pid"), _read_text("/proc/self/cgroup"),
+                        os.getpriority(os.PRIO_PROCESS, 0), _read_text("/proc/self/oom_score_adj"),
+                        sorted(os.sched_getaffinity(0)),
+                        [resource.getrlimit(getattr(resource, name))[1] for name in LIMITS
+                         if hasattr(resource, name)]))
     digest = format(hash_text(fingerprint), "08x")
     # An abstract socket: nothing on disk to go stale when every process is killed.
     return f"\0reprun-warm-{os.getuid()}-{digest}", fingerprint
@@ -106,6 +113,7 @@ def connect(address: str) -> socket.socket | None:
     """
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        conn.settimeout(PATIENCE_S)     # a full backlog makes even a local connect wait
         conn.connect(address)
         if peer_uid(conn) != os.getuid():
             raise ConnectionRefusedError
@@ -153,7 +161,19 @@ def request_here(fingerprint: str, ignored: list[int]) -> dict:
     limits = {name: resource.getrlimit(getattr(resource, name))
               for name in LIMITS if hasattr(resource, name)}
     return {"fingerprint": fingerprint, "argv": sys.argv, "cwd": os.getcwd(),
-            "env": dict(os.environ), "umask": umask, "limits": limits, "ignored": ignored}
+            "env": dict(os.environ), "umask": umask, "limits": limits, "ignored": ignored,
+            "blocked": sorted(signal.pthread_sigmask(signal.SIG_BLOCK, []))}
+
+
+def streams_open() -> bool:
+    """Whether descriptors 0, 1 and 2 are open. If one is closed, the connection would take its
+    number and be handed over as a stream: such a command runs here."""
+    try:
+        for fd in (0, 1, 2):
+            os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 class Interrupted(Exception):
@@ -216,14 +236,15 @@ def hand_over(address: str, fingerprint: str) -> int | None:
     Raises Interrupted when a signal came before the command started, Lost when the warm
     process went away after.
     """
+    if not streams_open():
+        return None
     ignored = ignored_signals()
     forwarder = Forwarder(ignored)
     conn = None
     try:
-        conn = connect(address)
+        conn = connect(address)          # with PATIENCE_S for every step until GO
         if conn is None:
             return None
-        conn.settimeout(PATIENCE_S)      # a stopped or stuck warm process: run it here
         try:
             send_request(conn, request_here(fingerprint, ignored))
             reply = read_reply(conn)
@@ -231,7 +252,9 @@ def hand_over(address: str, fingerprint: str) -> int | None:
                 return None
             forwarder.committed = True
             send_go(conn, [0, 1, 2])
-        except OSError:     # a closed standard stream, a timeout, a process gone: run it here
+        except OSError:     # a timeout (a stopped or stuck warm process), a process gone
+            if forwarder.pending:
+                raise Interrupted from None
             return None
         conn.settimeout(None)
         try:

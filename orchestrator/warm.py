@@ -100,6 +100,7 @@ def serve(address: str, fingerprint: str) -> None:
     if not fingerprint.startswith(f"({package!r}, "):   # see launch.identity
         log(f"not serving: this copy of reprun is in {package}, not where the command runs from")
         return
+    seen = sources()        # before the imports: an edit made during them is noticed
     for name in PRELOAD:
         importlib.import_module(name)
     from .cli import command
@@ -108,7 +109,6 @@ def serve(address: str, fingerprint: str) -> None:
     # in every command, copying the pages fork shares.
     gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)    # sessions are reaped by the kernel
-    seen = sources()
     log(f"serving {address} (reprun in {package})")
     listener.settimeout(IDLE_S)
     while True:
@@ -122,8 +122,8 @@ def serve(address: str, fingerprint: str) -> None:
             continue
         if sources() != seen:
             listener.close()                  # the next command starts a fresh warm process
-            _reply(conn, REFUSED, 0)
             log("leaving: reprun's files changed since they were imported")
+            _reply(conn, REFUSED, 0)
             return
         if os.fork() == 0:
             listener.close()
@@ -131,11 +131,12 @@ def serve(address: str, fingerprint: str) -> None:
         conn.close()
 
 
-def _reply(conn: socket.socket, tag: bytes, number: int) -> None:
+def _reply(conn: socket.socket, tag: bytes, number: int) -> bool:
     try:
         conn.sendall(REPLY.pack(tag, number))
     except OSError:
-        pass
+        return False
+    return True
 
 
 def _receive(conn: socket.socket) -> dict:
@@ -170,14 +171,17 @@ def _session(conn: socket.socket, fingerprint: str) -> None:
             for fd in fds:
                 os.close(fd)
             return
-        pid, took_over = _start_command(request, fds, conn)
+        pid, command = _start_command(request, fds, conn)
         for fd in fds:
             os.close(fd)
-        if not took_over:           # it could not become the client's process: the client runs it
+        if command is None:         # it could not become the client's process: the client runs it
             os.waitpid(pid, 0)
             _reply(conn, REFUSED, 0)
             return
-        _reply(conn, STARTED, pid)
+        if not _reply(conn, STARTED, pid):
+            return                  # the client left: the command, never told to go, leaves too
+        command.sendall(b"go")
+        command.close()
         tag, number = _wait(pid, conn)
         log(f"{' '.join(request['argv'][1:3])}: " +
             (f"exit {number}" if tag == EXITED else f"killed by signal {number}"))
@@ -205,24 +209,39 @@ def _go_ahead(conn: socket.socket) -> list[int]:
     return fds
 
 
-def _start_command(request: dict, fds: list[int], conn: socket.socket) -> tuple[int, bool]:
-    """Fork the command; (its pid, whether it took on the client's state)."""
-    ready, took = os.pipe()
+def _start_command(request: dict, fds: list[int],
+                   conn: socket.socket) -> tuple[int, socket.socket | None]:
+    """Fork the command: its pid, and a line to it once it has taken on the client's state
+    (None if it could not).
+
+    The command then waits for "go", sent only once the client knows it started: if this
+    session dies before, the client runs the command itself, and this copy must never run too.
+    """
+    here, there = socket.socketpair()
     session = os.getpid()
     pid = os.fork()
     if pid == 0:
-        os.close(ready)
+        here.close()
         conn.close()
-        _command(request, fds, session, took)       # never returns
-    os.close(took)
+        _command(request, fds, session, there)       # never returns
+    there.close()
     try:
         # As the command does itself: whichever runs first, the group exists before the client
         # learns the pid and passes signals to it.
         os.setpgid(pid, pid)
     except OSError:
         pass
-    with os.fdopen(ready, "rb") as answer:
-        return pid, answer.read(1) == b"1"
+    if _exactly_or_none(here, 5) == b"ready":
+        return pid, here
+    here.close()
+    return pid, None
+
+
+def _exactly_or_none(conn: socket.socket, size: int) -> bytes | None:
+    try:
+        return _exactly(conn, size)
+    except OSError:
+        return None
 
 
 def _wait(pid: int, conn: socket.socket) -> tuple[bytes, int]:
@@ -239,14 +258,23 @@ def _wait(pid: int, conn: socket.socket) -> tuple[bytes, int]:
         ready = dict(poller.poll())
         if pidfd in ready:
             break
-        if conn.fileno() in ready:
+        if conn.fileno() in ready and _client_left(conn):
             poller.unregister(conn)
             try:
                 os.killpg(pid, signal.SIGTERM)
+                os.killpg(pid, signal.SIGCONT)     # a stopped command (Ctrl-Z) must take it too
             except ProcessLookupError:
                 pass
     os.close(pidfd)
     return _ending(os.waitpid(pid, 0)[1])
+
+
+def _client_left(conn: socket.socket) -> bool:
+    """The client sends nothing after GO: only the end of the connection wakes us."""
+    try:
+        return conn.recv(64) == b""
+    except OSError:
+        return True
 
 
 def _ending(status: int) -> tuple[bytes, int]:
@@ -254,13 +282,15 @@ def _ending(status: int) -> tuple[bytes, int]:
         else (KILLED, os.WTERMSIG(status))
 
 
-def _command(request: dict, fds: list[int], session: int, took: int) -> None:
+def _command(request: dict, fds: list[int], session: int, line: socket.socket) -> None:
     try:
         os.setpgid(0, 0)
         _end_with_session(session)
         _adopt(request, fds)
-        os.write(took, b"1")
-        os.close(took)
+        line.sendall(b"ready")
+        if _exactly_or_none(line, 2) != b"go":
+            os._exit(1)         # the session is gone: the client runs the command itself
+        line.close()
     except BaseException:       # noqa: BLE001 (the client then runs the command itself)
         os._exit(1)
     code = 1
@@ -313,6 +343,7 @@ def _adopt(request: dict, fds: list[int]) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in request["ignored"]:
         signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, request["blocked"])
     sys.stdin = sys.__stdin__ = _stream(0, "r")
     sys.stdout = sys.__stdout__ = _stream(1, "w")
     sys.stderr = sys.__stderr__ = _stream(2, "w")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import sqlite3
@@ -71,9 +72,10 @@ class Warm:
 
     def stop(self) -> None:
         for pid in self.serving():
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
+            try:            # only if it is still ours: a pid that left may have been reused
+                if b"orchestrator.warm" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGTERM)
+            except (OSError, ProcessLookupError):
                 pass
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -95,6 +97,23 @@ def children(pid: int) -> list[int]:
         except (OSError, IndexError, ValueError):
             pass
     return found
+
+
+def sockets_of(pid: int) -> list[str]:
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).startswith("socket:"):
+                found.append(fd.name)
+        except OSError:
+            pass
+    return found
+
+
+def ignores(pid: int, signum: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(re.search(r"^SigIgn:\s*([0-9a-f]+)", status, re.M)[1], 16)
+    return bool(mask >> (signum - 1) & 1)
 
 
 def record_of(project, run_id: str) -> dict:
@@ -146,8 +165,10 @@ def test_the_command_sees_the_terminal_it_was_started_from(project, warm):
     try:
         result = warm.run("run", spec, stderr=follower, stdout=subprocess.PIPE)
         os.close(follower)
-        seen = b""
-        while True:
+        seen, deadline = b"", time.monotonic() + 30
+        while time.monotonic() < deadline:      # a writer left holding it must fail, not hang
+            if not select.select([leader], [], [], 1)[0]:
+                continue
             try:
                 chunk = os.read(leader, 65536)
             except OSError:        # EIO: every writer has closed the terminal
@@ -155,6 +176,8 @@ def test_the_command_sees_the_terminal_it_was_started_from(project, warm):
             if not chunk:
                 break
             seen += chunk
+        else:
+            pytest.fail("the terminal was still held open 30 s after the command ended")
     finally:
         os.close(leader)
     assert result.returncode == 0
@@ -255,7 +278,10 @@ def test_a_stopped_warm_process_is_waited_for_briefly_then_the_command_runs_here
         assert result.returncode == 0 and "reprun" in result.stdout
         assert waited < 20, waited
         interrupted = warm.popen("--version", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while not sockets_of(interrupted.pid):    # connected: its handlers are in place
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         interrupted.send_signal(signal.SIGINT)
         _, stderr = interrupted.communicate(timeout=20)
         assert interrupted.returncode == 130 and "nothing ran" in stderr, stderr
@@ -270,32 +296,49 @@ def test_a_signal_the_caller_ignores_is_ignored_by_the_command(project, warm, do
     project.dataset()
     name = f"warm-nohup-{uuid.uuid4().hex[:6]}"
     spec = project.spec(name=name, script="import time; time.sleep(3)\n" + WRITE_METRICS)
-    warm.up()
+    server = warm.up()
     process = warm.popen("run", str(spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
     wait_for_container(docker_client, name)
+    session, = children(server)
+    command, = children(session)
+    assert ignores(command, signal.SIGHUP) and not ignores(command, signal.SIGINT)
+    os.killpg(command, signal.SIGHUP)          # the hang-up, as the terminal's group gets it
     process.send_signal(signal.SIGHUP)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
     assert warm.served(f"run {spec}: exit 0")
 
 
-def test_a_command_killed_by_a_signal_ends_its_caller_the_same_way(project, warm, docker_client):
-    project.dataset()
-    name = f"warm-killed-{uuid.uuid4().hex[:6]}"
-    spec = project.spec(name=name, script=SLEEPER)
+def test_a_command_killed_by_a_signal_ends_its_caller_the_same_way(project, warm):
+    """Killed while it hashes a big dataset, before any container exists to leave behind."""
+    big = project.root / "big"
+    big.mkdir(parents=True)
+    with open(big / "zeros.bin", "wb") as f:
+        f.truncate(16 << 30)                   # sparse: 16 GiB to hash, nothing on disk
+    spec = project.spec(dataset="big", sha256="a" * 64)
     server = warm.up()
     process = warm.popen("run", str(spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    container = wait_for_container(docker_client, name)
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline and process.poll() is None
+        sessions = children(server)
+        commands = children(sessions[0]) if sessions else []
+        if commands and bytes_read(commands[0]) > 256 << 20:
+            break
+        time.sleep(0.05)
+    os.kill(commands[0], signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert warm.served("killed by signal 9")
+
+
+def bytes_read(pid: int) -> int:
     try:
-        session, = children(server)
-        command, = children(session)
-        os.kill(command, signal.SIGKILL)
-        process.communicate(timeout=60)
-        assert process.returncode == -signal.SIGKILL
-        assert warm.served("killed by signal 9")
-    finally:
-        container.remove(force=True)
+        io = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return 0
+    return int(re.search(r"^rchar: (\d+)", io, re.M)[1])
 
 
 def test_commands_started_together_start_one_warm_process_and_all_succeed(project, warm):
@@ -309,3 +352,16 @@ def test_commands_started_together_start_one_warm_process_and_all_succeed(projec
     time.sleep(1)              # any other would have bound by now, or left
     assert len(warm.serving()) == 1, warm.lines()
     assert warm.run("--version").returncode == 0 and warm.served("--version: exit 0")
+
+
+def test_a_command_started_with_a_closed_stream_runs_in_its_own_process(project, warm):
+    """A closed descriptor 0-2 would be taken by the connection and handed over as a stream."""
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS)
+    warm.up()
+    result = subprocess.run(f"exec {COMMAND} run {spec.name} 2>&- <&-", shell=True,
+                            cwd=project.root, env=warm.env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout
+    assert "succeeded" in result.stdout
+    assert not warm.served("run")
