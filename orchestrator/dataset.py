@@ -54,6 +54,7 @@ RACY_NS = 2_000_000_000
 _EMPTY_TREE_LINE = hashlib.sha256(b"").hexdigest().encode() + b"  -\n"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_FS_ENCODING = sys.getfilesystemencoding()     # os.fsdecode's, without its call per file
 
 
 @dataclass(frozen=True)
@@ -286,14 +287,15 @@ def _walk(path: Path, root: bytes) -> Iterator[_File]:
             with os.scandir(abs_dir) as listing:
                 for entry in listing:
                     rel = rel_dir + b"/" + entry.name
-                    if entry.is_symlink():
+                    # Regular files first: they are nearly every entry, and one test settles them.
+                    if entry.is_file(follow_symlinks=False):
+                        yield _File(rel, entry.path, entry.stat(follow_symlinks=False))
+                    elif entry.is_symlink():
                         target = os.path.realpath(entry.path)
                         if not _inside(target, root):
                             escaping.append((os.fsdecode(rel), os.fsdecode(os.readlink(entry.path))))
                     elif entry.is_dir(follow_symlinks=False):
                         pending.append(rel)
-                    elif entry.is_file(follow_symlinks=False):
-                        yield _File(rel, entry.path, entry.stat(follow_symlinks=False))
         except OSError as exc:
             raise SpecError(f"the dataset folder {os.fsdecode(abs_dir)} cannot be listed: "
                             f"{exc.strerror}") from None
@@ -638,14 +640,17 @@ class _Helpers:
         self.inbox[slot] = pending[whole:]
 
     def _listed(self, job: _File, record: tuple) -> _Listed:
+        # Once per file of the tree, in reprun's own process: kept to plain comparisons.
         digest, size, dev, ino, st_size, mtime_ns, ctime_ns, errno = record
         if errno:
             raise SpecError(f"the dataset file {os.fsdecode(job.abs)} cannot be read: "
                             f"{os.strerror(errno)}")
-        after = (_i64(dev), _i64(ino), st_size, mtime_ns, ctime_ns)
-        unchanged = size == job.st.st_size and after == _identity(job.st)
-        settled = job.st.st_mtime_ns < self.not_after_ns
-        return _Listed.of(job.rel, digest.hex(), size, unchanged and settled)
+        st = job.st
+        cacheable = (size == st_size == st.st_size and mtime_ns == st.st_mtime_ns < self.not_after_ns
+                     and ctime_ns == st.st_ctime_ns and ino == st.st_ino and dev == st.st_dev)
+        sha256 = digest.hex()
+        return _Listed(job.rel, FileEntry(job.rel.decode(_FS_ENCODING, "surrogateescape"), sha256, size),
+                       _sha256sum_line(sha256, job.rel), cacheable)
 
 
 _by_rel = attrgetter("rel")      # byte order of the paths, as `LC_ALL=C sort -z`
