@@ -71,7 +71,7 @@ def log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] {message}", flush=True)
 
 
-def sources() -> dict[str, float]:
+def sources() -> dict[str, int]:
     """Modification times of reprun's files (all of them: some are imported only by the commands
     that need them) and of the folder of installed packages, which changes on any (un)install."""
     package = os.path.dirname(os.path.abspath(__file__))
@@ -82,7 +82,7 @@ def sources() -> dict[str, float]:
     return {path: _mtime(path) for path in paths}
 
 
-def _mtime(path: str) -> float:
+def _mtime(path: str) -> int:
     try:
         return os.stat(path).st_mtime_ns
     except OSError:
