@@ -318,9 +318,20 @@ def start_warm(address: str, fingerprint: str) -> None:
         pass
 
 
+def warm_identity() -> tuple[str, str] | None:
+    """identity(), or None when this command is to have no warm process."""
+    if os.environ.get("REPRUN_WARM") == OFF:
+        return None
+    try:
+        return identity()
+    except (OSError, AttributeError):   # a system without these facts (no sched_getaffinity)
+        return None
+
+
 def main() -> None:
-    if os.environ.get("REPRUN_WARM") != OFF:
-        address, fingerprint = identity()
+    found = warm_identity()
+    if found is not None:
+        address, fingerprint = found
         try:
             code = hand_over(address, fingerprint)
         except Interrupted:
