@@ -4,11 +4,15 @@ Started by orchestrator.dataset as `python -I -S hash_worker.py`; standard libra
 starts in milliseconds. Input frames: a little-endian u32 length and that many path bytes; a
 length of 0 asks for the records so far to be flushed. Output: one RECORD per path, in order.
 """
-import hashlib
+import _signal as signal        # not `signal`, which imports enum: a third of the start-up
 import os
-import signal
 import struct
 import sys
+
+try:
+    from _hashlib import openssl_sha256 as sha256    # what hashlib.sha256 is, without its import
+except ImportError:                                  # an interpreter built without OpenSSL
+    from hashlib import sha256
 
 # digest, bytes read, then the file's fstat after reading: device, inode, size, mtime, ctime;
 # last an errno (0: read fine).
@@ -22,7 +26,7 @@ def hash_file(path: bytes, view: memoryview) -> bytes:
         # O_NOFOLLOW: a file swapped for a link since the walk is not followed out of the dataset.
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
-            digest, size = hashlib.sha256(), 0
+            digest, size = sha256(), 0
             while n := os.readv(fd, [view]):
                 digest.update(view[:n])
                 size += n
