@@ -9,11 +9,11 @@ STAMP    := $(VENV)/.installed
 
 all: install
 
+# editable_mode=compat: a plain path in a .pth file. The default editable finder costs every
+# command about 20 ms of imports at interpreter start (setuptools calls compat transitional).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# compat: a plain path in a .pth file. The default editable finder costs every command
-	# about 20 ms of imports at interpreter start.
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 

@@ -237,25 +237,26 @@ def hand_over(address: str, fingerprint: str) -> int | None:
     process went away after.
     """
     if not streams_open():
-        return None
+        return here_because("a standard stream is closed")
     ignored = ignored_signals()
     forwarder = Forwarder(ignored)
     conn = None
     try:
         conn = connect(address)          # with PATIENCE_S for every step until GO
         if conn is None:
-            return None
+            return here_because("no warm process answers")
         try:
             send_request(conn, request_here(fingerprint, ignored))
             reply = read_reply(conn)
             if reply is None or reply[0] != READY:
-                return None
+                return here_because("the warm process refused the command" if reply else
+                                    "the warm process closed the connection")
             forwarder.committed = True
             send_go(conn, [0, 1, 2])
-        except OSError:     # a timeout (a stopped or stuck warm process), a process gone
+        except OSError as exc:      # a timeout (a stopped or stuck warm process), a process gone
             if forwarder.pending:
                 raise Interrupted from None
-            return None
+            return here_because(f"no answer from the warm process ({exc or type(exc).__name__})")
         conn.settimeout(None)
         try:
             reply = read_reply(conn)
@@ -264,7 +265,8 @@ def hand_over(address: str, fingerprint: str) -> int | None:
         if reply is None or reply[0] != STARTED:
             if forwarder.pending:
                 raise Interrupted
-            return None         # it could not take the command on; nothing ran there
+            # It could not take the command on; nothing ran there.
+            return here_because("the warm process could not take the command on")
         forwarder.started(reply[1])
         try:
             reply = read_reply(conn)
@@ -280,6 +282,16 @@ def hand_over(address: str, fingerprint: str) -> int | None:
             conn.close()
         if forwarder.pid is None:
             forwarder.uninstall()
+
+
+def here_because(why: str) -> None:
+    """Note in the warm process's log why this command runs in its own process; None."""
+    try:
+        with open(log_path(), "a") as log:
+            log.write(f"[{os.getpid()}] {' '.join(sys.argv[1:3])}: runs in its own process: {why}\n")
+    except OSError:
+        pass
+    return None
 
 
 def die_by(signum: int) -> None:

@@ -120,14 +120,19 @@ def serve(address: str, fingerprint: str) -> None:
         if peer_uid(conn) != os.getuid():
             conn.close()
             continue
-        if sources() != seen:
+        now = sources()
+        if now != seen:
             listener.close()                  # the next command starts a fresh warm process
-            log("leaving: reprun's files changed since they were imported")
+            changed = sorted(path for path in seen.keys() | now.keys() if seen.get(path) != now.get(path))
+            log(f"leaving: reprun's files changed since they were imported ({', '.join(changed[:3])})")
             _reply(conn, REFUSED, 0)
             return
-        if os.fork() == 0:
-            listener.close()
-            _session(conn, fingerprint)       # never returns
+        try:
+            if os.fork() == 0:
+                listener.close()
+                _session(conn, fingerprint)   # never returns
+        except OSError as exc:                # no process to spare: that client runs it itself
+            log(f"could not fork a session: {exc}")
         conn.close()
 
 

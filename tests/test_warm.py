@@ -65,6 +65,11 @@ class Warm:
             time.sleep(0.1)
         return self.serving()[-1]
 
+    def assert_served(self, words: str) -> None:
+        """The warm process ran a command whose log line has these words (the whole log if not)."""
+        if not self.served(words):
+            pytest.fail(f"the warm process did not run {words!r}; its log:\n" + "\n".join(self.lines()))
+
     def served(self, words: str) -> list[str]:
         """Commands the warm process ran (it logs each before its caller learns the outcome)."""
         return [line for line in self.lines() if words in line
@@ -138,7 +143,7 @@ def test_a_warm_process_runs_a_command_as_the_command_would_have(project, warm):
     warm.up()
     result = warm.run("run", spec)
     assert result.returncode == 0, result.stderr
-    assert warm.served("run job.yaml: exit 0"), warm.lines()
+    warm.assert_served("run job.yaml: exit 0")
     run_id = re.search(r"run (\S+): succeeded", result.stdout)[1]
     assert record_of(project, run_id)["outputs"]["metrics"]["score"] == 0.7
 
@@ -148,7 +153,7 @@ def test_errors_and_exit_codes_are_the_same_warm_or_not(project, warm):
     here, there = warm.run("run", "no-such.yaml", warm=False), warm.run("run", "no-such.yaml")
     assert there.returncode == here.returncode == 2
     assert there.stderr == here.stderr and "no-such.yaml" in there.stderr
-    assert warm.served("run no-such.yaml: exit 2")
+    warm.assert_served("run no-such.yaml: exit 2")
 
 
 def test_with_REPRUN_WARM_0_no_warm_process_is_started(project, warm):
@@ -181,7 +186,7 @@ def test_the_command_sees_the_terminal_it_was_started_from(project, warm):
     finally:
         os.close(leader)
     assert result.returncode == 0
-    assert warm.served("run job.yaml: exit 0")
+    warm.assert_served("run job.yaml: exit 0")
     assert b"\r\x1b[K" in seen, seen[-500:]          # drawn as on a terminal, not plain lines
 
 
@@ -213,7 +218,7 @@ def test_a_signal_to_the_command_reaches_the_run(project, warm, docker_client, s
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert warm.served(": exit 130")                   # by the warm process, passed on
+    warm.assert_served(": exit 130")     # run by the warm process, signal passed on
     run_id = container.labels["io.reprun.run-id"]
     assert not containers(docker_client, label=f"io.reprun.run-id={run_id}")
     assert record_of(project, run_id)["status"] == "interrupted"
@@ -262,7 +267,7 @@ def test_the_command_takes_on_the_callers_environment_umask_and_folder(project, 
                             cwd=project.root, env={**warm.env, "REPRUN_STORE": str(other)},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert warm.served(f"run {spec.name}: exit 0")
+    warm.assert_served(f"run {spec.name}: exit 0")
     records = list(other.glob("runs/*/record.json"))
     assert len(records) == 1 and not project.store.exists()
     assert records[0].stat().st_mode & 0o777 == 0o600
@@ -307,7 +312,7 @@ def test_a_signal_the_caller_ignores_is_ignored_by_the_command(project, warm, do
     process.send_signal(signal.SIGHUP)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
-    assert warm.served(f"run {spec}: exit 0")
+    warm.assert_served(f"run {spec}: exit 0")
 
 
 def test_a_command_killed_by_a_signal_ends_its_caller_the_same_way(project, warm):
@@ -330,7 +335,7 @@ def test_a_command_killed_by_a_signal_ends_its_caller_the_same_way(project, warm
     os.kill(commands[0], signal.SIGKILL)
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
-    assert warm.served("killed by signal 9")
+    warm.assert_served("killed by signal 9")
 
 
 def bytes_read(pid: int) -> int:
@@ -351,7 +356,8 @@ def test_commands_started_together_start_one_warm_process_and_all_succeed(projec
         time.sleep(0.1)
     time.sleep(1)              # any other would have bound by now, or left
     assert len(warm.serving()) == 1, warm.lines()
-    assert warm.run("--version").returncode == 0 and warm.served("--version: exit 0")
+    assert warm.run("--version").returncode == 0
+    warm.assert_served("--version: exit 0")
 
 
 def test_a_command_started_with_a_closed_stream_runs_in_its_own_process(project, warm):
@@ -364,4 +370,4 @@ def test_a_command_started_with_a_closed_stream_runs_in_its_own_process(project,
                             timeout=300)
     assert result.returncode == 0, result.stdout
     assert "succeeded" in result.stdout
-    assert not warm.served("run")
+    assert not warm.served("run"), warm.lines()
