@@ -54,7 +54,7 @@ RACY_NS = 2_000_000_000
 _EMPTY_TREE_LINE = hashlib.sha256(b"").hexdigest().encode() + b"  -\n"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_FS_ENCODING = sys.getfilesystemencoding()     # os.fsdecode's, without its call per file
+_FS_ENCODING = sys.getfilesystemencoding()     # os.fsdecode's
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,9 @@ class _Listed(NamedTuple):
 
     @classmethod
     def of(cls, rel: bytes, sha256: str, size: int, cacheable: bool = False) -> _Listed:
-        return cls(rel, FileEntry(os.fsdecode(rel), sha256, size), _sha256sum_line(sha256, rel), cacheable)
+        # rel.decode as os.fsdecode does, without its call per file.
+        return cls(rel, FileEntry(rel.decode(_FS_ENCODING, "surrogateescape"), sha256, size),
+                   _sha256sum_line(sha256, rel), cacheable)
 
 
 class _Workers:
@@ -648,9 +650,7 @@ class _Helpers:
         st = job.st
         cacheable = (size == st_size == st.st_size and mtime_ns == st.st_mtime_ns < self.not_after_ns
                      and ctime_ns == st.st_ctime_ns and ino == st.st_ino and dev == st.st_dev)
-        sha256 = digest.hex()
-        return _Listed(job.rel, FileEntry(job.rel.decode(_FS_ENCODING, "surrogateescape"), sha256, size),
-                       _sha256sum_line(sha256, job.rel), cacheable)
+        return _Listed.of(job.rel, digest.hex(), size, cacheable)
 
 
 _by_rel = attrgetter("rel")      # byte order of the paths, as `LC_ALL=C sort -z`

@@ -137,14 +137,20 @@ def send_go(conn: socket.socket, fds: list[int]) -> None:
     conn.sendmsg([GO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
 
 
-def read_reply(conn: socket.socket) -> tuple[bytes, int] | None:
-    data = b""
-    while len(data) < REPLY.size:
-        chunk = conn.recv(REPLY.size - len(data))
+def read_exactly(conn: socket.socket, size: int) -> bytes | None:
+    """`size` bytes from `conn`, or None if it ends first."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
         if not chunk:
             return None
         data += chunk
-    return REPLY.unpack(data)
+    return bytes(data)
+
+
+def read_reply(conn: socket.socket) -> tuple[bytes, int] | None:
+    data = read_exactly(conn, REPLY.size)
+    return REPLY.unpack(data) if data is not None else None
 
 
 def ignored_signals() -> list[int]:

@@ -33,7 +33,7 @@ import time
 import traceback
 
 from .launch import (EXITED, GO, HEADER, INTERRUPTED, KILLED, READY, REFUSED, REPLY, STARTED,
-                     peer_uid)
+                     peer_uid, read_exactly)
 
 IDLE_S = 600.0
 PR_SET_PDEATHSIG = 1
@@ -153,13 +153,10 @@ def _receive(conn: socket.socket) -> dict:
 
 
 def _exactly(conn: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("the client left in the middle of its request")
-        data += chunk
-    return bytes(data)
+    data = read_exactly(conn, size)
+    if data is None:
+        raise ConnectionError("the client left in the middle of its request")
+    return data
 
 
 def _session(conn: socket.socket, fingerprint: str) -> None:
@@ -244,7 +241,7 @@ def _start_command(request: dict, fds: list[int],
 
 def _exactly_or_none(conn: socket.socket, size: int) -> bytes | None:
     try:
-        return _exactly(conn, size)
+        return read_exactly(conn, size)
     except OSError:
         return None
 
