@@ -526,7 +526,7 @@ def test_an_image_built_here_is_pushed_by_digest_for_the_nodes(project, tmp_path
 
 
 @pytest.mark.engine
-@pytest.mark.xdist_group("swarm")
+@pytest.mark.xdist_group("gc")     # its gc removes every leftover on the engine, swarm or not
 def test_gc_removes_a_service_a_dead_reprun_left_behind(project, swarm, example_ref):
     dead = subprocess.Popen(["true"])
     dead.wait()
