@@ -74,8 +74,9 @@ def helper_peak_rss_bytes(paths: list[Path]) -> int:
     process it was forked from)."""
     helper = subprocess.Popen([sys.executable, "-I", "-S", hash_worker.__file__],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    frames = b"".join(hash_worker.FRAME.pack(len(raw)) + raw for raw in map(os.fsencode, paths))
-    writer = threading.Thread(target=lambda: (helper.stdin.write(frames + hash_worker.FRAME.pack(0)),
+    frames = b"".join(hash_worker.FRAME.pack(len(raw), TREE_FILE_BYTES) + raw
+                      for raw in map(os.fsencode, paths))
+    writer = threading.Thread(target=lambda: (helper.stdin.write(frames + hash_worker.FRAME.pack(0, 0)),
                                               helper.stdin.flush()))
     writer.start()
     answered = helper.stdout.read(len(paths) * hash_worker.RECORD.size)

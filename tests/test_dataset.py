@@ -198,6 +198,33 @@ def test_a_file_gone_before_its_helper_reads_it_is_named(tmp_path: Path, helpers
     assert all(proc.returncode is not None for proc in helpers[0].procs)
 
 
+def test_files_that_grow_or_shrink_before_their_helper_reads_them_hash_as_they_are_then(
+        tmp_path: Path, helpers: list, monkeypatch, cache: HashCache):
+    tree = many_files(tmp_path / "tree", count=100)
+    (tree / "block.bin").write_bytes(os.urandom(dataset.BLOCK))   # the helper's read stops at
+    written_an_hour_ago(tree)                                     # the size the walk saw
+    real_walk = dataset._walk
+
+    def walk_then_change(path, root):
+        found = list(real_walk(path, root))
+        yield from found
+        grown, shrunk = tree / "block.bin", tree / "part-0" / "sample-0000.bin"
+        with open(grown, "ab") as f:        # both still in the batch not yet sent
+            f.write(b"more")
+        os.truncate(shrunk, 3)
+        for changed in (grown, shrunk):     # old enough to cache, as the rest
+            os.utime(changed, (AN_HOUR_AGO, AN_HOUR_AGO))
+
+    monkeypatch.setattr(dataset, "_walk", walk_then_change)
+    digest = hash_dataset(tree, workers=2, cache=cache)
+    assert digest.sha256 == coreutils_tree_hash(tree)
+    sizes = {entry.path: entry.size for entry in digest.files}
+    assert sizes["./block.bin"] == dataset.BLOCK + 4 and sizes["./part-0/sample-0000.bin"] == 3
+    monkeypatch.setattr(dataset, "_walk", real_walk)
+    again = hash_dataset(tree, workers=2, cache=cache)     # the two are read again, only they
+    assert again.cache_hits == 99 and again.sha256 == digest.sha256
+
+
 def test_unreadable_files_in_every_helper_stop_the_hash_at_once_instead_of_hanging(
         tmp_path: Path, helpers: list, monkeypatch):
     # Enough files that a helper whose answers went unread would fill its pipe and block.
