@@ -15,8 +15,8 @@ try:
 except ImportError:                                  # an interpreter built without OpenSSL
     from hashlib import sha256
 
-# digest, bytes read, then the file's fstat after reading: device, inode, size, mtime, ctime;
-# last an errno (0: read fine).
+# digest, bytes read, then the file's fstat once the size the walk saw was read: device,
+# inode, size, mtime, ctime; last an errno (0: read fine).
 RECORD = struct.Struct("<32sqQQqqqi")
 FRAME = struct.Struct("<IQ")
 BLOCK = 1 << 20
