@@ -123,9 +123,14 @@ def connect(address: str) -> socket.socket | None:
     return conn
 
 
-def peer_uid(conn: socket.socket) -> int:
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """pid, uid and gid of the process at the other end."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    return struct.unpack("3i", creds)
+
+
+def peer_uid(conn: socket.socket) -> int:
+    return peer_credentials(conn)[1]
 
 
 def send_request(conn: socket.socket, request: dict) -> None:

@@ -6,10 +6,10 @@ REPRUN_WARM_FINGERPRINT and no other variables than those start-up reads. It bin
 socket first, so that of several started at once all but one leave at once, then imports
 everything a command may need. For each connection it forks a *session*, which forks the
 *command* (launch describes the exchange): the command takes on the client's streams, folder,
-environment, umask, limits and ignored signals and runs `reprun` as a fresh process would, in
-its own process group (the client passes signals on to it). The session waits for it and sends
-back how it ended; if the client goes away first, the command gets SIGTERM, as a run whose
-terminal closed, and records itself interrupted.
+environment, umask, limits, I/O priority and ignored signals and runs `reprun` as a fresh
+process would, in its own process group (the client passes signals on to it). The session waits
+for it and sends back how it ended; if the client goes away first, the command gets SIGTERM, as
+a run whose terminal closed, and records itself interrupted.
 
 The warm process itself never runs a command and never opens the store or the engine, so every
 command starts from the same state. It leaves when idle for IDLE_S, and when any file of
@@ -33,11 +33,14 @@ import time
 import traceback
 
 from .launch import (EXITED, GO, HEADER, INTERRUPTED, KILLED, READY, REFUSED, REPLY, STARTED,
-                     peer_uid, read_exactly)
+                     peer_credentials, peer_uid, read_exactly)
 
 IDLE_S = 600.0
 PR_SET_PDEATHSIG = 1
-LIBC = ctypes.CDLL(None)
+LIBC = ctypes.CDLL(None, use_errno=True)
+IOPRIO_WHO_PROCESS = 1
+# (ioprio_get, ioprio_set): no C library wraps them, and their numbers differ by architecture.
+IOPRIO_SYSCALLS = {"x86_64": (252, 251), "aarch64": (31, 30), "riscv64": (31, 30)}
 # Signals a fresh interpreter starts with at their default action (SIGINT has Python's handler).
 RESET = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
          signal.SIGCHLD, signal.SIGTSTP, signal.SIGCONT, signal.SIGWINCH)
@@ -167,6 +170,7 @@ def _session(conn: socket.socket, fingerprint: str) -> None:
         if request.get("fingerprint") != fingerprint:
             _reply(conn, REFUSED, 0)
             return
+        request["client_pid"] = peer_credentials(conn)[0]
         _reply(conn, READY, 0)
         fds = _go_ahead(conn)
         if len(fds) != 3:           # the client gave up waiting and runs it itself
@@ -334,6 +338,7 @@ def _adopt(request: dict, fds: list[int]) -> None:
             resource.setrlimit(getattr(resource, name), tuple(limit))
         except (ValueError, OSError):
             pass                      # above this process's hard limit: keep the lower one
+    _take_io_priority(request["client_pid"])
     os.chdir(request["cwd"])
     os.umask(request["umask"])
     os.environ.clear()
@@ -349,6 +354,19 @@ def _adopt(request: dict, fds: list[int]) -> None:
     sys.stdin = sys.__stdin__ = _stream(0, "r")
     sys.stdout = sys.__stdout__ = _stream(1, "w")
     sys.stderr = sys.__stderr__ = _stream(2, "w")
+
+
+def _take_io_priority(client: int) -> None:
+    """The client's I/O scheduling class and level (`ionice -c3 reprun verify` on a shared
+    disk), which a copy of this process would not have. Raises OSError where it cannot be read
+    or set: the client then runs the command itself, with its own."""
+    calls = IOPRIO_SYSCALLS.get(os.uname().machine)
+    if calls is None:
+        raise OSError(f"no known ioprio system calls on {os.uname().machine}")
+    get, set_ = calls
+    priority = LIBC.syscall(get, IOPRIO_WHO_PROCESS, client)
+    if priority < 0 or LIBC.syscall(set_, IOPRIO_WHO_PROCESS, 0, priority) < 0:
+        raise OSError(ctypes.get_errno(), "the client's I/O priority")
 
 
 def _stream(fd: int, mode: str):

@@ -315,6 +315,29 @@ def test_a_signal_the_caller_ignores_is_ignored_by_the_command(project, warm, do
     warm.assert_served(f"run {spec}: exit 0")
 
 
+def test_the_command_runs_at_its_callers_io_priority(project, warm, docker_client):
+    """`ionice -c3 reprun run ...` on a shared disk; the warm process was started without."""
+    project.dataset()
+    name = f"warm-ionice-{uuid.uuid4().hex[:6]}"
+    spec = project.spec(name=name, script="import time; time.sleep(3)\n" + WRITE_METRICS)
+    server = warm.up()
+    process = subprocess.Popen(["ionice", "-c", "3", COMMAND, "run", str(spec)],
+                               cwd=project.root, env=warm.env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_container(docker_client, name)
+    session, = children(server)
+    command, = children(session)
+    assert io_class(command) == "idle" and io_class(server) != "idle"
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    warm.assert_served(f"run {spec}: exit 0")
+
+
+def io_class(pid: int) -> str:
+    return subprocess.run(["ionice", "-p", str(pid)], capture_output=True, text=True,
+                          check=True).stdout.split(":")[0].strip()
+
+
 def test_a_command_killed_by_a_signal_ends_its_caller_the_same_way(project, warm):
     """Killed while it hashes a big dataset, before any container exists to leave behind."""
     big = project.root / "big"
