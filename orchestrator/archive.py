@@ -6,6 +6,7 @@ before anything is used, and a damaged archive is refused with what is wrong.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -60,6 +61,7 @@ def _sha256_file(path: Path) -> str:
 def write_archive(store: Store, run_id: str, output: Path, *, client,
                   progress: Progress | None = None) -> Path:
     progress = progress or (lambda *_: None)
+    refuse_output(output)
     record = store.get(run_id)
     dataset = Path(record.inputs.dataset.path)
     if not dataset.exists():
@@ -71,8 +73,13 @@ def write_archive(store: Store, run_id: str, output: Path, *, client,
                           f"(sha256 {digest.sha256}, recorded {record.inputs.dataset.sha256}); "
                           "refusing to archive a different dataset.")
     members: dict[str, dict] = {}
-    tmp_image = Path(tempfile.mkstemp(prefix="reprun-image-", suffix=".tar",
-                                      dir=output.parent)[1])
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp_image = Path(tempfile.mkstemp(prefix="reprun-image-", suffix=".tar",
+                                          dir=output.parent)[1])
+    except OSError as exc:
+        raise UsageError(f"cannot write the archive {output}: {exc.strerror or exc}") from None
+    partial = output.with_name(f".{output.name}.{secrets.token_hex(4)}.partial")
     try:
         try:
             image = client.images.get(record.inputs.image.id)
@@ -84,7 +91,6 @@ def write_archive(store: Store, run_id: str, output: Path, *, client,
             sha, size = _sha256_stream(image.save(named=False), sink)
         members[IMAGE] = {"sha256": sha, "size": size}
         progress("save image", 1, 1)
-        partial = output.with_name(f".{output.name}.{secrets.token_hex(4)}.partial")
         written = _Written(size + digest.bytes, lambda done, total: progress("write", done, total))
         with tarfile.open(partial, **_write_mode(output)) as tar:
             record_bytes = record.to_json().encode()
@@ -102,9 +108,29 @@ def write_archive(store: Store, run_id: str, output: Path, *, client,
                         "dataset_kind": digest.kind, "members": members}
             _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
         os.replace(partial, output)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise InfrastructureError(f"cannot write the archive {output}: {exc.strerror or exc}",
+                                  details=[f"Free space in {output.parent} and run again."]) from None
     finally:
+        partial.unlink(missing_ok=True)
         tmp_image.unlink(missing_ok=True)
     return output
+
+
+# What _write_mode understands, and so what `reprun archive -o` accepts.
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
+
+
+def refuse_output(output: Path) -> None:
+    """Before an image of hundreds of MiB is saved: a name that says another format, a folder,
+    or a path through a file."""
+    from .writing import refuse_unwritable_file
+    refuse_unwritable_file(output, "archive")
+    if not output.name.endswith(ARCHIVE_SUFFIXES):
+        raise UsageError(f"the archive {output} must end in {', '.join(ARCHIVE_SUFFIXES)}: "
+                         "its name says how it is compressed.")
 
 
 class _Written:
@@ -161,6 +187,9 @@ def load_archive(path: Path, store: Store, *, client,
     The extracted dataset stays under the store (the replayed record points at it); a refused
     archive leaves nothing behind.
     """
+    if not path.is_file():      # a wrong name is a bad invocation, not a damaged archive
+        raise UsageError(f"there is no archive file at {path}"
+                         + (" (it is a folder)" if path.is_dir() else "") + ".")
     target = store.root / "archives" / f"{path.stem}-{secrets.token_hex(3)}"
     target.mkdir(parents=True)
     try:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import sys
 import traceback
@@ -190,8 +192,10 @@ def _verify_varied(spec: Path, prepared, store, engine, names, seed: Optional[in
 
 def _check_report_paths(paths: List[Path]) -> None:
     from .reports import format_for_path
+    from .writing import refuse_unwritable_file
     for path in paths:
         format_for_path(path)
+        refuse_unwritable_file(path, "report")
 
 
 def _compare_and_report(store, records, report_paths: List[Path], extra: dict | None = None,
@@ -199,6 +203,7 @@ def _compare_and_report(store, records, report_paths: List[Path], extra: dict | 
     from .baselines import approved_note
     from .compare import combined_verdict, compare_records
     from .reports import format_for_path, render
+    from .writing import write_text
     extra = {**(extra or {}), **approved_note(store, [r.id for r in records])}
     first = records[0]
     comparisons = comparisons or [compare_records(first, other, baseline_id=first.id, extra=extra)
@@ -209,10 +214,9 @@ def _compare_and_report(store, records, report_paths: List[Path], extra: dict | 
         saved = store.save_report([comparison.a.run_id, comparison.b.run_id],
                                   comparison.verdict, text)
         for path in report_paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
             target = path if len(comparisons) == 1 else path.with_name(
                 f"{path.stem}-{comparison.b.run_id}{path.suffix}")
-            target.write_text(render(comparison, format_for_path(path)))
+            write_text(target, render(comparison, format_for_path(path)), "report")
             typer.echo(f"report written: {target}", err=True)
         typer.echo(f"report saved in the store: {saved}", err=True)
     raise typer.Exit(VERDICT_EXIT[combined_verdict(comparisons)])
@@ -233,11 +237,14 @@ def report_cmd(path: Path, fmt: str = typer.Option("terminal", "--format", "-f",
                output: Optional[Path] = typer.Option(None, "--output", "-o")) -> None:
     """Render a stored JSON report again, in any format."""
     from .reports import FORMATS, load_json_report, render
+    from .writing import refuse_unwritable_file, write_text
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(sorted(FORMATS))}.")
+    if output:
+        refuse_unwritable_file(output, "report")
     text = render(load_json_report(path), fmt)
     if output:
-        output.write_text(text)
+        write_text(output, text, "report")
     else:
         typer.echo(text)
 
@@ -283,8 +290,9 @@ def rerun(ctx: typer.Context,
 def archive(ctx: typer.Context, run_id: str,
             output: Path = typer.Option(..., "--output", "-o", help="The archive file to write: .tar, or compressed .tar.gz (.tgz), .tar.xz, .tar.bz2.")) -> None:
     """Write one self-contained archive of a run: image, dataset and record."""
-    from .archive import write_archive
+    from .archive import refuse_output, write_archive
     from .engine import LocalEngine
+    refuse_output(output)       # before the engine is asked for anything
     observer = _observer()
     path = write_archive(_store(ctx), run_id, output, client=LocalEngine().client,
                          progress=lambda phase, done, total: observer.progress("archive", phase, done, total))
@@ -303,9 +311,14 @@ def check(ctx: typer.Context,
     """Scheduled rebuild check: environment drift of rebuilt images, and results against baselines."""
     from .check import check_all, junit, overall_exit, summary_rows
     from .reports import render
+    from .writing import refuse_unwritable_file, refuse_unwritable_folder, write_text
     paths = list(specs or sorted(Path("specs").glob("*.yaml")))
     if not paths:
         raise UsageError("no specs to check: give spec files, or run where specs/*.yaml exist.")
+    if junit_path is not None:
+        refuse_unwritable_file(junit_path, "JUnit file")
+    if report_dir is not None:
+        refuse_unwritable_folder(report_dir, "report folder")
     store = _store(ctx)
     results = check_all(paths, store=store, engine=_backend(backend),
                         observer=_observer(quiet, parallel=True), jobs=jobs)
@@ -318,14 +331,14 @@ def check(ctx: typer.Context,
             store.save_report([result.comparison.a.run_id, result.comparison.b.run_id],
                               result.comparison.verdict, render(result.comparison, "json"))
             if report_dir is not None:
-                report_dir.mkdir(parents=True, exist_ok=True)
                 for fmt, ext in (("md", "md"), ("html", "html")):
-                    (report_dir / f"{result.spec_name}.{ext}").write_text(render(result.comparison, fmt))
+                    write_text(report_dir / f"{result.spec_name}.{ext}",
+                               render(result.comparison, fmt), "report")
     typer.echo("")
     typer.echo(tabulate(summary_rows(results), headers=["spec", "environment drift", "results",
                                                         "compared with", "exit", "first cause"]))
     if junit_path is not None:
-        junit_path.write_text(junit(results))
+        write_text(junit_path, junit(results), "JUnit file")
     raise typer.Exit(overall_exit(results))
 
 
@@ -344,15 +357,21 @@ def runs_approve(ctx: typer.Context, run_id: str,
 def runs_list(ctx: typer.Context,
               spec: Optional[str] = typer.Option(None, help="Only runs of this spec name."),
               status: Optional[str] = typer.Option(None, help="succeeded, failed, interrupted, error, running."),
-              since: Optional[str] = typer.Option(None, help="Started at or after (ISO date/time, UTC)."),
-              until: Optional[str] = typer.Option(None, help="Started before (ISO date/time, UTC)."),
+              since: Optional[str] = typer.Option(None, help="Started at or after: an ISO date or date-time (UTC unless an offset is given), or a time ago (30m, 12h, 7d)."),
+              until: Optional[str] = typer.Option(None, help="Started before: as --since."),
               limit: int = typer.Option(50, help="At most this many (newest first)."),
               as_json: bool = typer.Option(False, "--json")) -> None:
     """List recorded runs, newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    summaries = _store(ctx.parent).list(spec=spec, status=status, since=since, until=until,
-                                        limit=limit)
+    from .records import FINAL_STATUSES, RUNNING
+    if status is not None and status not in (RUNNING, *FINAL_STATUSES):
+        raise UsageError(f"--status {status!r} is not a status; use one of "
+                         f"{', '.join((*FINAL_STATUSES, RUNNING))}.")
+    summaries = _store(ctx.parent).list(
+        spec=spec, status=status, limit=limit,
+        since=None if since is None else _moment(since, "--since"),
+        until=None if until is None else _moment(until, "--until"))
     if as_json:
         typer.echo(json.dumps([s.__dict__ for s in summaries], indent=2))
         return
@@ -361,6 +380,28 @@ def runs_list(ctx: typer.Context,
              (s.image_id or "")[7:19], s.note or "") for s in summaries]
     typer.echo(tabulate(rows, headers=["run", "spec", "status", "started (UTC)", "took",
                                        "image", "note"]) if rows else "no runs recorded")
+
+
+_AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _moment(text: str, option: str) -> str:
+    """A time as the store writes it (UTC, milliseconds, Z), from an ISO date or date-time (a
+    space or T between; UTC unless it has an offset) or a time ago (30m, 12h, 7d, 2w)."""
+    from datetime import datetime, timedelta, timezone
+    ago = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text)
+    try:
+        if ago:
+            when = datetime.now(timezone.utc) - timedelta(seconds=int(ago[1]) * _AGO[ago[2]])
+        else:
+            when = datetime.fromisoformat(text.strip())
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+    except (ValueError, OverflowError):
+        raise UsageError(f"{option} {text!r} is not a time: give a date (2026-11-27), a date and "
+                         "time in UTC (2026-11-27 16:52:42, or with an offset such as +02:00), "
+                         "or a time ago (30m, 12h, 7d, 2w).") from None
+    return when.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @runs_app.command("show")
@@ -486,9 +527,51 @@ def command():
     return _COMMAND[0]
 
 
+class _ReaderMayLeave:
+    """A standard stream whose reader may go away (`reprun verify SPEC | head -3`). The command
+    then goes on unheard and ends with its own exit code; left to Click, a closed pipe ends it
+    at once with exit 1, which means "differs", before the run has even started."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._silence()
+
+    def _silence(self) -> None:
+        # What is still buffered, and all that follows, goes nowhere; so does the flush at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _tolerate_leaving_readers() -> None:
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue        # closed or not a file (`2>&-`, a test's capture): nothing to guard
+        setattr(sys, name, _ReaderMayLeave(stream))
+
+
 def main() -> None:
     # SIGTERM ends a run the way Ctrl-C does: container removed, record marked interrupted.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    _tolerate_leaving_readers()
     try:
         code = command().main(prog_name="reprun", standalone_mode=False)
     except ReprunError as error:

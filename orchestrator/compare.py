@@ -495,9 +495,11 @@ def _blas_facts(libraries: Any) -> dict[str, Any]:
 
 
 def _host_facts(host: Any) -> dict[str, Any]:
-    # Timestamps and durations differ on every run and say nothing about the engine.
+    # Timestamps and durations differ on every run and say nothing about the engine; nor does
+    # which earlier run the image's facts were read in (the facts themselves are compared).
     return {k: v for k, v in _flat(host).items()
-            if not (k.endswith("_at") or "time" in k or "duration" in k)}
+            if not (k.endswith("_at") or "time" in k or "duration" in k
+                    or k == "image_facts_from_run")}
 
 
 def _env_facts(env: Any) -> dict[str, Any]:

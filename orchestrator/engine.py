@@ -406,7 +406,7 @@ def left_behind_because(labels: dict[str, str], finished_runs) -> str | None:
     run_id = labels.get(LABEL_RUN, "?")
     host, _, pid = labels.get(LABEL_OWNER, "").rpartition(":")
     if run_id in finished_runs:
-        return f"run {run_id} is already recorded as finished"
+        return f"run {run_id} is already over in the store"
     if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
         return f"its reprun process {pid} is gone"
     return None

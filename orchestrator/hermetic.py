@@ -43,11 +43,13 @@ def thread_count(cpus: float) -> int:
     return max(1, math.floor(cpus))
 
 
-def dataset_mount(dataset_path: Path, mount: str) -> Mount:
-    # A single file appears inside the mount folder under its own name, so that the job sees
-    # the same layout whether the dataset is one file or a tree.
+def dataset_mount(dataset_path: Path, mount: str, file_name: str | None = None) -> Mount:
+    # A single file appears inside the mount folder under its own name (or the one it was
+    # pinned with), so that the job sees the same layout whether the dataset is one file or a
+    # tree.
     if dataset_path.is_file():
-        return Mount(str(dataset_path), f"{mount.rstrip('/')}/{dataset_path.name}", read_only=True)
+        name = file_name or dataset_path.name
+        return Mount(str(dataset_path), f"{mount.rstrip('/')}/{name}", read_only=True)
     return Mount(str(dataset_path), mount, read_only=True)
 
 
@@ -76,7 +78,7 @@ def container_job(spec, *, run_id: str, image_id: str, seed: int, paths: RunPath
         command=tuple(spec.render_command(seed)),
         env=env,
         mounts=(
-            dataset_mount(spec.dataset.path, spec.dataset.mount),
+            dataset_mount(spec.dataset.path, spec.dataset.mount, spec.dataset.file_name),
             Mount(str(paths.outputs), spec.outputs.dir, read_only=False),
             Mount(str(paths.meta), META_MOUNT, read_only=False),
         ),

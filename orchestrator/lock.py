@@ -79,7 +79,10 @@ def resolve_tag(client, ref: str) -> str | None:
 def _load_as(path: Path, text: str):
     """The spec `text` would be, were it the file at `path` (relative paths resolve the same)."""
     draft = path.with_name(f".{path.name}.lock-draft")
-    draft.write_text(text)
+    try:
+        draft.write_text(text)
+    except OSError as exc:
+        raise SpecError(f"cannot lock {path}: its folder is not writable ({exc.strerror or exc})") from None
     try:
         return load_spec(draft, require_pins=False)
     except SpecError as error:   # speak of the user's file, not of the draft
@@ -96,7 +99,7 @@ def lock_spec(path: Path, *, engine: LocalEngine, write: bool = True,
     With a cache, the per-file manifest of the pinned dataset is remembered, so that a later
     mismatch can name the files that changed.
     """
-    text = path.read_text()
+    text = _read(path)
     changes: list[str] = []
 
     def pin(key_path: tuple[str, ...], value: str, same) -> None:
@@ -117,8 +120,28 @@ def lock_spec(path: Path, *, engine: LocalEngine, write: bool = True,
         image = resolve_image(engine.client, _unpinned(spec.image), spec_name=spec.name)
         pin(("image", "digest"), image.id, str.__eq__)
     if changes and write:
-        path.write_text(text)
+        try:
+            path.write_text(text)
+        except OSError as exc:
+            raise SpecError(f"cannot write the new pins into {path}: {exc.strerror or exc}") from None
     return changes
+
+
+def _read(path: Path) -> str:
+    """The spec's text; a missing file, a folder or malformed YAML is told as `run` tells it
+    (exit 2), not met halfway through locking. Unpinned tags are fine: they are what lock pins."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise SpecError(f"cannot read spec {path}",
+                        details=[f"{path}: {reason}. Check the path and its permissions."]) from None
+    try:
+        yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        load_spec(path, require_pins=False)      # says where and what, as for any spec
+        raise SpecError(f"spec {path} is not valid YAML: {exc}") from None
+    return text
 
 
 def _unpinned(image_spec):

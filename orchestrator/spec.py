@@ -76,6 +76,9 @@ class DatasetSpec:
     path: Path                      # absolute, resolved
     sha256: str | None              # 64 hex; None only when loaded with require_pins=False
     mount: str = "/data"
+    # A single file's name inside the mount: its own, unless a rerun found the pinned bytes
+    # under another name, and the job still opens them by the name they were pinned with.
+    file_name: str | None = None
 
 
 @dataclass(frozen=True)

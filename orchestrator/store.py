@@ -344,10 +344,16 @@ class Store:
             return [RunSummary(*row) for row in db.execute(sql, args)]
 
     def latest_succeeded(self, spec: str) -> RunRecord | None:
+        """The newest succeeded run of `spec` made as the spec says: the varied runs of
+        `verify --vary` changed its conditions on purpose, and are no reference for it."""
         with self._connect() as db:
-            row = db.execute("SELECT record FROM runs WHERE spec = ? AND status = 'succeeded' "
-                             "ORDER BY started_at DESC LIMIT 1", (spec,)).fetchone()
-        return RunRecord.from_json(row[0]) if row else None
+            rows = db.execute("SELECT record FROM runs WHERE spec = ? AND status = 'succeeded' "
+                              "ORDER BY started_at DESC", (spec,))
+            for (text,) in rows:
+                record = RunRecord.from_json(text)
+                if not (record.inputs.container.get("variations") or {}).get("varied"):
+                    return record
+        return None
 
     # -- repair ----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ the job. A normal run sets none of those variables, so the snippets do nothing t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -211,9 +212,12 @@ def _dataset_copyable(context: HostContext) -> str | None:
 
 
 def vary_env_order(job: ContainerJob, rng: random.Random) -> tuple[ContainerJob, VariationValue]:
+    # Each name gets a rank from the seed and the name alone, not a shuffle of whatever names
+    # the job has: the factors varied before this one add or change variables, and the order
+    # the plan shows must be the order every run with this factor gets, whichever others vary.
+    salt = rng.getrandbits(64)
     names = list(job.env)
-    order = names[:]
-    rng.shuffle(order)
+    order = sorted(names, key=lambda name: hashlib.sha256(f"{salt}/{name}".encode()).digest())
     if order == names:
         order.reverse()
     ordered = [n for n in order if _ENV_NAME.match(n)]

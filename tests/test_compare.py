@@ -154,6 +154,18 @@ def test_a_relative_tolerance_scales_with_the_larger_value():
     assert metric(beyond, "loss").status == "beyond"
 
 
+def test_which_run_first_read_the_image_facts_is_not_an_environment_change():
+    # The second run of a verify reuses the facts the first read; that is bookkeeping, not drift.
+    a = make_record("run-a")
+    b = make_record("run-b", environment__host={**a.environment.host,
+                                                 "image_facts_from_run": "run-a"})
+    comparison = compare_records(a, b)
+    assert comparison.verdict == "identical" and comparison.sections.environment == ()
+    engine = make_record("run-c", environment__host={**a.environment.host,
+                                                      "engine_version": "24.0.5"})
+    assert compare_records(a, engine).sections.environment     # a real host change still shows
+
+
 def test_an_ignored_metric_may_differ_or_be_missing_without_changing_the_verdict():
     a = make_record("run-a")
     b = with_metrics(make_record("run-b"), fit_seconds=99.0)

@@ -28,7 +28,7 @@ RECORDS_PER_WRITER = 25
 # --- a store filled without an engine ----------------------------------------------------------
 
 def write_run(store: Store, *, spec: str = "job", score: float = 0.5, log: bytes = b"trained\n",
-              artifact: bytes = b"\x01" * 16) -> RunRecord:
+              artifact: bytes = b"\x01" * 16, container: dict | None = None) -> RunRecord:
     """One finished run, its log and artifact on disk, committed as a real run would be."""
     run_id, run_dir, started_at = store.new_run(spec)
     (run_dir / "out").mkdir()
@@ -39,7 +39,8 @@ def write_run(store: Store, *, spec: str = "job", score: float = 0.5, log: bytes
     record = RunRecord(
         id=run_id, status="succeeded", started_at=started_at, finished_at=started_at,
         inputs=Inputs(spec_name=spec, spec_path=f"{spec}.yaml", spec_sha256="e" * 64, seed=7,
-                      command=["train"], params={}, env={}, resources={}, container={},
+                      command=["train"], params={}, env={}, resources={},
+                      container=container or {},
                       image=ImageFacts(id="sha256:" + "a" * 64),
                       dataset=DatasetFacts(path="data", sha256="d" * 64, kind="tree", files=1,
                                            bytes=3, mount="/data")),
@@ -923,5 +924,5 @@ def test_gc_survives_a_container_that_another_reprun_removes_while_gc_lists_them
 
     monkeypatch.setattr(docker_client.api, "inspect_container", removed_by_someone_else_first)
     removed = remove_leftovers(docker_client, finished_runs={"finished", "vanishing"})
-    assert removed == [f"{leftover.name} (run finished: run finished is already recorded as finished)"]
+    assert removed == [f"{leftover.name} (run finished: run finished is already over in the store)"]
     assert not containers(docker_client, id=leftover.id)

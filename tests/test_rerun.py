@@ -67,6 +67,19 @@ def test_a_rerun_can_take_the_dataset_from_a_new_place(project):
     assert project.reprun("rerun", run_ids(project)[0], "-q", "--dataset", str(moved)).returncode == 0
 
 
+def test_a_single_file_found_under_another_name_is_shown_to_the_job_by_its_pinned_name(project):
+    project.dataset(files={"digits.csv": b"1,2\n"})
+    single = project.root / "data" / "digits.csv"
+    spec = project.spec(dataset="data/digits.csv", script=WRITE_METRICS
+                        + "\nassert open('/data/digits.csv').read() == '1,2\\n'")
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    renamed = project.root / "copy-of-digits.csv"
+    shutil.move(single, renamed)
+    replay = project.reprun("rerun", run_ids(project)[0], "-q", "--dataset", str(renamed))
+    assert replay.returncode == 0, replay.stderr
+    assert replay.stdout.startswith("IDENTICAL")
+
+
 def test_lock_keeps_comments_and_lock_check_notices_a_stale_pin(project):
     project.dataset()
     spec = build_spec(project, "1.0")

@@ -139,6 +139,17 @@ def test_each_factor_changes_only_its_own_part_of_the_job(tmp_path):
     assert (none.env, none.mounts, none.hostname) == (job.env, job.mounts, job.hostname)
 
 
+def test_the_variable_order_the_plan_shows_is_the_one_every_run_varying_it_gets(tmp_path):
+    ctx, job = context(tmp_path), preview_job(tmp_path)
+    plan = plan_variations(FACTORS, 8, ctx, job)
+    shown = plan.variation("env-order").value.varied.removeprefix("variable order ")
+    shown_names = [n for n in shown.split(", ") if n != "..."]
+    assert len(shown_names) >= 3
+    for names in (["env-order"], plan.names, ["umask", "hash-seed", "env-order"]):
+        varied = plan.transform(names)(job).env["REPRUN_ENV_ORDER"].split()
+        assert [n for n in varied if n in job.env][:len(shown_names)] == shown_names, names
+
+
 # --- real runs --------------------------------------------------------------------------------
 
 def vary(project, spec: Path, names: str = "all", *extra: str) -> tuple:
