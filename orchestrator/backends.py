@@ -164,7 +164,9 @@ def _check_backend_name(name: Any, where: str) -> None:
 def chosen_backend(option: str | None, config: Config) -> str:
     """--backend (or REPRUN_BACKEND, which the command line reads into it), else the file's."""
     name = option or config.backend
-    _check_backend_name(name, "--backend")
+    # The command line reads REPRUN_BACKEND into --backend: name what the user actually set.
+    from_environment = option is not None and os.environ.get("REPRUN_BACKEND") == option
+    _check_backend_name(name, "REPRUN_BACKEND" if from_environment else "--backend")
     return name
 
 

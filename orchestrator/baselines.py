@@ -43,6 +43,9 @@ def _connect(store: Store) -> sqlite3.Connection:
 
 
 def approve(store: Store, run_id: str, *, reason: str, by: str | None = None) -> Approval:
+    if not reason.strip():      # the why is what an auditor reads later
+        raise UsageError("an approval needs a reason: say why this run is the accepted one, "
+                         "e.g. --reason \"model v3 in production\".")
     record = store.get(run_id)
     if record.status != SUCCEEDED:
         raise UsageError(f"run {record.id} {record.status}; only a succeeded run can be a baseline.")

@@ -470,7 +470,7 @@ def lock(ctx: typer.Context, specs: List[Path],
         changes = lock_spec(path, engine=engine, write=not check, cache=cache)
         for change in changes:
             if not quiet or check:
-                typer.echo(f"{path}: {change}", err=True)
+                typer.echo(f"{path}: {'stale, lock would set ' if check else ''}{change}", err=True)
         if changes:
             stale.append(path)
     if check and stale:

@@ -623,6 +623,9 @@ def _cpus(value: int | float) -> float:
 
 
 def _container_path(value: str) -> str:
+    if isinstance(value, str) and posixpath.normpath(value) in ("/", "//"):
+        raise _Problem("'/' is the container's root, which the image itself fills",
+                       "Write a folder of its own, such as /data")
     _matching(CONTAINER_PATH_PATTERN, "is not an absolute path inside the container",
               "Write an absolute path without `..`, such as /data")(value)
     return posixpath.normpath(value)

@@ -152,3 +152,11 @@ def test_the_reference_of_a_check_without_a_baseline_is_never_a_varied_run(tmp_p
     assert store.latest_succeeded("job").outputs.metrics == {"score": 1.0}
     write_run(store, score=3.0, container={"variations": {"seed": 3, "varied": {}}})   # a control
     assert store.latest_succeeded("job").outputs.metrics == {"score": 3.0}
+
+
+def test_an_approval_without_a_reason_is_refused(tmp_path: Path):
+    run = write_run(Store(tmp_path / ".reprun"))
+    assert_refused(reprun(tmp_path, "runs", "approve", run.id, "--reason", "  "),
+                   "an approval needs a reason")
+    approved = reprun(tmp_path, "runs", "approve", run.id, "--reason", "model v3")
+    assert approved.returncode == 0, approved.stderr

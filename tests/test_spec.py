@@ -359,6 +359,11 @@ def test_the_dataset_mount_and_the_outputs_folder_must_not_overlap(project):
     assert "outputs.dir /data/out overlaps dataset.mount /data" in message
 
 
+def test_the_dataset_mounted_over_the_containers_root_is_refused_for_what_it_is(project):
+    message = only_problem(write(project, changed({"dataset.mount": "/"})))
+    assert "'/' is the container's root" in message and "not an absolute path" not in message
+
+
 def test_a_spec_of_another_version_is_rejected(project):
     assert "this reprun reads version 1" in only_problem(write(project, changed({"version": 2})))
 

@@ -642,6 +642,8 @@ def test_a_bad_backend_or_config_is_exit_2_before_anything_runs(project):
     spec = project.spec(script=WRITE_METRICS)
     result = project.reprun("run", str(spec), "--backend", "cloud")
     assert result.returncode == 2 and "choose one of local, swarm" in result.stderr
+    result = project.reprun("run", str(spec), extra_env={"REPRUN_BACKEND": "swrm"})
+    assert result.returncode == 2 and "REPRUN_BACKEND is 'swrm'" in result.stderr   # not --backend
     project.root.joinpath("reprun.toml").write_text("backend = swarm\n")
     result = project.reprun("run", str(spec))
     assert result.returncode == 2 and "not valid TOML" in result.stderr
