@@ -128,7 +128,7 @@ def refuse_output(output: Path) -> None:
     or a path through a file."""
     from .writing import refuse_unwritable_file
     refuse_unwritable_file(output, "archive")
-    if not output.name.endswith(ARCHIVE_SUFFIXES):
+    if not output.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise UsageError(f"the archive {output} must end in {', '.join(ARCHIVE_SUFFIXES)}: "
                          "its name says how it is compressed.")
 
@@ -165,7 +165,7 @@ def _write_mode(output: Path) -> dict:
     gzip at level 6, gzip's own default: 0.29 of the example image's size, at 45 MB/s here."""
     gzip = {"mode": "w:gz", "compresslevel": 6}
     suffixes = {".gz": gzip, ".tgz": gzip, ".xz": {"mode": "w:xz"}, ".bz2": {"mode": "w:bz2"}}
-    return suffixes.get(output.suffix, {"mode": "w"})
+    return suffixes.get(output.suffix.lower(), {"mode": "w"})
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import traceback
@@ -108,6 +109,8 @@ def _print_run_summary(record) -> None:
     if outputs.metrics:
         rows = [(k, f"{v:.6g}") for k, v in sorted(outputs.metrics.items())]
         typer.echo(tabulate(rows, headers=["metric", "value"], tablefmt="simple"))
+    if record.status == "succeeded" and outputs.message:     # a capped log, an unmatched pattern
+        typer.echo(f"reprun: note: {outputs.message}", err=True)
 
 
 def _raise_for_failed(records, store) -> None:
@@ -183,7 +186,7 @@ def _verify_varied(spec: Path, prepared, store, engine, names, seed: Optional[in
         raise UsageError("none of the factors asked for can be varied here:",
                          details=[f"{s.factor}: {s.reason}" for s in plan.skipped])
     result = verify_varied(prepared, plan, store=store, engine=engine, observer=_observer(quiet),
-                           repeat=f"reprun verify {spec}")
+                           repeat=f"reprun verify {shlex.quote(str(spec))}")
     if result.comparison is None:
         _raise_for_failed([result.control], store)
     _compare_and_report(store, [t.record for t in result.trials[:2]], report,
@@ -368,18 +371,27 @@ def runs_list(ctx: typer.Context,
     if status is not None and status not in (RUNNING, *FINAL_STATUSES):
         raise UsageError(f"--status {status!r} is not a status; use one of "
                          f"{', '.join((*FINAL_STATUSES, RUNNING))}.")
-    summaries = _store(ctx.parent).list(
-        spec=spec, status=status, limit=limit,
-        since=None if since is None else _moment(since, "--since"),
-        until=None if until is None else _moment(until, "--until"))
+    start = None if since is None else _moment(since, "--since")
+    end = None if until is None else _moment(until, "--until")
+    if start is not None and end is not None and start >= end:
+        raise UsageError(f"--since {since} is not before --until {until}: no run can lie "
+                         "between them (--until is the first moment not included).")
+    store = _store(ctx.parent)
+    summaries = store.list(spec=spec, status=status, limit=limit, since=start, until=end)
     if as_json:
         typer.echo(json.dumps([s.__dict__ for s in summaries], indent=2))
         return
     rows = [(s.id, s.spec, s.status, s.started_at[:19].replace("T", " "),
              "" if s.duration_s is None else f"{s.duration_s:.1f}s",
              (s.image_id or "")[7:19], s.note or "") for s in summaries]
-    typer.echo(tabulate(rows, headers=["run", "spec", "status", "started (UTC)", "took",
-                                       "image", "note"]) if rows else "no runs recorded")
+    filtered = any(x is not None for x in (spec, status, since, until))
+    if rows:
+        typer.echo(tabulate(rows, headers=["run", "spec", "status", "started (UTC)", "took",
+                                           "image", "note"]))
+    elif filtered and store.list(limit=1):
+        typer.echo("no runs match these filters; `reprun runs` lists them all")
+    else:
+        typer.echo("no runs recorded")
 
 
 _AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

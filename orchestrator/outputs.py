@@ -103,6 +103,14 @@ def sha256_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def unmatched_patterns(patterns: tuple[str, ...], artifacts: dict[str, Artifact]) -> list[str]:
+    """The artifact patterns no file matched, as hash_artifacts matches (path or name): a typo
+    such as *.pt for *.pth would otherwise leave a model out of every comparison unseen."""
+    return [p for p in patterns
+            if not any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel.rsplit("/", 1)[-1], p)
+                       for rel in artifacts)]
+
+
 def hash_artifacts(out_dir: Path, patterns: tuple[str, ...]) -> dict[str, Artifact]:
     """Every regular file under the outputs folder whose relative path matches a pattern.
 

@@ -17,7 +17,8 @@ from .errors import JobFailed, PinMismatch
 from .events import RunObserver
 from .hermetic import RunPaths, applied_settings, container_job
 from .images import ResolvedImage, resolve_image
-from .outputs import OutputsError, hash_artifacts, read_metrics, sha256_file
+from .outputs import (OutputsError, hash_artifacts, read_metrics, sha256_file,
+                      unmatched_patterns)
 from .probe import (PROBES, REDACTED, RUN_PROBES, image_facts, image_facts_key, new_marker,
                     parse_manifest, redact_env, write_probe)
 from .redact import Redactor, secret_values
@@ -255,6 +256,10 @@ def _record(prepared: Prepared, run_id: str, started_at: str, seed: int, job: Co
                         if log.lost else ""))
     if log.seen > log.cap:
         notes.append(f"the log was capped at {log.cap} bytes; the job printed {log.seen}")
+    if reason == "ok":
+        notes += [f"the artifact pattern {pattern!r} matched no file, so nothing it was meant "
+                  "to name is compared" for pattern in unmatched_patterns(spec.outputs.artifacts,
+                                                                          artifacts)]
     for note in notes:
         message = f"{message}; {note}" if message else note
     inputs = Inputs(

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import errno
 import hashlib
 import math
+import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -157,6 +160,7 @@ def load_spec(path: str | Path, *, require_pins: bool = True) -> RunSpec:
     label = str(path)
     try:
         source = Path(path).resolve()
+        refuse_special_file(source)
         with open(source, "rb") as handle:
             data = handle.read(MAX_SPEC_BYTES + 1)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -177,6 +181,13 @@ def load_spec(path: str | Path, *, require_pins: bool = True) -> RunSpec:
     if reader.problems:
         raise reader.error()
     return RunSpec(**fields, source=source, source_sha256=hashlib.sha256(data).hexdigest())
+
+
+def refuse_special_file(path: Path) -> None:
+    """A FIFO or a device would block the read or never end: refused as unreadable (OSError)."""
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):   # a folder: open() says so itself
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)")
 
 
 def validate_specs(paths: Iterable[str | Path], *,
@@ -252,15 +263,20 @@ class _Type:
     name: str
     types: tuple[type, ...]
     how: str
+    # Read 1e-3 as the number YAML 1.2 and every ML config means, not as the string YAML 1.1
+    # (PyYAML) makes of an exponent without a dot and a sign. Not where the text itself is
+    # passed on (command arguments): 1e-3 must not reach the job as 0.001.
+    exponent_floats: bool = False
 
 
 _STRING = _Type("a string", (str,), "Quote it if YAML reads it as a number, date or boolean")
 _INTEGER = _Type("an integer", (int,), "Write a whole number without quotes")
-_NUMBER = _Type("a number", (int, float), "Write a number without quotes")
+_NUMBER = _Type("a number", (int, float), "Write a number without quotes", exponent_floats=True)
 _BOOLEAN = _Type("true or false", (bool,), "Write true or false")
 _ARGUMENT = _Type("a string or a number", (str, int, float), "Quote it")
 _SCALAR = _Type("a string, number or boolean", (str, int, float, bool),
-                "Write a single value, not a list or a mapping")
+                "Write a single value, not a list or a mapping", exponent_floats=True)
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -416,6 +432,9 @@ def _scalar(node: yaml.Node, expected: _Type) -> Any:
         _check_tag(node, _MAP_TAG if isinstance(node, yaml.MappingNode) else _SEQ_TAG)
         raise _Problem(f"must be {expected.name}, not {_describe(node)}", expected.how)
     value = _construct(node)
+    if expected.exponent_floats and isinstance(value, str) and node.style is None \
+            and _EXPONENT_FLOAT.fullmatch(value):
+        value = float(value)
     wrong_bool = isinstance(value, bool) and bool not in expected.types
     if wrong_bool or not isinstance(value, expected.types):
         raise _Problem(f"must be {expected.name}, not {_describe_value(value)}", expected.how)

@@ -44,6 +44,15 @@ def test_lock_refuses_a_missing_spec_a_folder_and_broken_yaml_as_run_does(tmp_pa
                    "No such file")
     assert_refused(reprun(tmp_path, "lock", "folder.yaml"), "Is a directory")
     assert_refused(reprun(tmp_path, "lock", "broken.yaml"), "broken.yaml:2:", "malformed")
+    (tmp_path / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    assert_refused(reprun(tmp_path, "lock", "latin1.yaml"), "latin1.yaml:1:10", "not UTF-8")
+
+
+@pytest.mark.parametrize("command", ["lock", "run", "validate"])
+def test_a_spec_that_is_a_fifo_is_refused_instead_of_blocking(tmp_path: Path, command):
+    os.mkfifo(tmp_path / "spec.yaml")
+    result = reprun(tmp_path, command, "spec.yaml")      # the timeout fails a read that blocks
+    assert result.returncode == 2 and "not a regular file" in (result.stderr + result.stdout)
 
 
 # --------------------------------------------------------------------------- files to write
@@ -52,6 +61,7 @@ def test_lock_refuses_a_missing_spec_a_folder_and_broken_yaml_as_run_does(tmp_pa
     ("{tmp}", ["is a folder"]),
     ("{file}/run.tar", ["cannot be written", "is a file, not a folder"]),
     ("{tmp}/run.zip", ["must end in .tar, .tar.gz"]),
+    ("{tmp}/run.TAR.GZ.bak", ["must end in .tar, .tar.gz"]),
 ])
 def test_archive_refuses_an_output_it_could_not_write_before_any_work(tmp_path, a_file,
                                                                       output, words):
@@ -131,6 +141,7 @@ def test_since_and_until_take_the_time_as_the_table_prints_it_offsets_and_times_
     (["--since", "yesterday"], ["--since 'yesterday' is not a time", "7d"]),
     (["--until", "2026-13-45"], ["--until '2026-13-45' is not a time"]),
     (["--status", "bogus"], ["--status 'bogus' is not a status", "succeeded"]),
+    (["--since", "2h", "--until", "3h"], ["--since 2h is not before --until 3h"]),
 ])
 def test_a_filter_runs_cannot_understand_is_refused_not_answered_with_nothing(tmp_path, args,
                                                                               words):
@@ -160,3 +171,20 @@ def test_an_approval_without_a_reason_is_refused(tmp_path: Path):
                    "an approval needs a reason")
     approved = reprun(tmp_path, "runs", "approve", run.id, "--reason", "model v3")
     assert approved.returncode == 0, approved.stderr
+
+
+def test_filters_that_match_nothing_say_so_rather_than_that_nothing_was_recorded(tmp_path):
+    write_run(Store(tmp_path / ".reprun"))
+    result = reprun(tmp_path, "runs", "--spec", "another")
+    assert result.returncode == 0 and "no runs match these filters" in result.stdout
+    (tmp_path / "elsewhere").mkdir()
+    empty = reprun(tmp_path / "elsewhere", "runs", "--spec", "another")
+    assert empty.returncode == 0 and empty.stdout.strip() == "no runs recorded"
+
+
+def test_archive_names_are_read_whatever_their_case(tmp_path: Path):
+    from orchestrator.archive import _write_mode, refuse_output
+    refuse_output(tmp_path / "model-v3.TAR.GZ")          # accepted, and compressed as it says
+    assert _write_mode(tmp_path / "model-v3.TAR.GZ")["mode"] == "w:gz"
+    assert _write_mode(tmp_path / "model-v3.Tar.Xz")["mode"] == "w:xz"
+    assert _write_mode(tmp_path / "model-v3.tar")["mode"] == "w"

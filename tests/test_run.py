@@ -50,6 +50,20 @@ def test_a_pinned_run_records_inputs_outputs_and_the_environment(project):
     assert env["host"]["engine_version"]
 
 
+def test_an_artifact_pattern_that_matches_nothing_is_said_and_recorded(project):
+    """`*.pt` for `*.pth`: the model would silently be left out of every comparison."""
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS)
+    spec.write_text(spec.read_text().replace('artifacts: ["*.bin"]', 'artifacts: ["*.bin", "*.pt"]'))
+    result = project.reprun("run", str(spec))
+    assert result.returncode == 0, result.stderr
+    assert "note: the artifact pattern '*.pt' matched no file" in result.stderr
+    record = only_run(project)
+    assert list(record["outputs"]["artifacts"]) == ["model.bin"]
+    assert "'*.pt' matched no file" in record["outputs"]["message"]
+    assert "*.bin" not in record["outputs"]["message"]
+
+
 def test_the_manifest_of_the_example_image_lists_scikit_learn_and_the_blas(project):
     project.dataset()
     result = project.reprun("run", str(project.spec(script=WRITE_METRICS)))

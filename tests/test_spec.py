@@ -364,6 +364,18 @@ def test_the_dataset_mounted_over_the_containers_root_is_refused_for_what_it_is(
     assert "'/' is the container's root" in message and "not an absolute path" not in message
 
 
+def test_an_exponent_without_a_dot_is_a_number_where_a_number_is_meant(project):
+    """PyYAML reads `1e-3` as a string; ML configs mean 0.001. Quoted, it stays text; in the
+    command, whose text reaches the job as written, it stays `1e-3`."""
+    text = yaml.safe_dump(base_doc(), sort_keys=False) + (
+        'params: {lr: 1e-3, big: 1.0e300, quoted: "1e-3", word: e5}\n'
+        "compare: {metrics: {default: {abs: 1e-9}}}\n")
+    spec = load_spec(write(project, text.replace("- '{seed}'", "- '{seed}'\n- 1e-3")))
+    assert spec.params == {"lr": 0.001, "big": 1e300, "quoted": "1e-3", "word": "e5"}
+    assert spec.command[-1] == "1e-3"
+    assert spec.compare.metrics["default"].value == 1e-9
+
+
 def test_a_spec_of_another_version_is_rejected(project):
     assert "this reprun reads version 1" in only_problem(write(project, changed({"version": 2})))
 

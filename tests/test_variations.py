@@ -3,6 +3,7 @@ culprit search that names them — the stories of the variations issue."""
 from __future__ import annotations
 
 import json
+import shlex
 from itertools import combinations
 from pathlib import Path
 
@@ -319,12 +320,13 @@ def test_two_factors_that_matter_only_together_are_both_named(project):
 
 def test_the_same_vary_seed_repeats_the_same_variations(project):
     project.dataset(files=SHARDS)
-    spec = project.spec(script=WRITE_METRICS)
+    spec = project.spec(script=WRITE_METRICS, filename="my job.yaml")
     _, first = vary(project, spec, "hostname,tz,user", "--vary-seed", "4242")
     _, again = vary(project, spec, "hostname,tz,user", "--vary-seed", "4242")
     assert first["extra"]["variation_factors"] == again["extra"]["variation_factors"]
     seed_row = dict(first["extra"]["variation"]["rows"])
     assert seed_row["seed"] == "4242" and "--vary-seed 4242" in seed_row["repeat with"]
+    assert shlex.split(seed_row["repeat with"])[:3] == ["reprun", "verify", str(spec)]  # pastes
 
 
 def test_every_factor_reaches_the_job(project):
