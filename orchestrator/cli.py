@@ -104,12 +104,13 @@ def run(ctx: typer.Context, spec: Path,
 
 
 def _print_run_summary(record) -> None:
+    from .records import SUCCEEDED
     outputs = record.outputs
     typer.echo(f"run {record.id}: {record.status} in {outputs.duration_s:.1f}s")
     if outputs.metrics:
         rows = [(k, f"{v:.6g}") for k, v in sorted(outputs.metrics.items())]
         typer.echo(tabulate(rows, headers=["metric", "value"], tablefmt="simple"))
-    if record.status == "succeeded" and outputs.message:     # a capped log, an unmatched pattern
+    if record.status == SUCCEEDED and outputs.message:     # a capped log, an unmatched pattern
         typer.echo(f"reprun: note: {outputs.message}", err=True)
 
 

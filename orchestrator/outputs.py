@@ -103,12 +103,15 @@ def sha256_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _matches(rel: str, pattern: str) -> bool:
+    """An artifact pattern matches a file's path under the outputs folder, or its name."""
+    return fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(rel.rsplit("/", 1)[-1], pattern)
+
+
 def unmatched_patterns(patterns: tuple[str, ...], artifacts: dict[str, Artifact]) -> list[str]:
-    """The artifact patterns no file matched, as hash_artifacts matches (path or name): a typo
-    such as *.pt for *.pth would otherwise leave a model out of every comparison unseen."""
-    return [p for p in patterns
-            if not any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel.rsplit("/", 1)[-1], p)
-                       for rel in artifacts)]
+    """The artifact patterns no file matched: a typo such as *.pt for *.pth would otherwise
+    leave a model out of every comparison unseen."""
+    return [p for p in patterns if not any(_matches(rel, p) for rel in artifacts)]
 
 
 def hash_artifacts(out_dir: Path, patterns: tuple[str, ...]) -> dict[str, Artifact]:
@@ -123,7 +126,7 @@ def hash_artifacts(out_dir: Path, patterns: tuple[str, ...]) -> dict[str, Artifa
         for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             path = Path(dirpath, name)
             rel = path.relative_to(out_dir).as_posix()
-            if not any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns):
+            if not any(_matches(rel, p) for p in patterns):
                 continue
             try:
                 rel.encode("utf-8")
