@@ -402,6 +402,7 @@ def _moment(text: str, option: str) -> str:
     """A time as the store writes it (UTC, milliseconds, Z), from an ISO date or date-time (a
     space or T between; UTC unless it has an offset) or a time ago (30m, 12h, 7d, 2w)."""
     from datetime import datetime, timedelta, timezone
+    from .store import utc_text
     ago = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text)
     try:
         if ago:
@@ -414,7 +415,7 @@ def _moment(text: str, option: str) -> str:
         raise UsageError(f"{option} {text!r} is not a time: give a date (2026-11-27), a date and "
                          "time in UTC (2026-11-27 16:52:42, or with an offset such as +02:00), "
                          "or a time ago (30m, 12h, 7d, 2w).") from None
-    return when.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_text(when)
 
 
 @runs_app.command("show")

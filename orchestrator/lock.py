@@ -15,7 +15,7 @@ from .dataset import HashCache, hash_dataset
 from .engine import LocalEngine
 from .errors import InfrastructureError, SpecError
 from .images import resolve_image
-from .spec import load_spec, refuse_special_file
+from .spec import MAX_SPEC_BYTES, load_spec, read_spec_bytes
 
 
 def _child(mapping: yaml.MappingNode, key: str):
@@ -128,23 +128,18 @@ def lock_spec(path: Path, *, engine: LocalEngine, write: bool = True,
 
 
 def _read(path: Path) -> str:
-    """The spec's text; a missing file, a folder, a FIFO, bytes that are not UTF-8 or malformed
-    YAML are told as `run` tells them (exit 2), not met halfway through locking. Unpinned tags
-    are fine: they are what lock pins."""
+    """The spec's text; a file that cannot be read, is too big, is not UTF-8 or is malformed
+    YAML is told as `run` tells it (exit 2), not met halfway through locking. Unpinned tags are
+    fine: they are what lock pins."""
+    data = read_spec_bytes(path)
     try:
-        refuse_special_file(path)
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"cannot read spec {path}", details=[
-            f"{path}: {exc.strerror or exc}. Check the path and its permissions."]) from None
-    except UnicodeDecodeError:
-        load_spec(path, require_pins=False)      # says where, as for any spec
-        raise SpecError(f"spec {path} is not UTF-8 text") from None
-    try:
+        if len(data) > MAX_SPEC_BYTES:
+            raise ValueError("too big")
+        text = data.decode("utf-8")
         yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
+    except (ValueError, yaml.YAMLError) as exc:     # UnicodeDecodeError is a ValueError
         load_spec(path, require_pins=False)      # says where and what, as for any spec
-        raise SpecError(f"spec {path} is not valid YAML: {exc}") from None
+        raise SpecError(f"spec {path} cannot be locked: {exc}") from None
     return text
 
 

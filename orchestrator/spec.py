@@ -158,15 +158,8 @@ class RunSpec:
 def load_spec(path: str | Path, *, require_pins: bool = True) -> RunSpec:
     """Read and check one spec file; raise SpecError listing every problem found."""
     label = str(path)
-    try:
-        source = Path(path).resolve()
-        refuse_special_file(source)
-        with open(source, "rb") as handle:
-            data = handle.read(MAX_SPEC_BYTES + 1)
-    except (OSError, RuntimeError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise SpecError(f"cannot read spec {label}",
-                        details=[f"{label}: {reason}. Check the path and its permissions."])
+    data = read_spec_bytes(path)
+    source = Path(path).resolve()       # read_spec_bytes resolved it already
     if len(data) > MAX_SPEC_BYTES:
         raise SpecError(f"spec {label} is invalid (1 problem)", details=[
             f"{label}:1:1: the file is larger than {MAX_SPEC_BYTES} bytes. "
@@ -183,11 +176,21 @@ def load_spec(path: str | Path, *, require_pins: bool = True) -> RunSpec:
     return RunSpec(**fields, source=source, source_sha256=hashlib.sha256(data).hexdigest())
 
 
-def refuse_special_file(path: Path) -> None:
-    """A FIFO or a device would block the read or never end: refused as unreadable (OSError)."""
-    mode = os.stat(path).st_mode
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):   # a folder: open() says so itself
-        raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)")
+def read_spec_bytes(path: str | Path) -> bytes:
+    """A spec file's bytes, at most one more than MAX_SPEC_BYTES; SpecError if it cannot be
+    read (missing, a folder, no permission, a FIFO or device, which would block the read)."""
+    label = str(path)
+    try:
+        source = Path(path).resolve()
+        mode = os.stat(source).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):   # a folder: open() says so itself
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)")
+        with open(source, "rb") as handle:
+            return handle.read(MAX_SPEC_BYTES + 1)
+    except (OSError, RuntimeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise SpecError(f"cannot read spec {label}",
+                        details=[f"{label}: {reason}. Check the path and its permissions."]) from None
 
 
 def validate_specs(paths: Iterable[str | Path], *,
