@@ -61,7 +61,7 @@ def _noop_project(root: Path) -> Path:
     (root / "data").mkdir()
     (root / "data" / "x").write_text("x\n")
     sys.path.insert(0, str(REPO))
-    from orchestrator.dataset import hash_dataset
+    from orchestrator.dataset.tree import hash_dataset
     spec = root / "noop.yaml"
     spec.write_text(f"""version: 1
 name: noop
@@ -117,11 +117,11 @@ def _warm_up(store: Path) -> None:
 
 def _in_process_run(spec_path: Path, store_root: Path):
     sys.path.insert(0, str(REPO))
-    from orchestrator.engine import LocalEngine
+    from orchestrator.execution.local import LocalEngine
     from orchestrator.events import RunObserver
     from orchestrator.runner import execute, prepare
-    from orchestrator.spec import load_spec
-    from orchestrator.store import Store
+    from orchestrator.spec.model import load_spec
+    from orchestrator.store.db import Store
     store, engine = Store(store_root), LocalEngine()
 
     def once() -> None:
@@ -152,12 +152,12 @@ def bench_verify(scratch: Path) -> list[tuple]:
 
 def _in_process_verify(spec_path: str, store_root: Path) -> dict:
     sys.path.insert(0, str(REPO))
-    from orchestrator.engine import LocalEngine
+    from orchestrator.execution.local import LocalEngine
     from orchestrator.events import RunObserver
     from orchestrator.runner import prepare
-    from orchestrator.spec import load_spec
-    from orchestrator.store import Store
-    from orchestrator.verify import RunPlan, run_all
+    from orchestrator.spec.model import load_spec
+    from orchestrator.store.db import Store
+    from orchestrator.parallel import RunPlan, run_all
     store, engine, quiet = Store(store_root), LocalEngine(), RunObserver()
     prepared = prepare(load_spec(spec_path), store=store, engine=engine, observer=quiet)
     plans = [RunPlan("run 1/2"), RunPlan("run 2/2")]
@@ -176,9 +176,9 @@ def _big_record(record, packages: int, shift: int):
 
 def bench_comparison(scratch: Path) -> list[tuple]:
     sys.path.insert(0, str(REPO))
-    from orchestrator.compare import compare_records
+    from orchestrator.compare.comparison import compare_records
     from orchestrator.reports import FORMATS, render
-    from orchestrator.store import Store
+    from orchestrator.store.db import Store
     store = Store(scratch / "verify-store")
     latest = store.list(status="succeeded", limit=1)[0]
     base = store.get(latest.id)
@@ -200,7 +200,7 @@ def bench_comparison(scratch: Path) -> list[tuple]:
 
 def bench_store(scratch: Path) -> list[tuple]:
     sys.path.insert(0, str(REPO))
-    from orchestrator.store import Store
+    from orchestrator.store.db import Store
     source = Store(scratch / "verify-store")
     latest = source.list(status="succeeded", limit=1)[0]
     text = source.get(latest.id).to_json()

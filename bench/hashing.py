@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from orchestrator import hash_worker
-from orchestrator.dataset import BLOCK, HashCache, hash_dataset, verify_dataset
+from orchestrator.dataset import helper as hash_worker
+from orchestrator.dataset.tree import BLOCK, HashCache, hash_dataset, verify_dataset
 
 BIG_FILE_BYTES = 1 << 30
 TREE_FILES = 10_000

@@ -13,8 +13,8 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from .engine import engine_unreachable
-from .errors import InfrastructureError, PinMismatch
+from orchestrator.execution.local import engine_unreachable
+from orchestrator.errors import InfrastructureError, PinMismatch
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .records import Artifact
+from orchestrator.records import Artifact
 
 MAX_METRICS_BYTES = 10 * 1024 * 1024
 MAX_METRICS_DEPTH = 32

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UsageError
-from .probe import REDACTED
-from .records import RunRecord
-from .spec import (CompareSpec, DatasetSpec, Hermetic, ImageSpec, OutputsSpec, Resources,
-                   RunSpec, Tolerance)
+from orchestrator.errors import UsageError
+from orchestrator.manifest.probes import REDACTED
+from orchestrator.records import RunRecord
+from orchestrator.spec.model import (CompareSpec, DatasetSpec, Hermetic, ImageSpec, OutputsSpec,
+                                     Resources, RunSpec, Tolerance)
 
 
 def _literal(arg: str) -> str:

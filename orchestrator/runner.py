@@ -10,21 +10,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
-from .dataset import DatasetDigest, HashCache, verify_dataset
-from .engine import ContainerJob, ContainerOutcome, Executor, LocalEngine
-from .errors import JobFailed, PinMismatch
-from .events import RunObserver
-from .hermetic import RunPaths, applied_settings, container_job
-from .images import ResolvedImage, resolve_image
-from .outputs import (OutputsError, hash_artifacts, read_metrics, sha256_file,
-                      unmatched_patterns)
-from .probe import (PROBES, REDACTED, RUN_PROBES, image_facts, image_facts_key, new_marker,
-                    parse_manifest, redact_env, write_probe)
-from .redact import Redactor, secret_values
-from .records import (ERROR, FAILED, INTERRUPTED, SUCCEEDED, DatasetFacts, ImageFacts, Inputs,
-                      EnvironmentManifest, Outputs, RunRecord)
-from .store import Store, utc_now
+from orchestrator import __version__
+from orchestrator.dataset.tree import DatasetDigest, HashCache, verify_dataset
+from orchestrator.execution.job import ContainerJob, ContainerOutcome, Executor
+from orchestrator.execution.local import LocalEngine
+from orchestrator.errors import JobFailed, PinMismatch
+from orchestrator.events import RunObserver
+from orchestrator.execution.hermetic import RunPaths, applied_settings, container_job
+from orchestrator.images import ResolvedImage, resolve_image
+from orchestrator.outputs import (OutputsError, hash_artifacts, read_metrics, sha256_file,
+                                  unmatched_patterns)
+from orchestrator.manifest.probes import (PROBES, REDACTED, RUN_PROBES, image_facts,
+                                          image_facts_key, new_marker, parse_manifest, redact_env,
+                                          write_probe)
+from orchestrator.secrets import Redactor, secret_values
+from orchestrator.records import (ERROR, FAILED, INTERRUPTED, SUCCEEDED, DatasetFacts, ImageFacts,
+                                  Inputs, EnvironmentManifest, Outputs, RunRecord)
+from orchestrator.store.db import Store, utc_now
 
 DEFAULT_LOG_CAP = 64 * 1024 * 1024
 JobTransform = Callable[[ContainerJob], ContainerJob]

@@ -70,7 +70,7 @@ class Project:
              image: str | None = None, filename: str | None = None, resources: str | None = None,
              compare: str = "{metrics: {default: exact}, artifacts: bitwise}") -> Path:
         """A spec whose job runs `script` (Python) in the example image."""
-        from orchestrator.dataset import hash_dataset
+        from orchestrator.dataset.tree import hash_dataset
         if sha256 is None:
             sha256 = hash_dataset(self.root / dataset).sha256
         if command is None:

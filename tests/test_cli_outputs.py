@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, REPRUN
-from orchestrator.store import Store
+from orchestrator.store.db import Store
 from test_reliability import write_run
 
 
@@ -183,7 +183,7 @@ def test_filters_that_match_nothing_say_so_rather_than_that_nothing_was_recorded
 
 
 def test_archive_names_are_read_whatever_their_case(tmp_path: Path):
-    from orchestrator.archive import _write_mode, refuse_output
+    from orchestrator.store.archive import _write_mode, refuse_output
     refuse_output(tmp_path / "model-v3.TAR.GZ")          # accepted, and compressed as it says
     assert _write_mode(tmp_path / "model-v3.TAR.GZ")["mode"] == "w:gz"
     assert _write_mode(tmp_path / "model-v3.Tar.Xz")["mode"] == "w:xz"

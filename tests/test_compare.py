@@ -7,14 +7,12 @@ import math
 
 import pytest
 
-from orchestrator.compare import (
-    Comparison, EnvironmentRow, MetricRow, combined_verdict, compare_many, compare_records,
-    exit_code_for, parse_tolerances,
-)
+from orchestrator.compare.comparison import (Comparison, EnvironmentRow, MetricRow,
+                                             combined_verdict, compare_many, compare_records,
+                                             exit_code_for, parse_tolerances)
 from orchestrator.errors import ExitCode, UsageError
-from orchestrator.records import (
-    Artifact, DatasetFacts, EnvironmentManifest, ImageFacts, Inputs, Outputs, RunRecord,
-)
+from orchestrator.records import (Artifact, DatasetFacts, EnvironmentManifest, ImageFacts, Inputs,
+                                  Outputs, RunRecord)
 
 IMAGE_A = "sha256:" + "a" * 64
 IMAGE_B = "sha256:" + "b" * 64

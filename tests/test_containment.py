@@ -12,9 +12,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from orchestrator.compare import compare_records
-from orchestrator.records import (Artifact, DatasetFacts, EnvironmentManifest, ImageFacts,
-                                  Inputs, Outputs, RunRecord)
+from orchestrator.compare.comparison import compare_records
+from orchestrator.records import (Artifact, DatasetFacts, EnvironmentManifest, ImageFacts, Inputs,
+                                  Outputs, RunRecord)
 from orchestrator.reports import render
 
 PROBE = """

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import dataset
-from orchestrator.dataset import (
-    DatasetDigest, FileEntry, HashCache, ManifestDiff, diff_manifests, hash_dataset,
-    tree_sha256, verify_dataset,
-)
+from orchestrator.dataset import tree as dataset
+from orchestrator.dataset.tree import (DatasetDigest, FileEntry, HashCache, ManifestDiff,
+                                       diff_manifests, hash_dataset, tree_sha256, verify_dataset)
 from orchestrator.errors import ExitCode, InfrastructureError, PinMismatch, SpecError
 
 AN_HOUR_AGO = time.time() - 3600
@@ -463,7 +461,7 @@ def test_several_processes_can_fill_one_cache_at_once(tmp_path: Path):
     trees = [written_an_hour_ago(make_tree(tmp_path / f"t{n}", {f"f{i}": os.urandom(64) for i in range(200)}))
              for n in range(4)]
     db = tmp_path / "shared.sqlite"
-    script = ("import sys; from pathlib import Path; from orchestrator.dataset import HashCache, hash_dataset;"
+    script = ("import sys; from pathlib import Path; from orchestrator.dataset.tree import HashCache, hash_dataset;"
               "hash_dataset(Path(sys.argv[1]), cache=HashCache(Path(sys.argv[2])))")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(t), str(db)]) for t in trees for _ in range(2)]
     assert [p.wait(timeout=60) for p in procs] == [0] * len(procs)

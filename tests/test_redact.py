@@ -1,7 +1,7 @@
 """Secrets are redacted from a job's output however the engine happens to chunk it."""
 from hypothesis import given, settings, strategies as st
 
-from orchestrator.redact import Redactor, StreamRedactor
+from orchestrator.secrets import Redactor, StreamRedactor
 
 
 @settings(max_examples=2000, deadline=None)

@@ -16,9 +16,9 @@ import pytest
 
 from conftest import REPO, REPRUN, WRITE_METRICS, containers
 from orchestrator.outputs import sha256_file
-from orchestrator.records import (Artifact, DatasetFacts, EnvironmentManifest, ImageFacts,
-                                  Inputs, Outputs, RunRecord)
-from orchestrator.store import Store, record_sha256
+from orchestrator.records import (Artifact, DatasetFacts, EnvironmentManifest, ImageFacts, Inputs,
+                                  Outputs, RunRecord)
+from orchestrator.store.db import Store, record_sha256
 
 TESTS = Path(__file__).resolve().parent
 CONCURRENT_WRITERS = 16
@@ -220,7 +220,7 @@ def test_sixteen_concurrent_writers_lose_nothing_and_keep_one_chain(tmp_path):
 CRASH_AFTER_RECORD_FILE = """
 import os, signal, sys
 sys.path[:0] = [{tests!r}]
-import orchestrator.store as store_module
+import orchestrator.store.db as store_module
 import test_reliability as t
 real = store_module._write_atomically
 def write_then_die(path, text):
@@ -353,14 +353,14 @@ def test_an_engine_that_does_not_answer_is_said_clearly_with_exit_4(project, tmp
 
 SLOW_COMPARE = """
 import sys, time
-import orchestrator.compare as compare
+import orchestrator.compare.comparison as compare
 real = compare.compare_records
 def slow(*args, **kwargs):
     print("comparing the runs", file=sys.stderr, flush=True)
     time.sleep(60)
     return real(*args, **kwargs)
 compare.compare_records = slow
-from orchestrator.cli import main
+from orchestrator.cli.app import main
 main()
 """
 
@@ -449,7 +449,7 @@ def hashing_helpers_of(pid: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if f"\nPPid:\t{pid}\n" in status and b"hash_worker.py" in cmdline:
+        if f"\nPPid:\t{pid}\n" in status and b"dataset/helper.py" in cmdline:
             helpers.append(int(entry.name))
     return helpers
 
@@ -764,7 +764,7 @@ def second_engine():
 def test_image_facts_are_scoped_to_the_engine_that_ran_the_job(second_engine, docker_client):
     # Which BLAS kernels an image's libraries pick depends on the machine's CPU. (Docker 20.10
     # derives an engine's ID from its host's key, so two engines on one host share the scope.)
-    from orchestrator.engine import LocalEngine
+    from orchestrator.execution.local import LocalEngine
     for client in (docker_client, second_engine.client()):
         assert LocalEngine(client).facts_scope() == f"engine {client.info()['ID']}"
 
@@ -908,7 +908,9 @@ def test_reprun_killed_mid_run_is_repaired_next_time_and_gc_removes_only_what_it
 @pytest.mark.xdist_group("gc")
 def test_gc_survives_a_container_that_another_reprun_removes_while_gc_lists_them(
         docker_client, tiny_ref, monkeypatch):
-    from orchestrator.engine import LABEL, LABEL_OWNER, LABEL_RUN, owner_label, remove_leftovers
+    from orchestrator.execution.job import LABEL, LABEL_OWNER, LABEL_RUN
+    from orchestrator.execution.owners import owner_label
+    from orchestrator.execution.leftovers import remove_leftovers
     # Owned by this living process, so that a gc elsewhere leaves them to this test.
     labels = {LABEL: "1", LABEL_OWNER: owner_label()}
     gone = docker_client.containers.create(tiny_ref, ["true"],

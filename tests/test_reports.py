@@ -13,14 +13,12 @@ from html.parser import HTMLParser
 import jsonschema
 import pytest
 
-from orchestrator.compare import Comparison, compare_records
+from orchestrator.compare.comparison import Comparison, compare_records
 from orchestrator.errors import ExitCode, UsageError
-from orchestrator.records import (
-    Artifact, DatasetFacts, EnvironmentManifest, ImageFacts, Inputs, Outputs, RunRecord,
-)
-from orchestrator.reports import (
-    EXTENSIONS, FORMATS, format_for_path, load_json_report, render, report_schema, write_report,
-)
+from orchestrator.records import (Artifact, DatasetFacts, EnvironmentManifest, ImageFacts, Inputs,
+                                  Outputs, RunRecord)
+from orchestrator.reports import (EXTENSIONS, FORMATS, format_for_path, load_json_report, render,
+                                  report_schema, write_report)
 
 IMAGE_A = "sha256:" + "a" * 64
 IMAGE_B = "sha256:" + "b" * 64

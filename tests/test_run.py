@@ -200,7 +200,7 @@ def test_a_finished_record_cannot_be_changed_in_the_store(project):
 
 def test_image_facts_are_kept_apart_by_machine_image_environment_cpu_limit_and_user():
     from types import SimpleNamespace
-    from orchestrator.probe import image_facts_key
+    from orchestrator.manifest.probes import image_facts_key
     job = SimpleNamespace(image_id="sha256:1", env={"A": "1", "REPRUN_RUN_ID": "r1", "TOKEN": "s"},
                           nano_cpus=10**9, user="65534:65534")
     key = image_facts_key(job, "engine A", secret_names=("TOKEN",))
@@ -235,6 +235,6 @@ def test_image_facts_are_read_once_per_image_and_again_under_no_cache(project):
     ("uid=1234 gid=1234 groups=1234", {"uid": 1234, "gid": 1234}),     # no passwd entry
 ])
 def test_the_identity_probe_reads_the_user_from_one_id_call(id_line, user):
-    from orchestrator.probe import parse_identity
+    from orchestrator.manifest.probes import parse_identity
     fields = parse_identity(f"{id_line}\numask=0027\nhostname=reprun\n")
     assert fields == {"user": user, "locale": {"umask": "0027"}, "hostname": "reprun"}

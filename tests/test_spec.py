@@ -13,10 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import ExitCode, SpecError
-from orchestrator.spec import (
-    MAX_INT, SCHEMA_FILE, CompareSpec, Hermetic, ImageBuild, Resources, Tolerance, load_spec,
-    parse_duration, parse_size, validate_specs,
-)
+from orchestrator.spec.model import (MAX_INT, SCHEMA_FILE, CompareSpec, Hermetic, ImageBuild,
+                                     Resources, Tolerance, load_spec, parse_duration, parse_size,
+                                     validate_specs)
 
 DIGEST = "sha256:" + "ab" * 32
 REF = f"127.0.0.1:5000/reprun/sklearn@{DIGEST}"
@@ -629,7 +628,7 @@ def test_what_the_schema_cannot_see_the_loader_still_refuses(project, schema_val
 
 
 def test_the_schema_is_shipped_inside_the_package():
-    assert SCHEMA_FILE.parent.name == "orchestrator" and SCHEMA_FILE.suffix == ".json"
+    assert SCHEMA_FILE.parent.parent.name == "orchestrator" and SCHEMA_FILE.suffix == ".json"
     assert json.loads(SCHEMA_FILE.read_text())["$schema"].endswith("/draft/2020-12/schema")
 
 

@@ -22,10 +22,12 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, REPRUN, WRITE_METRICS, containers
-from orchestrator.backends import (Collected, OutputSplitter, Plan, ToCollect, load_config,
-                                   open_backend, parse_block, wrapper_script)
+from orchestrator.execution.job import Collected, ToCollect
+from orchestrator.execution.handback import OutputSplitter, Plan, parse_block, wrapper_script
+from orchestrator.execution.config import load_config, open_backend
 from orchestrator.errors import UsageError
-from orchestrator.swarm import SwarmBackend, SwarmSettings
+from orchestrator.execution.swarm import SwarmBackend
+from orchestrator.execution.config import SwarmSettings
 
 ADDRESS_POOL = "100.64.0.0/16"
 GATEWAY_SUBNET = "100.64.200.0/24"
@@ -223,9 +225,9 @@ def test_manifest_and_metrics_come_back_through_the_service_logs_not_a_mount(
         project, tmp_path, swarm, example_ref):
     """The backend, driven directly: nothing of the store is mounted into the task, and what
     the record needs arrives as the framed block at the end of the service's output."""
-    from orchestrator.hermetic import RunPaths, container_job
-    from orchestrator.probe import new_marker, write_probe
-    from orchestrator.spec import load_spec
+    from orchestrator.execution.hermetic import RunPaths, container_job
+    from orchestrator.manifest.probes import new_marker, write_probe
+    from orchestrator.spec.model import load_spec
     project.dataset()
     shared = swarm_project(project, tmp_path)
     spec = load_spec(project.spec(script=WRITE_METRICS + "\nprint('trained', flush=True)"))
@@ -318,8 +320,8 @@ def test_a_dataset_that_differs_where_the_job_runs_is_refused_with_exit_3(
     from orchestrator.events import RunObserver
     from orchestrator.errors import PinMismatch
     from orchestrator.runner import execute, prepare
-    from orchestrator.spec import load_spec
-    from orchestrator.store import Store
+    from orchestrator.spec.model import load_spec
+    from orchestrator.store.db import Store
     import dataclasses
     project.dataset()
     shared = swarm_project(project, tmp_path)
@@ -439,8 +441,8 @@ def test_a_job_no_node_can_take_is_reported_with_swarms_own_words(project, tmp_p
 @pytest.mark.xdist_group("swarm")
 def test_a_task_swarm_cannot_start_is_tried_twice_then_reported(project, tmp_path, swarm,
                                                                  example_ref):
-    from orchestrator.hermetic import RunPaths, container_job
-    from orchestrator.spec import load_spec
+    from orchestrator.execution.hermetic import RunPaths, container_job
+    from orchestrator.spec.model import load_spec
     project.dataset()
     shared = swarm_project(project, tmp_path)
     spec = load_spec(project.spec(script=WRITE_METRICS))
@@ -575,7 +577,7 @@ def test_without_a_block_all_output_is_the_jobs():
 def test_the_wrapper_hashes_the_dataset_and_artifacts_as_reprun_does(tmp_path):
     """The in-container wrapper, run here by /bin/sh: its tree hash is the pinned one, and its
     artifact hashes and metrics are those reprun computes on the host."""
-    from orchestrator.dataset import hash_dataset
+    from orchestrator.dataset.tree import hash_dataset
     from orchestrator.outputs import hash_artifacts
     data = tmp_path / "data"
     (data / "sub").mkdir(parents=True)
@@ -618,7 +620,7 @@ def test_the_wrapper_hashes_the_dataset_and_artifacts_as_reprun_does(tmp_path):
 
 
 def test_the_backend_comes_from_the_option_else_the_config_file(tmp_path, monkeypatch):
-    from orchestrator.engine import LocalEngine
+    from orchestrator.execution.local import LocalEngine
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("REPRUN_CONFIG", raising=False)
     assert isinstance(open_backend(), LocalEngine)                     # no file: local
@@ -651,8 +653,8 @@ def test_a_bad_backend_or_config_is_exit_2_before_anything_runs(project):
 
 
 def test_to_collect_travels_with_every_job(project):
-    from orchestrator.hermetic import RunPaths, container_job
-    from orchestrator.spec import load_spec
+    from orchestrator.execution.hermetic import RunPaths, container_job
+    from orchestrator.spec.model import load_spec
     project.dataset()
     spec = load_spec(project.spec(script=WRITE_METRICS))
     job = container_job(spec, run_id="x", image_id="sha256:" + "1" * 64, seed=7,
@@ -665,7 +667,7 @@ def test_to_collect_travels_with_every_job(project):
 
 @pytest.mark.xdist_group("swarm")
 def test_image_facts_are_reused_within_one_node_and_not_across_a_swarm_of_several(swarm):
-    from orchestrator.swarm import facts_scope_of, usable_nodes
+    from orchestrator.execution.swarm import facts_scope_of, usable_nodes
     node = swarm.api.nodes()[0]
     assert SwarmBackend(client=swarm).facts_scope() == f"swarm node {node['ID']}"
     other = {**node, "ID": "another-node"}

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import WRITE_METRICS
-from orchestrator.culprit import plan_for, search_culprits
+from orchestrator.variations.culprit import plan_for, search_culprits
 from orchestrator.errors import UsageError
-from orchestrator.variations import (FACTOR_NAMES, HostContext, parse_vary, plan_variations,
-                                     vary_job)
+from orchestrator.variations.factors import (FACTOR_NAMES, HostContext, parse_vary, plan_variations,
+                                             vary_job)
 
 pytestmark = pytest.mark.engine
 
@@ -94,7 +94,7 @@ def context(tmp_path: Path, **changes) -> HostContext:
 
 
 def preview_job(tmp_path: Path):
-    from orchestrator.engine import ContainerJob, Mount
+    from orchestrator.execution.job import ContainerJob, Mount
     return ContainerJob(
         name="reprun-x", image_id="sha256:" + "0" * 64, entrypoint=("/bin/sh", "/reprun/wrap.sh"),
         command=("true",), env={"PYTHONHASHSEED": "0", "TZ": "UTC", "LC_ALL": "C.UTF-8",
@@ -331,11 +331,11 @@ def test_the_same_vary_seed_repeats_the_same_variations(project):
 
 def test_every_factor_reaches_the_job(project):
     """One control and one varied run, through the library: each observed fact changes."""
-    from orchestrator.engine import LocalEngine
+    from orchestrator.execution.local import LocalEngine
     from orchestrator.events import RunObserver
     from orchestrator.runner import execute, prepare
-    from orchestrator.spec import load_spec
-    from orchestrator.store import Store
+    from orchestrator.spec.model import load_spec
+    from orchestrator.store.db import Store
     project.dataset(files={**SHARDS, "nested/a.csv": b"a\n", "nested/b.csv": b"b\n"})
     observe = """
     import json, os, socket, time, zlib

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from orchestrator.compare import Comparison
+from orchestrator.compare.comparison import Comparison
 from orchestrator.errors import UsageError
 
 FORMATS = frozenset({"terminal", "md", "html", "json", "junit"})
@@ -69,7 +69,7 @@ def write_report(comparison: Comparison, path: str | Path) -> str:
 
 
 def report_schema() -> dict[str, Any]:
-    text = resources.files("orchestrator").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
     return json.loads(text)
 
 

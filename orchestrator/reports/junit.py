@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from orchestrator.compare import Comparison
+from orchestrator.compare.comparison import Comparison
 from orchestrator.reports import MISSING, extra_tables, number, size, text
 
 # XML 1.0 cannot carry most control characters, even escaped; a record value might hold them.

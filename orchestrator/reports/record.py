@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from .records import RunRecord
+from orchestrator.records import RunRecord
 
 
 def render_record(record: RunRecord, *, baseline=None) -> str:

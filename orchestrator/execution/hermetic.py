@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backends import ToCollect
-from .engine import LABEL_RUN, LABEL_SPEC, ContainerJob, Mount
+from orchestrator.execution.job import ToCollect
+from orchestrator.execution.job import LABEL_RUN, LABEL_SPEC, ContainerJob, Mount
 
 HOSTNAME = "reprun"           # Docker's default is the random container ID: a needless difference
 META_MOUNT = "/reprun"        # the probe wrapper and its manifest

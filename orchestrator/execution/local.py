@@ -2,85 +2,28 @@
 
 Everything above this module hands over a `ContainerJob` (what to run, fully resolved and
 hermetic) and gets back a `ContainerOutcome`; it does not know which engine ran it. The
-interface and the choice between backends (this one, a swarm) are in backends.py.
+interface is execution/job.py; the choice between backends is execution/config.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import docker
 import docker.errors
 import requests.exceptions
 
-from .backends import Collected, EventSink, Executor, ToCollect  # noqa: F401 (Executor: re-exported)
-from .errors import InfrastructureError
-from .store import process_alive
-
-LABEL = "io.reprun"            # every container reprun starts carries it, so leftovers can be found
-LABEL_RUN = "io.reprun.run-id"
-LABEL_SPEC = "io.reprun.spec"
-LABEL_OWNER = "io.reprun.owner"  # host:pid of the reprun process; `gc` spares the living ones
-
+from orchestrator.execution.job import (LABEL, LABEL_OWNER, ContainerJob, ContainerOutcome, EventSink,
+                                        LogSink)
+from orchestrator.errors import InfrastructureError
+from orchestrator.execution.owners import owner_label
 
 def engine_patience_s() -> float:
     """How long a run that lost its engine waits for it to come back, to remove its container."""
     return float(os.environ.get("REPRUN_ENGINE_PATIENCE", "20"))
-
-
-def owner_label() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(frozen=True)
-class Mount:
-    source: str
-    target: str
-    read_only: bool = True
-
-
-@dataclass(frozen=True)
-class ContainerJob:
-    name: str
-    image_id: str
-    entrypoint: tuple[str, ...]
-    command: tuple[str, ...]
-    env: dict[str, str]
-    mounts: tuple[Mount, ...]
-    hostname: str
-    user: str
-    network: str                      # "none" or "host"
-    read_only_root: bool
-    tmpfs: dict[str, str]
-    cap_drop: tuple[str, ...]
-    security_opt: tuple[str, ...]
-    nano_cpus: int
-    memory_bytes: int
-    pids: int
-    timeout_s: float
-    labels: dict[str, str] = field(default_factory=dict)
-    # What to hand back and the dataset pin, for a backend that reads them where the job ran.
-    collect: ToCollect | None = None
-
-
-@dataclass(frozen=True)
-class ContainerOutcome:
-    exit_code: int | None
-    reason: str           # ok | exit | timeout | oom | interrupted | engine | pin
-    duration_s: float
-    message: str | None = None
-    # The job's results as read where it ran; None: they are in the run's folders (local).
-    collected: Collected | None = None
-
-
-# Called as sink(chunk, stream), stream being "stdout" or "stderr": the two arrive interleaved
-# in any order, so anything that reads across chunks (secret redaction) keeps one state per stream.
-LogSink = Callable[[bytes, str], None]
 
 
 def engine_unreachable(exc: Exception) -> InfrastructureError:
@@ -177,7 +120,7 @@ class LocalEngine:
             outcome = self._run_created(container, job, on_output, started)
         finally:
             lost = outcome is not None and outcome.reason == "engine"
-            gone = _remove_container(container, patience=engine_patience_s() if lost else 0.0)
+            gone = remove_container(container, patience=engine_patience_s() if lost else 0.0)
             with self._lock:
                 self._live.pop(container.id, None)
         if not gone:
@@ -336,7 +279,7 @@ def _kill_quietly(container) -> None:
         pass
 
 
-def _remove_container(container, patience: float) -> bool:
+def remove_container(container, patience: float) -> bool:
     """Remove it; while the engine cannot be reached, keep trying for `patience` seconds."""
     deadline = time.monotonic() + patience
     while True:
@@ -377,65 +320,3 @@ def _as_infrastructure(exc: Exception) -> InfrastructureError:
         return engine_unreachable(exc)
     explanation = getattr(exc, "explanation", None) or str(exc)
     return InfrastructureError(f"the engine refused to run the container: {explanation}")
-
-
-def remove_leftovers(client: docker.DockerClient, *, finished_runs: set[str] = frozenset()
-                     ) -> list[str]:
-    """Containers reprun started and never removed (its process was killed, or the engine was
-    away at the end): each one gone afterwards, described. A container whose reprun process is
-    still alive on this host is in use and left alone; so is anything without reprun's label.
-    `finished_runs`: run IDs the store knows are over, whichever host ran them."""
-    removed = []
-    # ignore_removed: another reprun may remove one of them between listing and inspecting
-    for container in client.containers.list(all=True, ignore_removed=True,
-                                            filters={"label": LABEL}):
-        labels = container.labels or {}
-        run_id = labels.get(LABEL_RUN, "?")
-        why = left_behind_because(labels, finished_runs)
-        if why is None and not labels.get(LABEL_OWNER) and container.status != "running":
-            why = "it stopped and no reprun process claims it"
-        if why is None:
-            continue
-        if _remove_container(container, patience=0.0):
-            removed.append(f"{container.name} (run {run_id}: {why})")
-    return removed
-
-
-def left_behind_because(labels: dict[str, str], finished_runs) -> str | None:
-    """Why something reprun labelled (a container, a service) is left over; None: in use."""
-    run_id = labels.get(LABEL_RUN, "?")
-    host, _, pid = labels.get(LABEL_OWNER, "").rpartition(":")
-    if run_id in finished_runs:
-        return f"run {run_id} is already over in the store"
-    if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
-        return f"its reprun process {pid} is gone"
-    return None
-
-
-def remove_unused_builds(client: docker.DockerClient, built: dict[str, str]
-                         ) -> list[tuple[str, str | None]]:
-    """Of the images reprun built (image ID -> spec) that no recorded run used, remove those a
-    rebuild left untagged and no container uses. Returns (image ID, what was removed or None
-    when it was already gone); tagged or used images are kept and not returned."""
-    done: list[tuple[str, str | None]] = []
-    for image_id, spec in sorted(built.items()):
-        try:
-            image = client.images.get(image_id)
-        except docker.errors.ImageNotFound:
-            done.append((image_id, None))
-            continue
-        if image.tags or client.containers.list(all=True, ignore_removed=True,
-                                                filters={"ancestor": image_id}):
-            continue
-        try:
-            client.images.remove(image_id, noprune=False)
-        except docker.errors.ImageNotFound:
-            done.append((image_id, None))
-            continue
-        except docker.errors.APIError:
-            continue   # in use after all (a child image, a container created meanwhile)
-        done.append((image_id, f"{image_id[:19]} (an untagged build of spec {spec} that no "
-                               "recorded run used)"))
-    return done
-
-

@@ -27,8 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UsageError
-from .records import FINAL_STATUSES, INTERRUPTED, RUNNING, RunRecord
+from orchestrator.errors import UsageError
+from orchestrator.execution.owners import process_alive
+from orchestrator.records import FINAL_STATUSES, INTERRUPTED, RUNNING, RunRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -443,16 +444,6 @@ def _add_chain_columns(db: sqlite3.Connection) -> None:
 
 def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Mapping
 
-from .errors import UsageError
-from .probe import REDACTED, looks_secret
+from orchestrator.errors import UsageError
+from orchestrator.manifest.probes import REDACTED, looks_secret
 
 # Shorter values are still never recorded as a variable's value, but are not searched for in
 # free text: replacing every "1" or "on" in a log would destroy it and protect nothing.

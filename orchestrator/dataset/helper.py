@@ -1,6 +1,6 @@
 """A helper process that hashes the dataset files its parent names, one record per file.
 
-Started by orchestrator.dataset as `python -I -S hash_worker.py`; standard library only, so it
+Started by orchestrator.dataset.tree as `python -I -S helper.py`; standard library only, so it
 starts in milliseconds. Input frames: a little-endian u32 length, the size the parent saw the
 file have, then that many path bytes; a length of 0 asks for the records so far to be flushed.
 Output: one RECORD per path, in order.

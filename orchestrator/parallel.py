@@ -5,11 +5,11 @@ import concurrent.futures
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from .engine import LocalEngine
-from .events import RunObserver
-from .records import RunRecord
-from .runner import JobTransform, Prepared, execute
-from .store import Store
+from orchestrator.execution.local import LocalEngine
+from orchestrator.events import RunObserver
+from orchestrator.records import RunRecord
+from orchestrator.runner import JobTransform, Prepared, execute
+from orchestrator.store.db import Store
 
 T = TypeVar("T")
 R = TypeVar("R")

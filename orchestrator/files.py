@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UsageError
+from orchestrator.errors import UsageError
 
 
 def _first_existing(path: Path) -> Path:

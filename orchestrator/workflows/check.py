@@ -15,18 +15,19 @@ from pathlib import Path
 
 import docker.errors
 
-from .baselines import baseline_of
-from .compare import Comparison, EnvironmentRow, compare_environments, compare_records
-from .engine import LocalEngine
-from .errors import ExitCode, ReprunError
-from .events import RunObserver
-from .hermetic import RunPaths, container_job
-from .probe import new_marker, parse_manifest, write_probe
-from .records import EnvironmentManifest, SUCCEEDED
-from .runner import Prepared, execute, prepare
-from .spec import ImageSpec, load_spec
-from .store import Store
-from .verify import RunPlan, fits_in_parallel, run_all, run_concurrently
+from orchestrator.store.baselines import baseline_of
+from orchestrator.compare.comparison import (Comparison, EnvironmentRow, compare_environments,
+                                             compare_records)
+from orchestrator.execution.local import LocalEngine
+from orchestrator.errors import ExitCode, ReprunError
+from orchestrator.events import RunObserver
+from orchestrator.execution.hermetic import RunPaths, container_job
+from orchestrator.manifest.probes import new_marker, parse_manifest, write_probe
+from orchestrator.records import EnvironmentManifest, SUCCEEDED
+from orchestrator.runner import Prepared, execute, prepare
+from orchestrator.spec.model import ImageSpec, load_spec
+from orchestrator.store.db import Store
+from orchestrator.parallel import RunPlan, fits_in_parallel, run_all, run_concurrently
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from typing import List, Optional
 import typer
 import typer.main
 
-from . import __version__
-from .errors import ExitCode, ReprunError, UsageError
+from orchestrator import __version__
+from orchestrator.errors import ExitCode, ReprunError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Retrain a pinned ML job in a hermetic container, compare, explain.")
@@ -50,14 +50,14 @@ def _root(ctx: typer.Context,
 
 
 def _store(ctx: typer.Context):
-    from .store import Store
+    from orchestrator.store.db import Store
     store = Store(ctx.obj.get("store") if ctx.obj else None)
     store.repair()
     return store
 
 
 def _observer(quiet: bool = False, parallel: bool = False):
-    from .events import RunObserver, TerminalObserver
+    from orchestrator.events import RunObserver, TerminalObserver
     return RunObserver() if quiet else TerminalObserver(prefix_output=parallel)
 
 
@@ -67,14 +67,14 @@ def _backend_option():
 
 
 def _backend(name: Optional[str]):
-    from .backends import open_backend
+    from orchestrator.execution.config import open_backend
     return open_backend(name)
 
 
 @app.command()
 def validate(specs: List[Path] = typer.Argument(..., help="Spec files to check.")) -> None:
     """Check spec files without running anything (exit 2 when any is invalid)."""
-    from .spec import validate_specs
+    from orchestrator.spec.model import validate_specs
     worst = ExitCode.OK
     for path, error in validate_specs(specs):
         if error is None:
@@ -92,8 +92,8 @@ def run(ctx: typer.Context, spec: Path,
         backend: Optional[str] = _backend_option(),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or job output.")) -> None:
     """Run a spec once in a hermetic container and record it."""
-    from .runner import execute, prepare
-    from .spec import load_spec
+    from orchestrator.runner import execute, prepare
+    from orchestrator.spec.model import load_spec
     spec_value = load_spec(spec)
     store, engine, observer = _store(ctx), _backend(backend), _observer(quiet)
     prepared = prepare(spec_value, store=store, engine=engine, observer=observer,
@@ -104,7 +104,7 @@ def run(ctx: typer.Context, spec: Path,
 
 
 def _print_run_summary(record) -> None:
-    from .records import SUCCEEDED
+    from orchestrator.records import SUCCEEDED
     outputs = record.outputs
     typer.echo(f"run {record.id}: {record.status} in {outputs.duration_s:.1f}s")
     if outputs.metrics:
@@ -115,8 +115,8 @@ def _print_run_summary(record) -> None:
 
 
 def _raise_for_failed(records, store) -> None:
-    from .records import ERROR, INTERRUPTED, SUCCEEDED
-    from .runner import failure_of
+    from orchestrator.records import ERROR, INTERRUPTED, SUCCEEDED
+    from orchestrator.runner import failure_of
     for record in records:
         if record.status == SUCCEEDED:
             continue
@@ -126,7 +126,7 @@ def _raise_for_failed(records, store) -> None:
         tail = log.read_bytes()[-4096:].decode("utf-8", "replace").splitlines()[-15:] if log.exists() else []
         error = failure_of(record, tail)
         if record.status == ERROR:
-            from .errors import InfrastructureError
+            from orchestrator.errors import InfrastructureError
             error = InfrastructureError(error.message, details=error.details)
         raise error
 
@@ -145,9 +145,9 @@ def verify(ctx: typer.Context, spec: Path,
            backend: Optional[str] = _backend_option(),
            quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Train a spec N times (default twice) and say whether the results match."""
-    from .runner import prepare
-    from .spec import load_spec
-    from .verify import RunPlan, fits_in_parallel, run_all
+    from orchestrator.runner import prepare
+    from orchestrator.spec.model import load_spec
+    from orchestrator.parallel import RunPlan, fits_in_parallel, run_all
     spec_value = load_spec(spec)
     _check_report_paths(report)
     vary_names = _vary_names(vary, vary_seed, times)
@@ -168,7 +168,7 @@ def verify(ctx: typer.Context, spec: Path,
 
 
 def _vary_names(vary: Optional[str], vary_seed: Optional[int], times: int) -> tuple:
-    from .variations import parse_vary
+    from orchestrator.variations.factors import parse_vary
     if vary is None:
         if vary_seed is not None:
             raise UsageError("--vary-seed repeats the choices of --vary; give --vary too.")
@@ -180,8 +180,8 @@ def _vary_names(vary: Optional[str], vary_seed: Optional[int], times: int) -> tu
 
 def _verify_varied(spec: Path, prepared, store, engine, names, seed: Optional[int],
                    report: List[Path], quiet: bool) -> None:
-    from .culprit import plan_for, verify_varied
-    from .variations import new_seed
+    from orchestrator.variations.culprit import plan_for, verify_varied
+    from orchestrator.variations.factors import new_seed
     plan = plan_for(prepared, names, new_seed() if seed is None else seed)
     if not plan.variations:
         raise UsageError("none of the factors asked for can be varied here:",
@@ -195,8 +195,8 @@ def _verify_varied(spec: Path, prepared, store, engine, names, seed: Optional[in
 
 
 def _check_report_paths(paths: List[Path]) -> None:
-    from .reports import format_for_path
-    from .writing import refuse_unwritable_file
+    from orchestrator.reports import format_for_path
+    from orchestrator.files import refuse_unwritable_file
     for path in paths:
         format_for_path(path)
         refuse_unwritable_file(path, "report")
@@ -204,10 +204,10 @@ def _check_report_paths(paths: List[Path]) -> None:
 
 def _compare_and_report(store, records, report_paths: List[Path], extra: dict | None = None,
                         comparisons: list | None = None) -> None:
-    from .baselines import approved_note
-    from .compare import combined_verdict, compare_records
-    from .reports import format_for_path, render
-    from .writing import write_text
+    from orchestrator.store.baselines import approved_note
+    from orchestrator.compare.comparison import combined_verdict, compare_records
+    from orchestrator.reports import format_for_path, render
+    from orchestrator.files import write_text
     extra = {**(extra or {}), **approved_note(store, [r.id for r in records])}
     first = records[0]
     comparisons = comparisons or [compare_records(first, other, baseline_id=first.id, extra=extra)
@@ -240,8 +240,8 @@ def report_cmd(path: Path, fmt: str = typer.Option("terminal", "--format", "-f",
                                                  help="terminal, md, html, json or junit."),
                output: Optional[Path] = typer.Option(None, "--output", "-o")) -> None:
     """Render a stored JSON report again, in any format."""
-    from .reports import FORMATS, load_json_report, render
-    from .writing import refuse_unwritable_file, write_text
+    from orchestrator.reports import FORMATS, load_json_report, render
+    from orchestrator.files import refuse_unwritable_file, write_text
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(sorted(FORMATS))}.")
     if output:
@@ -264,15 +264,15 @@ def rerun(ctx: typer.Context,
           backend: Optional[str] = _backend_option(),
           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Replay a recorded run from its record alone, then compare with the original."""
-    from .errors import PinMismatch
-    from .rerun import spec_from_record
-    from .runner import execute, prepare
+    from orchestrator.errors import PinMismatch
+    from orchestrator.rerun import spec_from_record
+    from orchestrator.runner import execute, prepare
     if (run_id is None) == (from_archive is None):
         raise UsageError("give either a RUN_ID or --from-archive FILE (not both).")
     _check_report_paths(report)
     store, engine, observer = _store(ctx), _backend(backend), _observer(quiet)
     if from_archive is not None:
-        from .archive import load_archive
+        from orchestrator.store.archive import load_archive
         loaded = load_archive(from_archive, store, client=engine.client,
                               progress=lambda phase, done, total: observer.progress("archive", phase, done, total))
         original = loaded.record
@@ -294,8 +294,8 @@ def rerun(ctx: typer.Context,
 def archive(ctx: typer.Context, run_id: str,
             output: Path = typer.Option(..., "--output", "-o", help="The archive file to write: .tar, or compressed .tar.gz (.tgz), .tar.xz, .tar.bz2.")) -> None:
     """Write one self-contained archive of a run: image, dataset and record."""
-    from .archive import refuse_output, write_archive
-    from .engine import LocalEngine
+    from orchestrator.store.archive import refuse_output, write_archive
+    from orchestrator.execution.local import LocalEngine
     refuse_output(output)       # before the engine is asked for anything
     observer = _observer()
     path = write_archive(_store(ctx), run_id, output, client=LocalEngine().client,
@@ -313,9 +313,9 @@ def check(ctx: typer.Context,
           backend: Optional[str] = _backend_option(),
           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Scheduled rebuild check: environment drift of rebuilt images, and results against baselines."""
-    from .check import check_all, junit, overall_exit, summary_rows
-    from .reports import render
-    from .writing import refuse_unwritable_file, refuse_unwritable_folder, write_text
+    from orchestrator.workflows.check import check_all, junit, overall_exit, summary_rows
+    from orchestrator.reports import render
+    from orchestrator.files import refuse_unwritable_file, refuse_unwritable_folder, write_text
     paths = list(specs or sorted(Path("specs").glob("*.yaml")))
     if not paths:
         raise UsageError("no specs to check: give spec files, or run where specs/*.yaml exist.")
@@ -351,7 +351,7 @@ def runs_approve(ctx: typer.Context, run_id: str,
                  reason: str = typer.Option(..., "--reason", help="Why this run is the accepted one."),
                  by: Optional[str] = typer.Option(None, "--by", help="Who approves (default: the current user).")) -> None:
     """Mark a run as the accepted baseline of its spec (who, when, why are kept)."""
-    from .baselines import approve
+    from orchestrator.store.baselines import approve
     approval = approve(_store(ctx.parent.parent), run_id, reason=reason, by=by)
     typer.echo(f"run {approval.run_id} is now the baseline of {approval.spec} "
                f"(approved by {approval.approved_by} at {approval.approved_at})")
@@ -368,7 +368,7 @@ def runs_list(ctx: typer.Context,
     """List recorded runs, newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    from .records import FINAL_STATUSES, RUNNING
+    from orchestrator.records import FINAL_STATUSES, RUNNING
     if status is not None and status not in (RUNNING, *FINAL_STATUSES):
         raise UsageError(f"--status {status!r} is not a status; use one of "
                          f"{', '.join((*FINAL_STATUSES, RUNNING))}.")
@@ -402,7 +402,7 @@ def _moment(text: str, option: str) -> str:
     """A time as the store writes it (UTC, milliseconds, Z), from an ISO date or date-time (a
     space or T between; UTC unless it has an offset) or a time ago (30m, 12h, 7d, 2w)."""
     from datetime import datetime, timedelta, timezone
-    from .store import utc_text
+    from orchestrator.store.db import utc_text
     ago = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text)
     try:
         if ago:
@@ -422,8 +422,8 @@ def _moment(text: str, option: str) -> str:
 def runs_show(ctx: typer.Context, run_id: str,
               as_json: bool = typer.Option(False, "--json")) -> None:
     """Print one run record readably (or as JSON)."""
-    from .baselines import baseline_of
-    from .show import render_record
+    from orchestrator.store.baselines import baseline_of
+    from orchestrator.reports.record import render_record
     store = _store(ctx.parent.parent)
     record = store.get(run_id)
     if as_json:
@@ -436,8 +436,8 @@ def runs_show(ctx: typer.Context, run_id: str,
 @runs_app.command("verify")
 def runs_verify(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Prove no stored record, log or artifact was altered or removed (exit 1 naming any that was)."""
-    from .integrity import audit_store
-    from .store import Store
+    from orchestrator.store.integrity import audit_store
+    from orchestrator.store.db import Store
     store = Store(ctx.obj.get("store") if ctx.obj else None)
     repaired = store.repair()
     audit = audit_store(store)
@@ -475,9 +475,9 @@ def lock(ctx: typer.Context, specs: List[Path],
          check: bool = typer.Option(False, "--check", help="Only say whether the pins are current (exit 0/1)."),
          quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Fill in or update a spec's pins: image digest or ID, dataset checksum."""
-    from .dataset import HashCache
-    from .engine import LocalEngine
-    from .lock import lock_spec
+    from orchestrator.dataset.tree import HashCache
+    from orchestrator.execution.local import LocalEngine
+    from orchestrator.spec.lock import lock_spec
     engine, stale = LocalEngine(), []
     cache = HashCache(_store(ctx).db_path)     # remembers the pinned dataset's file list
     for path in specs:
@@ -495,8 +495,9 @@ def lock(ctx: typer.Context, specs: List[Path],
 def gc(ctx: typer.Context) -> None:
     """Remove what a crashed reprun left behind (containers, unused built images, folders of
     unrecorded runs) and repair runs it left `running`; say what was removed."""
-    from .engine import LocalEngine, remove_leftovers, remove_unused_builds
-    from .store import Store
+    from orchestrator.execution.local import LocalEngine
+    from orchestrator.execution.leftovers import remove_leftovers, remove_unused_builds
+    from orchestrator.store.db import Store
     store = Store(ctx.obj.get("store") if ctx.obj else None)
     said = 0
     for line in store.repair():
@@ -511,7 +512,7 @@ def gc(ctx: typer.Context) -> None:
     for text in remove_leftovers(client, finished_runs=finished):
         said += 1
         typer.echo(f"removed container {text}")
-    from .swarm import remove_leftover_services
+    from orchestrator.execution.swarm import remove_leftover_services
     for text in remove_leftover_services(client, finished_runs=finished):
         said += 1
         typer.echo(f"removed swarm service {text}")
@@ -535,7 +536,7 @@ _COMMAND = []
 
 
 def command():
-    """The Click command Typer builds from `app`, built once: a warm process builds it ahead."""
+    """The Click command Typer builds from `app`, built once per process."""
     if not _COMMAND:
         _COMMAND.append(typer.main.get_command(app))
     return _COMMAND[0]
@@ -608,6 +609,3 @@ def main() -> None:
                    err=True)
     sys.exit(code if isinstance(code, int) else 0)
 
-
-if __name__ == "__main__":
-    main()

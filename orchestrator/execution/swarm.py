@@ -1,7 +1,7 @@
 """Docker Swarm as a backend: each run becomes a `replicated-job` service, placed on any node.
 
 The job may run on another machine, so nothing comes back through a shared filesystem. A small
-POSIX sh wrapper (backends.wrapper_script), shipped inside the service spec, runs in the task
+POSIX sh wrapper (execution.handback.wrapper_script), shipped inside the service spec, runs in the task
 container around the job:
 
   before  it checks what reprun cannot check from afar — no network interface but `lo`,
@@ -31,19 +31,23 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any
 
 import docker
 import docker.errors
 import requests.exceptions
 
-from .backends import (Block, Collected, EventSink, OutputSplitter, Plan, ToCollect,
-                       metrics_problem, parse_block, wrapper_script)
-from .engine import (LABEL, LABEL_OWNER, LABEL_RUN, ContainerJob, ContainerOutcome, LocalEngine,
-                     LogSink, connect, engine_unreachable, left_behind_because, owner_label)
-from .errors import InfrastructureError, UsageError
-from .outputs import sha256_file
-from .spec import parse_duration, parse_size
+from orchestrator.execution.handback import (Block, OutputSplitter, Plan, metrics_problem,
+                                             parse_block, wrapper_script)
+from orchestrator.execution.config import SwarmSettings
+from orchestrator.execution.job import Collected, EventSink, ToCollect
+from orchestrator.execution.job import (LABEL, LABEL_OWNER, LABEL_RUN, ContainerJob,
+                                        ContainerOutcome, LogSink)
+from orchestrator.execution.local import LocalEngine, connect, engine_unreachable
+from orchestrator.execution.owners import left_behind_because, owner_label
+from orchestrator.errors import InfrastructureError
+from orchestrator.outputs import sha256_file
+from orchestrator.spec.model import parse_size
 
 # A task Swarm lost or could not start is tried this many times in all.
 ATTEMPTS = 2
@@ -63,48 +67,6 @@ MAX_SHIPPED_BYTES = 64 << 10
 NO_NEW_PRIVILEGES_API = (1, 46)   # ContainerSpec.Privileges.NoNewPrivileges appeared here
 TERMINAL_STATES = frozenset({"complete", "failed", "rejected", "shutdown", "orphaned", "remove"})
 _UNKNOWN = object()     # facts_scope before the nodes were asked
-
-
-# --------------------------------------------------------------------------- settings
-
-@dataclass(frozen=True)
-class SwarmSettings:
-    registry: str | None = None          # where images built here are pushed for every node
-    artifacts: Path | None = None        # shared storage; None: the run's folder in the store
-    schedule_timeout_s: float = 600.0    # how long a job may wait for a node
-    constraints: tuple[str, ...] = ()    # placement constraints, as `docker service create`
-
-    @classmethod
-    def from_config(cls, table: Mapping[str, Any], source: Path | None = None) -> "SwarmSettings":
-        where = f"{source}: [swarm]" if source else "[swarm]"
-        known = {"registry", "artifacts", "schedule_timeout", "constraints"}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise UsageError(f"{where}: unknown setting {', '.join(unknown)}; the settings are "
-                             f"{', '.join(sorted(known))}.")
-        registry = table.get("registry")
-        if registry is not None and (not isinstance(registry, str) or "/" in registry.strip("/")
-                                     or not registry.strip()):
-            raise UsageError(f"{where}: registry must be a host[:port], such as "
-                             "registry.example.org:5000.")
-        artifacts = table.get("artifacts")
-        if artifacts is not None:
-            if not isinstance(artifacts, str) or not artifacts:
-                raise UsageError(f"{where}: artifacts must be a path on shared storage.")
-            artifacts = Path(artifacts)
-            if not artifacts.is_absolute():
-                artifacts = ((source.parent if source else Path.cwd()) / artifacts)
-            artifacts = artifacts.absolute()
-        try:
-            schedule = parse_duration(table.get("schedule_timeout", cls.schedule_timeout_s))
-        except ValueError as exc:
-            raise UsageError(f"{where}: schedule_timeout: {exc}.") from None
-        constraints = table.get("constraints", [])
-        if not isinstance(constraints, list) or not all(isinstance(c, str) for c in constraints):
-            raise UsageError(f"{where}: constraints must be a list of strings such as "
-                             "\"node.labels.reprun == true\".")
-        return cls(registry=registry.strip("/") if registry else None, artifacts=artifacts,
-                   schedule_timeout_s=schedule, constraints=tuple(constraints))
 
 
 class ServiceLogs(threading.Thread):

@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from .records import EnvironmentManifest
-from .variations import WRAPPER_BEFORE_EXEC, WRAPPER_SETUP
+from orchestrator.records import EnvironmentManifest
+from orchestrator.variations.factors import WRAPPER_BEFORE_EXEC, WRAPPER_SETUP
 
 REDACTED = "<redacted>"
 _SECRET_NAME = re.compile(r"(?i)(secret|token|passw|_pwd$|api_?key|private_?key|credential|auth)")

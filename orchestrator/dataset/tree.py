@@ -34,8 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
-from .errors import InfrastructureError, PinMismatch, SpecError
-from .hash_worker import FRAME as _FRAME, RECORD as _RECORD
+from orchestrator.errors import InfrastructureError, PinMismatch, SpecError
+from orchestrator.dataset.helper import FRAME as _FRAME, RECORD as _RECORD
 
 Progress = Callable[[int, int], None]
 
@@ -43,7 +43,7 @@ BLOCK = 1 << 20                    # read size; per worker, so memory is workers
 READ_AHEAD_FROM = 64 << 20         # files this big are read by a second thread while hashed
 PROGRESS_INTERVAL = 0.1            # seconds between progress calls
 HELPERS_FROM = 64                  # small files to hash before helper processes pay their start
-WORKER_SCRIPT = Path(__file__).with_name("hash_worker.py")
+WORKER_SCRIPT = Path(__file__).with_name("helper.py")
 LISTED_PER_KIND = 20               # files named per kind (added/removed/changed) on a mismatch
 
 # A file modified within one timestamp tick after we read it would keep its mtime, and the

@@ -17,16 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .compare import (A_DIFFERS, CAUSE_ENVIRONMENT, CAUSE_NONDETERMINISM, DIFFERS, INCOMPLETE,
-                      MISSING_A, MISSING_B, M_BEYOND, Cause, Comparison, compare_records)
-from .engine import Executor
-from .errors import InfrastructureError
-from .events import RunObserver
-from .hermetic import RunPaths, container_job
-from .records import ERROR, SUCCEEDED, RunRecord
-from .runner import Prepared, execute
-from .store import Store
-from .variations import FACTOR_NAMES, HostContext, VariationPlan, factor, plan_variations
+from orchestrator.compare.comparison import (A_DIFFERS, CAUSE_ENVIRONMENT, CAUSE_NONDETERMINISM,
+                                             DIFFERS, INCOMPLETE, MISSING_A, MISSING_B, M_BEYOND,
+                                             Cause, Comparison, compare_records)
+from orchestrator.execution.job import Executor
+from orchestrator.errors import InfrastructureError
+from orchestrator.events import RunObserver
+from orchestrator.execution.hermetic import RunPaths, container_job
+from orchestrator.records import ERROR, SUCCEEDED, RunRecord
+from orchestrator.runner import Prepared, execute
+from orchestrator.store.db import Store
+from orchestrator.variations.factors import (FACTOR_NAMES, HostContext, VariationPlan, factor,
+                                             plan_variations)
 
 Oracle = Callable[[frozenset], bool]
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import docker.errors
 import yaml
 
-from .dataset import HashCache, hash_dataset
-from .engine import LocalEngine
-from .errors import InfrastructureError, SpecError
-from .images import resolve_image
-from .spec import MAX_SPEC_BYTES, load_spec, read_spec_bytes
+from orchestrator.dataset.tree import HashCache, hash_dataset
+from orchestrator.execution.local import LocalEngine
+from orchestrator.errors import InfrastructureError, SpecError
+from orchestrator.images import resolve_image
+from orchestrator.spec.model import MAX_SPEC_BYTES, load_spec, read_spec_bytes
 
 
 def _child(mapping: yaml.MappingNode, key: str):

@@ -9,9 +9,9 @@ import getpass
 import sqlite3
 from dataclasses import dataclass
 
-from .errors import UsageError
-from .records import SUCCEEDED
-from .store import Store, utc_now
+from orchestrator.errors import UsageError
+from orchestrator.records import SUCCEEDED
+from orchestrator.store.db import Store, utc_now
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (

@@ -20,10 +20,10 @@ from typing import Callable
 
 import docker.errors
 
-from .dataset import hash_dataset
-from .errors import InfrastructureError, PinMismatch, UsageError
-from .records import RunRecord
-from .store import Store, utc_now
+from orchestrator.dataset.tree import hash_dataset
+from orchestrator.errors import InfrastructureError, PinMismatch, UsageError
+from orchestrator.records import RunRecord
+from orchestrator.store.db import Store, utc_now
 
 ARCHIVE_SCHEMA = "reprun.archive/1"
 MANIFEST = "MANIFEST.json"
@@ -126,7 +126,7 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
 def refuse_output(output: Path) -> None:
     """Before an image of hundreds of MiB is saved: a name that says another format, a folder,
     or a path through a file."""
-    from .writing import refuse_unwritable_file
+    from orchestrator.files import refuse_unwritable_file
     refuse_unwritable_file(output, "archive")
     if not output.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise UsageError(f"the archive {output} must end in {', '.join(ARCHIVE_SUFFIXES)}: "

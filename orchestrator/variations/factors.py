@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .engine import ContainerJob, Mount
-from .errors import UsageError
-from .hermetic import LABEL_VARIATIONS, META_MOUNT, THREAD_VARIABLES, thread_count
+from orchestrator.execution.job import ContainerJob, Mount
+from orchestrator.errors import UsageError
+from orchestrator.execution.hermetic import (LABEL_VARIATIONS, META_MOUNT, THREAD_VARIABLES,
+                                             thread_count)
 
 # Where the read-only dataset is mounted when the job sees a reordered copy at its usual place.
 DATASET_SOURCE = "/reprun-dataset"

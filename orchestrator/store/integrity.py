@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .outputs import sha256_file
-from .records import INTERRUPTED, RUNNING
-from .store import ChainHead, Store, record_sha256
+from orchestrator.outputs import sha256_file
+from orchestrator.records import INTERRUPTED, RUNNING
+from orchestrator.store.db import ChainHead, Store, record_sha256
 
 
 @dataclass(frozen=True)
