@@ -5,10 +5,10 @@ import concurrent.futures
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from orchestrator.execution.local import LocalEngine
+from orchestrator.execution.job import Executor
 from orchestrator.events import RunObserver
 from orchestrator.records import RunRecord
-from orchestrator.runner import JobTransform, Prepared, execute
+from orchestrator.runner import JobTransform, PreparedRun, execute
 from orchestrator.store.db import Store
 
 T = TypeVar("T")
@@ -27,7 +27,7 @@ def fits_in_parallel(cpus_per_run: float, runs: int, host_cpus: int | None) -> b
     return bool(host_cpus) and cpus_per_run * runs <= host_cpus
 
 
-def run_all(prepared: Prepared, plans: list[RunPlan], *, store: Store, engine: LocalEngine,
+def run_all(prepared: PreparedRun, plans: list[RunPlan], *, store: Store, engine: Executor,
             observer: RunObserver, parallel: bool) -> list[RunRecord]:
     if not parallel or len(plans) < 2:
         return [execute(prepared, store=store, engine=engine, observer=observer,

@@ -13,7 +13,6 @@ from typing import Callable
 from orchestrator import __version__
 from orchestrator.dataset.tree import DatasetDigest, HashCache, verify_dataset
 from orchestrator.execution.job import ContainerJob, ContainerOutcome, Executor
-from orchestrator.execution.local import LocalEngine
 from orchestrator.errors import JobFailed, PinMismatch
 from orchestrator.events import RunObserver
 from orchestrator.execution.hermetic import RunPaths, applied_settings, container_job
@@ -24,6 +23,7 @@ from orchestrator.manifest.probes import (PROBES, REDACTED, RUN_PROBES, image_fa
                                           image_facts_key, new_marker, parse_manifest, redact_env,
                                           write_probe)
 from orchestrator.secrets import Redactor, secret_values
+from orchestrator.spec.model import RunSpec
 from orchestrator.records import (ERROR, FAILED, INTERRUPTED, SUCCEEDED, DatasetFacts, ImageFacts,
                                   Inputs, EnvironmentManifest, Outputs, RunRecord)
 from orchestrator.store.db import Store, utc_now
@@ -33,9 +33,9 @@ JobTransform = Callable[[ContainerJob], ContainerJob]
 
 
 @dataclass(frozen=True)
-class Prepared:
+class PreparedRun:
     """The checked, resolved inputs of a spec; shared by every run of one `verify`."""
-    spec: object
+    spec: RunSpec
     dataset: DatasetDigest
     image: ResolvedImage
     host: dict
@@ -43,9 +43,9 @@ class Prepared:
     facts_scope: str | None = None      # where image-bound facts may be reused (Executor)
 
 
-def prepare(spec, *, store: Store, engine: LocalEngine, observer: RunObserver,
+def prepare(spec, *, store: Store, engine: Executor, observer: RunObserver,
             use_cache: bool = True, label: str = "prepare",
-            dataset_path: Path | None = None) -> Prepared:
+            dataset_path: Path | None = None) -> PreparedRun:
     path = dataset_path or spec.dataset.path
     secret_values(spec)      # an unset secret is refused before anything is read or pulled
     observer.stage(label, f"verifying dataset {path}")
@@ -61,7 +61,7 @@ def prepare(spec, *, store: Store, engine: LocalEngine, observer: RunObserver,
         store.note_built_image(image.id, spec.name)
     host = {**engine.host_facts(), "reprun_version": __version__,
             "image_id": image.id, "image_repo_digest": image.repo_digest}
-    return Prepared(spec=spec, dataset=digest, image=image, host=host, use_cache=use_cache,
+    return PreparedRun(spec=spec, dataset=digest, image=image, host=host, use_cache=use_cache,
                     facts_scope=engine.facts_scope())
 
 
@@ -148,7 +148,7 @@ def _owned_by_job(path: Path, user: str) -> None:
         path.chmod(0o777)
 
 
-def execute(prepared: Prepared, *, store: Store, engine: Executor, observer: RunObserver,
+def execute(prepared: PreparedRun, *, store: Store, engine: Executor, observer: RunObserver,
             label: str = "run", seed: int | None = None,
             transform: JobTransform | None = None) -> RunRecord:
     """Run the job once and record it. Interrupts still write an `interrupted` record."""
@@ -197,7 +197,7 @@ def execute(prepared: Prepared, *, store: Store, engine: Executor, observer: Run
         reserve.release()
         log.close()
     record = _record(prepared, run_id, started_at, seed, job, outcome, paths, log,
-                     ManifestPlan(marker, probes, cached), redactor)
+                     ManifestReading(marker, probes, cached), redactor)
     record = store.finish(record)
     if facts_key and cached is None and (facts := image_facts(record.environment)) is not None:
         store.remember_image_facts(facts_key, prepared.image.id, facts, record.id)
@@ -210,7 +210,7 @@ def execute(prepared: Prepared, *, store: Store, engine: Executor, observer: Run
 
 
 @dataclass(frozen=True)
-class ManifestPlan:
+class ManifestReading:
     """How this run's manifest is read: which probes ran, and the image facts reused."""
     marker: str
     probes: tuple
@@ -224,8 +224,8 @@ class ManifestPlan:
                               self.probes, cached=facts)
 
 
-def _record(prepared: Prepared, run_id: str, started_at: str, seed: int, job: ContainerJob,
-            outcome: ContainerOutcome, paths: RunPaths, log: LogFile, plan: ManifestPlan,
+def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job: ContainerJob,
+            outcome: ContainerOutcome, paths: RunPaths, log: LogFile, plan: ManifestReading,
             redactor: Redactor) -> RunRecord:
     spec = prepared.spec
     metrics, artifacts, reason, message = {}, {}, outcome.reason, outcome.message

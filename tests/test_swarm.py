@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, REPRUN, WRITE_METRICS, containers
-from orchestrator.execution.job import Collected, ToCollect
-from orchestrator.execution.handback import OutputSplitter, Plan, parse_block, wrapper_script
+from orchestrator.execution.job import RemoteResults, ResultsToCollect
+from orchestrator.execution.handback import OutputSplitter, WrapperPlan, parse_block, wrapper_script
 from orchestrator.execution.config import load_config, open_backend
 from orchestrator.errors import UsageError
 from orchestrator.execution.swarm import SwarmBackend
@@ -258,7 +258,7 @@ def test_manifest_and_metrics_come_back_through_the_service_logs_not_a_mount(
     assert {m["Target"]: m["Type"] for m in mounts}["/reprun"] == "tmpfs"
     assert not submitted[0]["task_template"].get("Networks")
     collected = outcome.collected
-    assert isinstance(collected, Collected)
+    assert isinstance(collected, RemoteResults)
     assert json.loads(collected.metrics) == {"score": 0.7, "nested": {"loss": 0.25}}
     assert f"{marker} os_release" in collected.manifest
     assert set(collected.artifacts) == {"model.bin"}
@@ -588,7 +588,7 @@ def test_the_wrapper_hashes_the_dataset_and_artifacts_as_reprun_does(tmp_path):
     work.mkdir()
     pin = hash_dataset(data).sha256
     marker = "@@reprun-end-test"
-    plan = Plan(marker=marker, workdir=str(work), shipped={str(work / "job.sh"): textwrap.dedent(f"""\
+    plan = WrapperPlan(marker=marker, workdir=str(work), shipped={str(work / "job.sh"): textwrap.dedent(f"""\
         echo hi
         printf '{{"loss": 0.5}}' > {out}/metrics.json
         printf model > {out}/model.bin
@@ -659,7 +659,7 @@ def test_to_collect_travels_with_every_job(project):
     spec = load_spec(project.spec(script=WRITE_METRICS))
     job = container_job(spec, run_id="x", image_id="sha256:" + "1" * 64, seed=7,
                         paths=RunPaths(project.root / "run"))
-    assert job.collect == ToCollect(outputs_dir="/out", metrics="metrics.json",
+    assert job.collect == ResultsToCollect(outputs_dir="/out", metrics="metrics.json",
                                     artifacts=("*.bin",), manifest="/reprun/manifest.txt",
                                     dataset_source=str(spec.dataset.path),
                                     dataset_sha256=spec.dataset.sha256)

@@ -6,7 +6,7 @@ machine can (network interfaces, no-new-privileges, the dataset's hash where the
 runs the job exactly as a local run does, and prints a framed block after the job's output:
 exit status, OOM kills, the manifest and the metrics file (base64), and the sha256 of every
 artifact, taken where it was written. The backend reads its output stream through an
-OutputSplitter and parse_block, and hands back Collected.
+OutputSplitter and parse_block, and hands back RemoteResults.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _seconds(value: float) -> str:
 
 
 @dataclass(frozen=True)
-class Plan:
+class WrapperPlan:
     """What the hand-back wrapper does for one job: what it checks, where things are."""
     # Frames the block; new for every attempt, so that no output of a job is taken for it by
     # chance. (A job that reads it from /proc and forges a block is followed by the real one,
@@ -82,7 +82,7 @@ done
 """
 
 
-def wrapper_script(plan: Plan) -> str:
+def wrapper_script(plan: WrapperPlan) -> str:
     """The task container's entrypoint (`sh -c`); the job's own entrypoint and command follow
     as its arguments."""
     w = plan.workdir
@@ -196,7 +196,7 @@ def wrapper_script(plan: Plan) -> str:
 # --------------------------------------------------------------------------- the block
 
 @dataclass
-class Block:
+class ResultBlock:
     """What the wrapper printed after the job: parsed, not yet judged."""
     complete: bool = False
     exit_code: int | None = None
@@ -219,8 +219,8 @@ def _decode_b64(text: str) -> bytes:
         return b""
 
 
-def parse_block(text: bytes, marker: str) -> Block:
-    block = Block()
+def parse_block(text: bytes, marker: str) -> ResultBlock:
+    block = ResultBlock()
     manifest, metrics = [], []
     prefix = marker.encode() + b" "
     for line in text.split(b"\n"):
@@ -272,7 +272,7 @@ def parse_block(text: bytes, marker: str) -> Block:
     return block
 
 
-def metrics_problem(block: Block, name: str) -> str | None:
+def metrics_problem(block: ResultBlock, name: str) -> str | None:
     return {
         "symlink": f"the metrics file {name} is a symlink; a job must write it as a file",
         "outside": f"the metrics file {name} lies behind a symlinked folder that leads outside "

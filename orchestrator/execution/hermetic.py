@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.execution.job import ToCollect
+from orchestrator.execution.job import ResultsToCollect
 from orchestrator.execution.job import LABEL_RUN, LABEL_SPEC, ContainerJob, Mount
 
 HOSTNAME = "reprun"           # Docker's default is the random container ID: a needless difference
@@ -94,7 +94,7 @@ def container_job(spec, *, run_id: str, image_id: str, seed: int, paths: RunPath
         pids=spec.resources.pids,
         timeout_s=spec.resources.timeout_s,
         labels={LABEL_RUN: run_id, LABEL_SPEC: spec.name},
-        collect=ToCollect(outputs_dir=spec.outputs.dir, metrics=spec.outputs.metrics,
+        collect=ResultsToCollect(outputs_dir=spec.outputs.dir, metrics=spec.outputs.metrics,
                           artifacts=tuple(spec.outputs.artifacts),
                           manifest=f"{META_MOUNT}/manifest.txt",
                           dataset_source=str(spec.dataset.path),

@@ -47,7 +47,7 @@ class ContainerJob:
     timeout_s: float
     labels: dict[str, str] = field(default_factory=dict)
     # What to hand back and the dataset pin, for a backend that reads them where the job ran.
-    collect: ToCollect | None = None
+    collect: ResultsToCollect | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class ContainerOutcome:
     duration_s: float
     message: str | None = None
     # The job's results as read where it ran; None: they are in the run's folders (local).
-    collected: Collected | None = None
+    collected: RemoteResults | None = None
 
 
 # Called as sink(chunk, stream), stream being "stdout" or "stderr": the two arrive interleaved
@@ -70,7 +70,7 @@ EventSink = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class ToCollect:
+class ResultsToCollect:
     """What a backend hands back besides the exit status, and the pin it checks where the data
     is read. A backend that shares the store's folders with the container may ignore it: reprun
     then reads the run's folders itself."""
@@ -83,7 +83,7 @@ class ToCollect:
 
 
 @dataclass(frozen=True)
-class Collected:
+class RemoteResults:
     """A job's results as read where it ran, handed back without a shared filesystem."""
     manifest: str | None = None                      # the probe's raw text
     metrics: bytes | None = None                     # the metrics file's bytes
@@ -123,7 +123,7 @@ class Executor(Protocol):
 
     def host_facts(self) -> dict[str, Any]:
         """Facts of where jobs run, for the record; a backend may refine them per run
-        (`Collected.host`). `host_cpus` is the capacity parallel runs may share."""
+        (`RemoteResults.host`). `host_cpus` is the capacity parallel runs may share."""
 
     def facts_scope(self) -> str | None:
         """The one machine every job runs on (its engine's ID, say), within which image-bound

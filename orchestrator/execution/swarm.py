@@ -37,10 +37,10 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from orchestrator.execution.handback import (Block, OutputSplitter, Plan, metrics_problem,
+from orchestrator.execution.handback import (ResultBlock, OutputSplitter, WrapperPlan, metrics_problem,
                                              parse_block, wrapper_script)
 from orchestrator.execution.config import SwarmSettings
-from orchestrator.execution.job import Collected, EventSink, ToCollect
+from orchestrator.execution.job import RemoteResults, EventSink, ResultsToCollect
 from orchestrator.execution.job import (LABEL, LABEL_OWNER, LABEL_RUN, ContainerJob,
                                         ContainerOutcome, LogSink)
 from orchestrator.execution.local import LocalEngine, connect, engine_unreachable
@@ -265,7 +265,7 @@ class SwarmBackend:
                 outputs_here[1].rmdir()      # an empty run folder on shared storage is clutter
         return outcome
 
-    def _attempt(self, job: ContainerJob, plan: Plan, image: str, name: str,
+    def _attempt(self, job: ContainerJob, plan: WrapperPlan, image: str, name: str,
                  on_output: LogSink, say: EventSink, started: float,
                  own_node: str | None) -> _Attempt:
         spec = self._service_spec(job, plan, image, name)
@@ -293,7 +293,7 @@ class SwarmBackend:
             with self._lock:
                 self._live.pop(service_id, None)
 
-    def _watch(self, job: ContainerJob, plan: Plan, service_id: str, logs: ServiceLogs,
+    def _watch(self, job: ContainerJob, plan: WrapperPlan, service_id: str, logs: ServiceLogs,
                splitter: OutputSplitter, say: EventSink, started: float,
                own_node: str | None) -> _Attempt:
         schedule_deadline = time.monotonic() + self.settings.schedule_timeout_s
@@ -376,13 +376,13 @@ class SwarmBackend:
                 exit_code, "exit", duration,
                 f"the job exited with status {exit_code}{signal} on {where}, before its "
                 f"results could be handed back; Swarm says: {swarm_says or state}",
-                collected=Collected(host=host)))
+                collected=RemoteResults(host=host)))
         return _Attempt(ContainerOutcome(
             None, "engine", duration,
             f"Swarm could not run the job on {where}: {swarm_says or 'no reason given'} "
-            f"(task {state})", collected=Collected(host=host)), lost=True)
+            f"(task {state})", collected=RemoteResults(host=host)), lost=True)
 
-    def _judge(self, job: ContainerJob, plan: Plan, block: Block, host: dict, duration: float,
+    def _judge(self, job: ContainerJob, plan: WrapperPlan, block: ResultBlock, host: dict, duration: float,
                node_id: str | None) -> ContainerOutcome:
         where = f"swarm node {self._node_name(node_id)}"
         manifest = (block.manifest.decode("utf-8", "replace")
@@ -396,16 +396,16 @@ class SwarmBackend:
                            "reprun checked, so the job was not run"
                            + (f" ({why})" if why else ""))
                 return ContainerOutcome(None, "pin", duration, message,
-                                        collected=Collected(host=host))
+                                        collected=RemoteResults(host=host))
             hint = {"network": "; a task without a network joins the node's default bridge: "
                                "run that node's dockerd with --bridge=none",
                     "privileges": f" (API {self.client.api.api_version})"}.get(what, "")
             return ContainerOutcome(None, "engine", duration,
                                     f"refused to run the job on {where}: {why}{hint}",
-                                    collected=Collected(host=host))
+                                    collected=RemoteResults(host=host))
         name = PurePosixPath(plan.metrics or "metrics").name
         problems = block.problems
-        collected = Collected(
+        collected = RemoteResults(
             manifest=manifest,
             metrics=block.metrics if block.metrics_state == "file" else None,
             metrics_problem=metrics_problem(block, name),
@@ -430,8 +430,8 @@ class SwarmBackend:
 
     # -- the service -------------------------------------------------------------------------
 
-    def _plan(self, job: ContainerJob) -> Plan:
-        collect: ToCollect | None = job.collect
+    def _plan(self, job: ContainerJob) -> WrapperPlan:
+        collect: ResultsToCollect | None = job.collect
         shipped: dict[str, bytes] = {}
         workdir = str(PurePosixPath(collect.manifest).parent) if collect else "/tmp"
         for mount in job.mounts:
@@ -451,7 +451,7 @@ class SwarmBackend:
                 raise InfrastructureError("the job does not mount its dataset; nothing to verify "
                                           "where it runs")
             dataset_target = dataset.target
-        return Plan(
+        return WrapperPlan(
             marker="@@reprun-end-" + _secrets.token_hex(8), workdir=workdir, shipped=shipped,
             dataset_target=dataset_target,
             dataset_sha256=collect.dataset_sha256 if collect else None,
@@ -471,7 +471,7 @@ class SwarmBackend:
         except ValueError:
             return False
 
-    def _service_spec(self, job: ContainerJob, plan: Plan, image: str, name: str) -> dict:
+    def _service_spec(self, job: ContainerJob, plan: WrapperPlan, image: str, name: str) -> dict:
         labels = {LABEL: "1", LABEL_OWNER: owner_label(), **job.labels}
         mounts = []
         work_targets = set()

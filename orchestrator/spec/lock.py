@@ -11,14 +11,14 @@ from pathlib import Path
 import docker.errors
 import yaml
 
+from orchestrator.execution.job import Executor
 from orchestrator.dataset.tree import HashCache, hash_dataset
-from orchestrator.execution.local import LocalEngine
 from orchestrator.errors import InfrastructureError, SpecError
 from orchestrator.images import resolve_image
 from orchestrator.spec.model import MAX_SPEC_BYTES, load_spec, read_spec_bytes
 
 
-def _child(mapping: yaml.MappingNode, key: str):
+def _key_and_value(mapping: yaml.MappingNode, key: str):
     for key_node, value_node in mapping.value:
         if key_node.value == key:
             return key_node, value_node
@@ -30,14 +30,14 @@ def _set_scalar(text: str, root: yaml.Node, path: tuple[str, ...], value: str,
     """The text with mapping[path] set to value, and the old value (None when added)."""
     parent = root
     for key in path[:-1]:
-        found = _child(parent, key)
+        found = _key_and_value(parent, key)
         if found is None or not isinstance(found[1], yaml.MappingNode):
             raise SpecError(f"{source}: cannot pin {'.'.join(path)}: {key} is not a mapping")
         parent = found[1]
     if parent.flow_style:
         raise SpecError(f"{source}:{parent.start_mark.line + 1}: cannot pin {'.'.join(path)} inside "
                         "a flow-style mapping ({...}); write that mapping in block style.")
-    found = _child(parent, path[-1])
+    found = _key_and_value(parent, path[-1])
     if found is not None:
         node = found[1]
         old = node.value if isinstance(node, yaml.ScalarNode) else None
@@ -54,8 +54,8 @@ def _set_scalar(text: str, root: yaml.Node, path: tuple[str, ...], value: str,
 
 def _raw_ref(text: str) -> str | None:
     root = yaml.compose(text, Loader=yaml.SafeLoader)
-    image = _child(root, "image") if isinstance(root, yaml.MappingNode) else None
-    ref = _child(image[1], "ref") if image and isinstance(image[1], yaml.MappingNode) else None
+    image = _key_and_value(root, "image") if isinstance(root, yaml.MappingNode) else None
+    ref = _key_and_value(image[1], "ref") if image and isinstance(image[1], yaml.MappingNode) else None
     return ref[1].value if ref and isinstance(ref[1], yaml.ScalarNode) else None
 
 
@@ -92,7 +92,7 @@ def _load_as(path: Path, text: str):
         draft.unlink(missing_ok=True)
 
 
-def lock_spec(path: Path, *, engine: LocalEngine, write: bool = True,
+def lock_spec(path: Path, *, engine: Executor, write: bool = True,
               cache: HashCache | None = None) -> list[str]:
     """Bring the pins of one spec up to date; returns what changed (or would change).
 

@@ -498,7 +498,7 @@ def _mark_at(text: str | bytes, position: int) -> yaml.Mark:
     return yaml.Mark("", position, line, column, None, None)
 
 
-def _child(node: yaml.Node | None, *keys: str) -> yaml.Node | None:
+def _value_at(node: yaml.Node | None, *keys: str) -> yaml.Node | None:
     """The value node at keys (the first occurrence), or None."""
     for key in keys:
         if not isinstance(node, yaml.MappingNode):
@@ -744,7 +744,7 @@ _DATASET_KEYS = {
 def _read_dataset(reader: _Reader, node: yaml.Node, where: str) -> DatasetSpec:
     values = _complete(reader.mapping(node, _DATASET_KEYS, where))
     if values.get("sha256") is None and reader.require_pins:
-        pin = _child(node, "sha256")
+        pin = _value_at(node, "sha256")
         raise _Problem("has no `sha256` pin", "Run `reprun lock SPEC` to fill it in, or add "
                        "`sha256: <64 hex>` as printed by sha256sum",
                        pin.start_mark if pin else None)
@@ -851,7 +851,7 @@ def _check_secrets(reader: _Reader, node: yaml.Node, env: Any, secrets: Any) -> 
     if env is _FAILED or secrets is _FAILED:
         return
     for index, name in enumerate(secrets):
-        item = _child(node, "secrets").value[index]
+        item = _value_at(node, "secrets").value[index]
         if name in env:
             reader.report(item.start_mark, f"secrets[{index}] {name} also has a value under env",
                           "Remove it from env: a secret's value is read from reprun's own "
@@ -865,7 +865,7 @@ def _check_placeholders(reader: _Reader, node: yaml.Node, command: Any, params: 
     if command is _FAILED or params is _FAILED:
         return
     known = dict.fromkeys(["seed", *(f"params.{name}" for name in params)], "")
-    for index, (argument, item) in enumerate(zip(command, _child(node, "command").value)):
+    for index, (argument, item) in enumerate(zip(command, _value_at(node, "command").value)):
         try:
             _substitute(argument, known)
         except KeyError as exc:
@@ -882,7 +882,7 @@ def _check_mounts(reader: _Reader, node: yaml.Node, dataset: Any, outputs: Any) 
         return
     mount, out = dataset.mount, outputs.dir
     if mount == out or mount.startswith(out.rstrip("/") + "/") or out.startswith(mount + "/"):
-        located = _child(node, "outputs", "dir") or _child(node, "dataset", "mount") or node
+        located = _value_at(node, "outputs", "dir") or _value_at(node, "dataset", "mount") or node
         reader.report(located.start_mark, f"outputs.dir {out} overlaps dataset.mount {mount}",
                       "Give them separate folders; the dataset is mounted read-only")
 

@@ -25,7 +25,7 @@ from orchestrator.errors import InfrastructureError
 from orchestrator.events import RunObserver
 from orchestrator.execution.hermetic import RunPaths, container_job
 from orchestrator.records import ERROR, SUCCEEDED, RunRecord
-from orchestrator.runner import Prepared, execute
+from orchestrator.runner import PreparedRun, execute
 from orchestrator.store.db import Store
 from orchestrator.variations.factors import (FACTOR_NAMES, HostContext, VariationPlan, factor,
                                              plan_variations)
@@ -130,7 +130,7 @@ class VariedVerification:
         return self.trials[0].record
 
 
-def host_context(prepared: Prepared) -> HostContext:
+def host_context(prepared: PreparedRun) -> HostContext:
     spec = prepared.spec
     return HostContext(host_cpus=prepared.host.get("host_cpus"),
                        dataset_path=Path(spec.dataset.path), dataset_kind=prepared.dataset.kind,
@@ -139,14 +139,14 @@ def host_context(prepared: Prepared) -> HostContext:
                        memory_bytes=spec.resources.memory_bytes)
 
 
-def plan_for(prepared: Prepared, names: Sequence[str], seed: int) -> VariationPlan:
+def plan_for(prepared: PreparedRun, names: Sequence[str], seed: int) -> VariationPlan:
     # A job built exactly as the runs' jobs are; only its values are read.
     preview = container_job(prepared.spec, run_id="preview", image_id=prepared.image.id,
                             seed=prepared.spec.seed, paths=RunPaths(Path("/nonexistent")))
     return plan_variations(names, seed, host_context(prepared), preview)
 
 
-def verify_varied(prepared: Prepared, plan: VariationPlan, *, store: Store, engine: Executor,
+def verify_varied(prepared: PreparedRun, plan: VariationPlan, *, store: Store, engine: Executor,
                   observer: RunObserver, repeat: str = "") -> VariedVerification:
     """Control, varied run, and when they differ the culprit search; runs one after another,
     since the CPU count is one of the things varied."""

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import docker.errors
 
+from orchestrator.execution.job import Executor
 from orchestrator.store.baselines import baseline_of
 from orchestrator.compare.comparison import (Comparison, EnvironmentRow, compare_environments,
                                              compare_records)
-from orchestrator.execution.local import LocalEngine
 from orchestrator.errors import ExitCode, ReprunError
 from orchestrator.events import RunObserver
 from orchestrator.execution.hermetic import RunPaths, container_job
 from orchestrator.manifest.probes import new_marker, parse_manifest, write_probe
 from orchestrator.records import EnvironmentManifest, SUCCEEDED
-from orchestrator.runner import Prepared, execute, prepare
+from orchestrator.runner import PreparedRun, execute, prepare
 from orchestrator.spec.model import ImageSpec, load_spec
 from orchestrator.store.db import Store
 from orchestrator.parallel import RunPlan, fits_in_parallel, run_all, run_concurrently
@@ -47,7 +47,7 @@ class SpecCheck:
                                     and self.comparison.verdict == "differs")
 
 
-def capture_manifest(spec, image_id: str, engine: LocalEngine, host: dict) -> EnvironmentManifest:
+def capture_manifest(spec, image_id: str, engine: Executor, host: dict) -> EnvironmentManifest:
     """The environment facts of an image, read by the same probe a run uses, running `true`."""
     scratch = Path(tempfile.mkdtemp(prefix="reprun-probe-"))
     try:
@@ -71,7 +71,7 @@ def capture_manifest(spec, image_id: str, engine: LocalEngine, host: dict) -> En
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def environment_drift(spec, prepared: Prepared, *, engine: LocalEngine,
+def environment_drift(spec, prepared: PreparedRun, *, engine: Executor,
                       observer: RunObserver, label: str) -> tuple[EnvironmentRow, ...]:
     observer.stage(label, f"rebuilding {spec.image.build.context} without cache")
     client = engine.client
@@ -103,7 +103,7 @@ def environment_drift(spec, prepared: Prepared, *, engine: LocalEngine,
     return tuple(r for r in rows if r.section not in ("hostname",))
 
 
-def check_spec(path: Path, *, store: Store, engine: LocalEngine,
+def check_spec(path: Path, *, store: Store, engine: Executor,
                observer: RunObserver) -> SpecCheck:
     label = path.stem
     try:
@@ -143,7 +143,7 @@ def check_spec(path: Path, *, store: Store, engine: LocalEngine,
                          exit_code=int(error.exit_code))
 
 
-def check_all(paths: list[Path], *, store: Store, engine: LocalEngine, observer: RunObserver,
+def check_all(paths: list[Path], *, store: Store, engine: Executor, observer: RunObserver,
               jobs: int = 1) -> list[SpecCheck]:
     if jobs <= 1:
         return [check_spec(p, store=store, engine=engine, observer=observer) for p in paths]
