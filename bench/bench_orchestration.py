@@ -120,7 +120,7 @@ def _in_process_run(spec_path: Path, store_root: Path):
     from orchestrator.execution.local import LocalEngine
     from orchestrator.events import RunObserver
     from orchestrator.runner import execute, prepare
-    from orchestrator.spec.model import load_spec
+    from orchestrator.spec.load import load_spec
     from orchestrator.store.db import Store
     store, engine = Store(store_root), LocalEngine()
 
@@ -155,7 +155,7 @@ def _in_process_verify(spec_path: str, store_root: Path) -> dict:
     from orchestrator.execution.local import LocalEngine
     from orchestrator.events import RunObserver
     from orchestrator.runner import prepare
-    from orchestrator.spec.model import load_spec
+    from orchestrator.spec.load import load_spec
     from orchestrator.store.db import Store
     from orchestrator.parallel import RunPlan, run_all
     store, engine, quiet = Store(store_root), LocalEngine(), RunObserver()

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from conftest import WRITE_METRICS
 from orchestrator.errors import SpecError
 from orchestrator.outputs import MAX_METRICS_BYTES, OutputsError, read_metrics
-from orchestrator.spec.model import load_spec
+from orchestrator.spec.load import load_spec
 
 METRICS_EXAMPLES = 3000
 SPEC_EXAMPLES = 1500

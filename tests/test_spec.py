@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import ExitCode, SpecError
-from orchestrator.spec.model import (MAX_INT, SCHEMA_FILE, CompareSpec, Hermetic, ImageBuild,
-                                     Resources, Tolerance, load_spec, parse_duration, parse_size,
-                                     validate_specs)
+from orchestrator.spec.load import load_spec, validate_specs
+from orchestrator.spec.model import CompareSpec, Hermetic, ImageBuild, Resources, Tolerance
+from orchestrator.spec.units import MAX_INT, parse_duration, parse_size
+from orchestrator.spec.v1_keys import SCHEMA_FILE
 
 DIGEST = "sha256:" + "ab" * 32
 REF = f"127.0.0.1:5000/reprun/sklearn@{DIGEST}"

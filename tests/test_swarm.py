@@ -227,7 +227,7 @@ def test_manifest_and_metrics_come_back_through_the_service_logs_not_a_mount(
     the record needs arrives as the framed block at the end of the service's output."""
     from orchestrator.execution.hermetic import RunPaths, container_job
     from orchestrator.manifest.probes import new_marker, write_probe
-    from orchestrator.spec.model import load_spec
+    from orchestrator.spec.load import load_spec
     project.dataset()
     shared = swarm_project(project, tmp_path)
     spec = load_spec(project.spec(script=WRITE_METRICS + "\nprint('trained', flush=True)"))
@@ -320,7 +320,7 @@ def test_a_dataset_that_differs_where_the_job_runs_is_refused_with_exit_3(
     from orchestrator.events import RunObserver
     from orchestrator.errors import PinMismatch
     from orchestrator.runner import execute, prepare
-    from orchestrator.spec.model import load_spec
+    from orchestrator.spec.load import load_spec
     from orchestrator.store.db import Store
     import dataclasses
     project.dataset()
@@ -442,7 +442,7 @@ def test_a_job_no_node_can_take_is_reported_with_swarms_own_words(project, tmp_p
 def test_a_task_swarm_cannot_start_is_tried_twice_then_reported(project, tmp_path, swarm,
                                                                  example_ref):
     from orchestrator.execution.hermetic import RunPaths, container_job
-    from orchestrator.spec.model import load_spec
+    from orchestrator.spec.load import load_spec
     project.dataset()
     shared = swarm_project(project, tmp_path)
     spec = load_spec(project.spec(script=WRITE_METRICS))
@@ -654,7 +654,7 @@ def test_a_bad_backend_or_config_is_exit_2_before_anything_runs(project):
 
 def test_to_collect_travels_with_every_job(project):
     from orchestrator.execution.hermetic import RunPaths, container_job
-    from orchestrator.spec.model import load_spec
+    from orchestrator.spec.load import load_spec
     project.dataset()
     spec = load_spec(project.spec(script=WRITE_METRICS))
     job = container_job(spec, run_id="x", image_id="sha256:" + "1" * 64, seed=7,

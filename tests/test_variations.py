@@ -334,7 +334,7 @@ def test_every_factor_reaches_the_job(project):
     from orchestrator.execution.local import LocalEngine
     from orchestrator.events import RunObserver
     from orchestrator.runner import execute, prepare
-    from orchestrator.spec.model import load_spec
+    from orchestrator.spec.load import load_spec
     from orchestrator.store.db import Store
     project.dataset(files={**SHARDS, "nested/a.csv": b"a\n", "nested/b.csv": b"b\n"})
     observe = """

@@ -74,7 +74,7 @@ def _backend(name: Optional[str]):
 @app.command()
 def validate(specs: List[Path] = typer.Argument(..., help="Spec files to check.")) -> None:
     """Check spec files without running anything (exit 2 when any is invalid)."""
-    from orchestrator.spec.model import validate_specs
+    from orchestrator.spec.load import validate_specs
     worst = ExitCode.OK
     for path, error in validate_specs(specs):
         if error is None:
@@ -93,7 +93,7 @@ def run(ctx: typer.Context, spec: Path,
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or job output.")) -> None:
     """Run a spec once in a hermetic container and record it."""
     from orchestrator.runner import execute, prepare
-    from orchestrator.spec.model import load_spec
+    from orchestrator.spec.load import load_spec
     spec_value = load_spec(spec)
     store, engine, observer = _store(ctx), _backend(backend), _observer(quiet)
     prepared = prepare(spec_value, store=store, engine=engine, observer=observer,
@@ -146,7 +146,7 @@ def verify(ctx: typer.Context, spec: Path,
            quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Train a spec N times (default twice) and say whether the results match."""
     from orchestrator.runner import prepare
-    from orchestrator.spec.model import load_spec
+    from orchestrator.spec.load import load_spec
     from orchestrator.parallel import RunPlan, fits_in_parallel, run_all
     spec_value = load_spec(spec)
     _check_report_paths(report)

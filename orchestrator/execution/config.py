@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from orchestrator.errors import UsageError
 from orchestrator.execution.job import Executor
-from orchestrator.spec.model import parse_duration
+from orchestrator.spec.units import parse_duration
 
 CONFIG_FILE = "reprun.toml"
 BACKEND_NAMES = ("local", "swarm")

@@ -47,7 +47,7 @@ from orchestrator.execution.local import LocalEngine, connect, engine_unreachabl
 from orchestrator.execution.owners import left_behind_because, owner_label
 from orchestrator.errors import InfrastructureError
 from orchestrator.outputs import sha256_file
-from orchestrator.spec.model import parse_size
+from orchestrator.spec.units import parse_size
 
 # A task Swarm lost or could not start is tried this many times in all.
 ATTEMPTS = 2

@@ -15,7 +15,7 @@ from orchestrator.execution.job import Executor
 from orchestrator.dataset.tree import HashCache, hash_dataset
 from orchestrator.errors import InfrastructureError, SpecError
 from orchestrator.images import resolve_image
-from orchestrator.spec.model import MAX_SPEC_BYTES, load_spec, read_spec_bytes
+from orchestrator.spec.load import MAX_SPEC_BYTES, load_spec, read_spec_bytes
 
 
 def _key_and_value(mapping: yaml.MappingNode, key: str):

@@ -25,7 +25,8 @@ from orchestrator.execution.hermetic import RunPaths, container_job
 from orchestrator.manifest.probes import new_marker, parse_manifest, write_probe
 from orchestrator.records import EnvironmentManifest, SUCCEEDED
 from orchestrator.runner import PreparedRun, execute, prepare
-from orchestrator.spec.model import ImageSpec, load_spec
+from orchestrator.spec.load import load_spec
+from orchestrator.spec.model import ImageSpec
 from orchestrator.store.db import Store
 from orchestrator.parallel import RunPlan, fits_in_parallel, run_all, run_concurrently
 
