@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from orchestrator.compare.tolerance import Tolerance
 from orchestrator.errors import SpecError
 
 SPEC_VERSION = 1
@@ -89,12 +90,6 @@ class OutputsSpec:
     dir: str = "/out"
     metrics: str = "metrics.json"
     artifacts: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    kind: str                       # "exact" | "abs" | "rel" | "ignore"
-    value: float = 0.0
 
 
 @dataclass(frozen=True)
