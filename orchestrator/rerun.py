@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from orchestrator.compare.tolerance import parse_tolerances
 from orchestrator.errors import UsageError
 from orchestrator.manifest.probes import REDACTED
 from orchestrator.records import RunRecord
 from orchestrator.spec.model import (CompareSpec, DatasetSpec, Hermetic, ImageSpec, OutputsSpec,
-                                     Resources, RunSpec, Tolerance)
+                                     Resources, RunSpec)
 
 
 def _literal(arg: str) -> str:
@@ -22,10 +23,9 @@ def _literal(arg: str) -> str:
 
 
 def _compare_spec(compare: dict) -> CompareSpec:
-    metrics = {name: Tolerance(kind=t["kind"], value=float(t.get("value", 0.0)))
-               for name, t in (compare.get("metrics") or {}).items()}
-    metrics.setdefault("default", Tolerance("exact"))
-    return CompareSpec(metrics=metrics, artifacts=compare.get("artifacts", "bitwise"))
+    tolerances = parse_tolerances(compare)
+    return CompareSpec(metrics={"default": tolerances.default, **tolerances.metrics},
+                       artifacts=tolerances.artifacts)
 
 
 def spec_from_record(record: RunRecord, *, dataset_path: Path | None = None,

@@ -7,10 +7,11 @@ import math
 
 import pytest
 
-from orchestrator.compare.comparison import (Comparison, EnvironmentRow, MetricRow,
-                                             combined_verdict, compare_many, compare_records,
-                                             exit_code_for, parse_tolerances)
+from orchestrator.compare.comparison import combined_verdict, compare_many, compare_records
+from orchestrator.compare.tolerance import Tolerance, parse_tolerances
+from orchestrator.compare.value import Comparison, EnvironmentRow, MetricRow, Verdict
 from orchestrator.errors import ExitCode, UsageError
+from orchestrator.execution.hermetic import THREAD_VARIABLES
 from orchestrator.records import (Artifact, DatasetFacts, EnvironmentManifest, ImageFacts, Inputs,
                                   Outputs, RunRecord)
 
@@ -18,7 +19,7 @@ IMAGE_A = "sha256:" + "a" * 64
 IMAGE_B = "sha256:" + "b" * 64
 DATA = "d" * 64
 PINNED_ENV = {
-    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+    **{name: "1" for name in THREAD_VARIABLES},
     "PYTHONHASHSEED": "0", "REPRUN_SEED": "42", "TZ": "UTC", "LC_ALL": "C.UTF-8",
 }
 TOLERANCES = {
@@ -107,7 +108,7 @@ def test_identical_records_are_identical_with_nothing_to_explain():
     a, b = make_record("run-a"), make_record("run-b")
     comparison = compare_records(a, b)
     assert comparison.verdict == "identical"
-    assert exit_code_for(comparison) == ExitCode.OK == 0
+    assert comparison.verdict.exit_code == ExitCode.OK == 0
     assert comparison.causes == ()
     assert comparison.sections.environment == ()
     assert all(row.same for row in comparison.sections.inputs)
@@ -124,13 +125,13 @@ def test_a_metric_within_abs_1e9_is_equivalent_the_same_without_tolerance_differ
     assert metric(tolerant, "accuracy").status == "within"
     assert metric(tolerant, "accuracy").tolerance == "abs 1e-09"
     assert tolerant.verdict == "equivalent"
-    assert exit_code_for(tolerant) == 0
+    assert tolerant.verdict.exit_code == 0
 
     exact = compare_records(a, b, tolerances={"metrics": {"default": "exact"}})
     assert metric(exact, "accuracy").status == "beyond"
     assert metric(exact, "accuracy").tolerance == "exact"
     assert exact.verdict == "differs"
-    assert exit_code_for(exact) == ExitCode.DIFFERS == 1
+    assert exact.verdict.exit_code == ExitCode.DIFFERS == 1
 
 
 def test_a_metric_further_than_its_abs_tolerance_is_beyond():
@@ -262,7 +263,7 @@ def test_a_run_that_failed_makes_the_comparison_incomplete_with_the_job_failure_
                  outputs__metrics={})
     comparison = compare_records(a, b)
     assert comparison.verdict == "incomplete"
-    assert exit_code_for(comparison) == ExitCode.JOB_FAILED == 5
+    assert comparison.verdict.exit_code == ExitCode.JOB_FAILED == 5
     assert comparison.b.status == "failed" and comparison.b.reason == "timeout"
     assert comparison.causes[0].kind == "run"
     assert "run-b did not succeed: failed, timeout" in comparison.causes[0].summary
@@ -450,8 +451,7 @@ def test_different_results_under_identical_inputs_suggest_nondeterminism_with_hi
     assert "the job may draw randomness that does not come from REPRUN_SEED/{seed}" in text
     assert any(s.startswith("PYTHONHASHSEED is not set") for s in text)
     threads = next(c for c in comparison.causes if c.summary.startswith("threads"))
-    assert "run run-a: OMP_NUM_THREADS, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS not set" in \
-        threads.details
+    assert f"run run-a: {', '.join(THREAD_VARIABLES)} not set" in threads.details
     assert any("openblas" in d and "4 threads" in d for d in threads.details)
 
 
@@ -554,7 +554,7 @@ def test_compare_many_compares_the_first_run_with_each_other_and_the_worst_verdi
     assert combined_verdict(comparisons[:2]) == "equivalent"
     failed = compare_records(base, replaced(make_record("run-5"), status="failed"))
     assert combined_verdict([*comparisons, failed]) == "incomplete"
-    assert exit_code_for(combined_verdict(comparisons)) == 1
+    assert combined_verdict(comparisons).exit_code == 1
 
 
 def test_compare_many_needs_two_runs_and_combined_verdict_needs_one_comparison():
@@ -604,3 +604,26 @@ def test_to_dict_and_from_dict_round_trip_exactly_with_nan_and_infinities():
 def test_from_dict_refuses_something_that_is_not_a_report():
     with pytest.raises(UsageError):
         Comparison.from_dict({"schema": "reprun.run/1"})
+
+
+def test_each_verdict_maps_to_one_exit_code_as_the_readme_says():
+    assert {v.value: v.exit_code for v in Verdict} == {
+        "identical": 0, "equivalent": 0, "differs": 1, "incomplete": 5}
+
+
+def test_a_run_that_pins_only_three_of_the_six_thread_variables_is_told_which_are_missing():
+    three = {k: v for k, v in PINNED_ENV.items()
+             if k not in ("NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")}
+    a = make_record("run-a", environment__env=three)
+    b = with_metrics(make_record("run-b", environment__env=three), loss=0.13)
+    threads = next(c for c in compare_records(a, b).causes if c.summary.startswith("threads"))
+    assert threads.details == (
+        "run run-a: NUMEXPR_NUM_THREADS, VECLIB_MAXIMUM_THREADS, BLIS_NUM_THREADS not set",
+        "run run-b: NUMEXPR_NUM_THREADS, VECLIB_MAXIMUM_THREADS, BLIS_NUM_THREADS not set")
+
+
+def test_the_spec_and_the_comparison_share_one_tolerance():
+    from orchestrator.spec import model
+    assert model.Tolerance is Tolerance
+    assert parse_tolerances({"metrics": {"loss": {"rel": 0.01}}}).for_metric("loss") == \
+        Tolerance("rel", 0.01)

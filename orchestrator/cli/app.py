@@ -23,10 +23,6 @@ runs_app = typer.Typer(help="List and show recorded runs (for audits).", no_args
 app.add_typer(runs_app, name="runs")
 
 
-VERDICT_EXIT = {"identical": 0, "equivalent": 0, "differs": int(ExitCode.DIFFERS),
-                "incomplete": int(ExitCode.JOB_FAILED)}
-
-
 def tabulate(*args, **kwargs) -> str:
     # Imported when a table is printed: the import costs about 40 ms, a good part of what a
     # one-shot `reprun run` adds to the job, which prints no table.
@@ -223,7 +219,7 @@ def _compare_and_report(store, records, report_paths: List[Path], extra: dict | 
             write_text(target, render(comparison, format_for_path(path)), "report")
             typer.echo(f"report written: {target}", err=True)
         typer.echo(f"report saved in the store: {saved}", err=True)
-    raise typer.Exit(VERDICT_EXIT[combined_verdict(comparisons)])
+    raise typer.Exit(combined_verdict(comparisons).exit_code)
 
 
 @app.command()

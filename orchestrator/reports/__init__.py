@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from orchestrator.compare.comparison import Comparison
+from orchestrator.compare.value import Comparison
 from orchestrator.errors import UsageError
 
 FORMATS = frozenset({"terminal", "md", "html", "json", "junit"})

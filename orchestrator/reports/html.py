@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from orchestrator.compare.comparison import Comparison, MetricRow
+from orchestrator.compare.value import Comparison, MetricRow
 from orchestrator.reports import Table, number, tables
 
 _CSS = """

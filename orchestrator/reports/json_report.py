@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.compare.comparison import Comparison
+from orchestrator.compare.value import Comparison
 
 
 def render(comparison: Comparison) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 
-from orchestrator.compare.comparison import Comparison
+from orchestrator.compare.value import Comparison
 from orchestrator.reports import MISSING, extra_tables, number, size, text
 
 # XML 1.0 cannot carry most control characters, even escaped; a record value might hold them.
@@ -24,86 +25,99 @@ def _clean(value: str) -> str:
     return _NOT_XML.sub("\ufffd", value)
 
 
-def render(comparison: Comparison) -> str:
-    a, b = comparison.a, comparison.b
-    spec = a.spec_name
-    suite_name = f"reprun {spec}"
+@dataclass(frozen=True)
+class JUnitCase:
+    classname: str
+    name: str
+    failure: tuple[str, str, str] | None = None   # (type, message, body)
+    skipped: str | None = None                    # the reason it was skipped
+    output: str | None = None                     # <system-out>
+
+
+def junit_xml(suite_name: str, cases: list[JUnitCase], *, properties: dict[str, str] | None = None,
+              timestamp: str | None = None, output: str | None = None) -> str:
+    """The one JUnit XML writer (comparison reports and `check`): counts, escaping, layout."""
     suites = ET.Element("testsuites", name="reprun")
-    suite = ET.SubElement(suites, "testsuite", name=_clean(suite_name),
-                          timestamp=_clean(comparison.created_at))
-    properties = ET.SubElement(suite, "properties")
-    for name, value in (("verdict", comparison.verdict), ("run_a", a.run_id),
-                        ("run_b", b.run_id), ("schema", comparison.schema)):
-        ET.SubElement(properties, "property", name=name, value=_clean(value))
-
-    cases: list[ET.Element] = []
-
-    def case(classname: str, name: str) -> ET.Element:
-        element = ET.Element("testcase", classname=_clean(f"reprun.{spec}.{classname}"),
-                             name=_clean(name), time="0")
-        cases.append(element)
-        return element
-
-    run_case = case("runs", "run")
-    failed = [r for r in (a, b) if r.status != "succeeded"]
-    if failed:
-        message = "; ".join(f"run {r.run_id} {r.status}"
-                            + (f" ({r.reason})" if r.reason not in (None, "ok") else "")
-                            for r in failed)
-        ET.SubElement(run_case, "failure", message=_clean(message), type="incomplete")
-
-    for m in comparison.sections.metrics:
-        element = case("metrics", m.name)
-        detail = (f"a={number(m.a)} b={number(m.b)} delta={number(m.delta, signed=True)} "
-                  f"tolerance={m.tolerance}")
-        if m.status in _FAILING_METRIC:
-            ET.SubElement(element, "failure", message=_clean(f"{m.status}: {detail}"),
-                          type=m.status).text = _clean(detail)
-        elif m.status == "ignored":
-            ET.SubElement(element, "skipped", message="ignored by tolerance")
-        else:
-            ET.SubElement(element, "system-out").text = _clean(f"{m.status}: {detail}")
-
-    for f in comparison.sections.artifacts:
-        element = case("artifacts", f.name)
-        detail = (f"a={text(f.a_sha256)} ({size(f.a_size)} bytes) "
-                  f"b={text(f.b_sha256)} ({size(f.b_size)} bytes)")
-        if f.status in _FAILING_ARTIFACT:
-            ET.SubElement(element, "failure", message=_clean(f"{f.status}: {detail}"),
-                          type=f.status).text = _clean(detail)
-        elif f.status == "ignored":
-            ET.SubElement(element, "skipped", message="artifacts ignored by the spec")
-
-    inputs_case = case("inputs", "inputs")
-    differ = comparison.inputs_that_differ
-    if differ:
-        ET.SubElement(inputs_case, "system-out").text = _clean("\n".join(
-            f"{row.field}: {text(row.a)} -> {text(row.b)}" for row in differ))
-
-    env_case = case("environment", "environment")
-    changes = comparison.sections.environment
-    if changes:
-        ET.SubElement(env_case, "system-out").text = _clean("\n".join(
-            f"{row.section} {row.name}: {row.change} {text(row.a)} -> {text(row.b)}"
-            for row in changes))
-
-    suite.extend(cases)
-    failures = sum(c.find("failure") is not None for c in cases)
-    skipped = sum(c.find("skipped") is not None for c in cases)
+    suite = ET.SubElement(suites, "testsuite", name=_clean(suite_name))
+    if timestamp is not None:
+        suite.set("timestamp", _clean(timestamp))
+    if properties:
+        element = ET.SubElement(suite, "properties")
+        for name, value in properties.items():
+            ET.SubElement(element, "property", name=name, value=_clean(value))
+    for case in cases:
+        element = ET.SubElement(suite, "testcase", classname=_clean(case.classname),
+                                name=_clean(case.name), time="0")
+        if case.failure is not None:
+            kind, message, body = case.failure
+            ET.SubElement(element, "failure", message=_clean(message),
+                          type=_clean(kind)).text = _clean(body)
+        if case.skipped is not None:
+            ET.SubElement(element, "skipped", message=_clean(case.skipped))
+        if case.output:
+            ET.SubElement(element, "system-out").text = _clean(case.output)
+    failures = sum(c.failure is not None for c in cases)
+    skipped = sum(c.skipped is not None for c in cases)
     for element in (suites, suite):
         element.set("tests", str(len(cases)))
         element.set("failures", str(failures))
         element.set("errors", "0")
         element.set("skipped", str(skipped))
+    if output:
+        ET.SubElement(suite, "system-out").text = _clean(output)
+    ET.indent(suites)
+    body = ET.tostring(suites, encoding="unicode")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
+
+
+def render(comparison: Comparison) -> str:
+    a, b = comparison.a, comparison.b
+    spec = a.spec_name
+    cases: list[JUnitCase] = []
+
+    def case(classname: str, name: str, **outcome) -> None:
+        cases.append(JUnitCase(f"reprun.{spec}.{classname}", name, **outcome))
+
+    failed = [r for r in (a, b) if r.status != "succeeded"]
+    message = "; ".join(f"run {r.run_id} {r.status}"
+                        + (f" ({r.reason})" if r.reason not in (None, "ok") else "")
+                        for r in failed)
+    case("runs", "run", failure=("incomplete", message, "") if failed else None)
+
+    for m in comparison.sections.metrics:
+        detail = (f"a={number(m.a)} b={number(m.b)} delta={number(m.delta, signed=True)} "
+                  f"tolerance={m.tolerance}")
+        if m.status in _FAILING_METRIC:
+            case("metrics", m.name, failure=(m.status, f"{m.status}: {detail}", detail))
+        elif m.status == "ignored":
+            case("metrics", m.name, skipped="ignored by tolerance")
+        else:
+            case("metrics", m.name, output=f"{m.status}: {detail}")
+
+    for f in comparison.sections.artifacts:
+        detail = (f"a={text(f.a_sha256)} ({size(f.a_size)} bytes) "
+                  f"b={text(f.b_sha256)} ({size(f.b_size)} bytes)")
+        if f.status in _FAILING_ARTIFACT:
+            case("artifacts", f.name, failure=(f.status, f"{f.status}: {detail}", detail))
+        elif f.status == "ignored":
+            case("artifacts", f.name, skipped="artifacts ignored by the spec")
+        else:
+            case("artifacts", f.name)
+
+    case("inputs", "inputs", output="\n".join(
+        f"{row.field}: {text(row.a)} -> {text(row.b)}" for row in comparison.inputs_that_differ))
+    case("environment", "environment", output="\n".join(
+        f"{row.section} {row.name}: {row.change} {text(row.a)} -> {text(row.b)}"
+        for row in comparison.sections.environment))
+
     summary = [comparison.summary, *(f"cause {i}: {c.summary}"
                                      for i, c in enumerate(comparison.causes, 1)),
                *(f"note: {n}" for n in comparison.notes),
                *_extra_lines(comparison)]
-    ET.SubElement(suite, "system-out").text = _clean("\n".join(summary))
-
-    ET.indent(suites)
-    body = ET.tostring(suites, encoding="unicode")
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
+    return junit_xml(f"reprun {spec}", cases, timestamp=comparison.created_at,
+                     properties={"verdict": comparison.verdict, "run_a": a.run_id,
+                                 "run_b": b.run_id, "schema": comparison.schema},
+                     output="\n".join(summary))
 
 
 def _extra_lines(comparison: Comparison) -> list[str]:

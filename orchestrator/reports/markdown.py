@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from orchestrator.compare.comparison import Comparison
+from orchestrator.compare.value import Comparison
 from orchestrator.reports import Table, tables
 
 # Characters that would start Markdown or HTML inside a table cell or a list item. A backslash

@@ -5,7 +5,7 @@ import re
 
 from tabulate import tabulate
 
-from orchestrator.compare.comparison import Comparison
+from orchestrator.compare.value import Comparison
 from orchestrator.reports import Table, tables
 
 _RESET = "\033[0m"

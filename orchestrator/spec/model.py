@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.compare.tolerance import Tolerance
 from orchestrator.errors import SpecError
 
 SPEC_VERSION = 1
@@ -44,12 +45,6 @@ class OutputsSpec:
     dir: str = "/out"
     metrics: str = "metrics.json"
     artifacts: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    kind: str                       # "exact" | "abs" | "rel" | "ignore"
-    value: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from orchestrator.compare.comparison import (A_DIFFERS, CAUSE_ENVIRONMENT, CAUSE_NONDETERMINISM,
-                                             DIFFERS, INCOMPLETE, MISSING_A, MISSING_B, M_BEYOND,
-                                             Cause, Comparison, compare_records)
+from orchestrator.compare.comparison import compare_records
+from orchestrator.compare.value import (A_DIFFERS, CAUSE_ENVIRONMENT, CAUSE_NONDETERMINISM, DIFFERS,
+                                        INCOMPLETE, MISSING_A, MISSING_B, M_BEYOND, Cause,
+                                        Comparison)
 from orchestrator.execution.job import Executor
 from orchestrator.errors import InfrastructureError
 from orchestrator.events import RunObserver

@@ -17,8 +17,9 @@ import docker.errors
 
 from orchestrator.execution.job import Executor
 from orchestrator.store.baselines import baseline_of
-from orchestrator.compare.comparison import (Comparison, EnvironmentRow, compare_environments,
-                                             compare_records)
+from orchestrator.compare.comparison import compare_records
+from orchestrator.compare.environment import compare_environments
+from orchestrator.compare.value import Comparison, EnvironmentRow
 from orchestrator.errors import ExitCode, ReprunError
 from orchestrator.events import RunObserver
 from orchestrator.execution.hermetic import RunPaths, container_job
@@ -171,7 +172,7 @@ def overall_exit(results: list[SpecCheck]) -> int:
 
 
 def junit(results: list[SpecCheck]) -> str:
-    from xml.sax.saxutils import escape, quoteattr
+    from orchestrator.reports.junit import JUnitCase, junit_xml
     cases = []
     for r in results:
         for name, failure in (
@@ -179,9 +180,6 @@ def junit(results: list[SpecCheck]) -> str:
                  "; ".join(f"{row.section} {row.name}: {row.a} -> {row.b}" for row in r.drift)),
                 ("results", r.error or (None if r.comparison and r.comparison.verdict != "differs"
                                         else r.comparison.summary if r.comparison else None))):
-            body = f"<failure message={quoteattr(failure[:200])}>{escape(failure)}</failure>" if failure else ""
-            cases.append(f'  <testcase classname={quoteattr("reprun.check." + r.spec_name)} '
-                         f'name="{name}">{body}</testcase>')
-    failures = sum("<failure" in c for c in cases)
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuite name="reprun check" '
-            f'tests="{len(cases)}" failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+            cases.append(JUnitCase(f"reprun.check.{r.spec_name}", name,
+                                   failure=("failure", failure[:200], failure) if failure else None))
+    return junit_xml("reprun check", cases)
