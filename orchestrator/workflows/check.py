@@ -20,7 +20,7 @@ from orchestrator.store.baselines import baseline_of
 from orchestrator.compare.comparison import compare_records
 from orchestrator.compare.environment import compare_environments
 from orchestrator.compare.value import Comparison, EnvironmentRow
-from orchestrator.errors import ExitCode, ReprunError
+from orchestrator.errors import ExitCode, ReprunError, UsageError
 from orchestrator.events import RunObserver
 from orchestrator.execution.hermetic import RunPaths, container_job
 from orchestrator.manifest.probes import new_marker, parse_manifest, write_probe
@@ -152,6 +152,51 @@ def check_all(paths: list[Path], *, store: Store, engine: Executor, observer: Ru
     return run_concurrently(
         lambda p: check_spec(p, store=store, engine=engine, observer=observer),
         paths, workers=jobs, engine=engine)
+
+
+def specs_to_check(specs: list[Path] | None) -> list[Path]:
+    """The specs given, else the project's specs/*.yaml (refused when there are none)."""
+    paths = list(specs or sorted(Path("specs").glob("*.yaml")))
+    if not paths:
+        raise UsageError("no specs to check: give spec files, or run where specs/*.yaml exist.")
+    return paths
+
+
+def refuse_unwritable_outputs(junit_path: Path | None, report_dir: Path | None) -> None:
+    """Before any rebuild: a JUnit file or report folder that could not be written is refused."""
+    from orchestrator.files import refuse_unwritable_file, refuse_unwritable_folder
+    if junit_path is not None:
+        refuse_unwritable_file(junit_path, "JUnit file")
+    if report_dir is not None:
+        refuse_unwritable_folder(report_dir, "report folder")
+
+
+def save_reports(results: list[SpecCheck], *, store: Store, report_dir: Path | None,
+                 junit_path: Path | None) -> None:
+    """Each spec's comparison kept in the store (and as Markdown and HTML in `report_dir`), and
+    the JUnit summary."""
+    from orchestrator.files import write_text
+    from orchestrator.reports import render
+    for result in results:
+        if result.comparison is None:
+            continue
+        store.save_report([result.comparison.a.run_id, result.comparison.b.run_id],
+                          result.comparison.verdict, render(result.comparison, "json"))
+        if report_dir is not None:
+            for fmt, ext in (("md", "md"), ("html", "html")):
+                write_text(report_dir / f"{result.spec_name}.{ext}",
+                           render(result.comparison, fmt), "report")
+    if junit_path is not None:
+        write_text(junit_path, junit(results), "JUnit file")
+
+
+DRIFT_ROWS_SHOWN = 40
+
+
+def drift_rows(result: SpecCheck) -> list[tuple]:
+    """The first rows of a spec's environment drift, as the check prints them."""
+    return [(r.section, r.name, r.a or "-", r.b or "-")
+            for r in (result.drift or ())[:DRIFT_ROWS_SHOWN]]
 
 
 def summary_rows(results: list[SpecCheck]) -> list[tuple]:

@@ -1,0 +1,122 @@
+"""`reprun run`, `verify`, `rerun`, `diff` and `report`: train, compare, render."""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from orchestrator.cli.shared import (backend_option, observer, open_backend, open_store,
+                                     quiet_option, report_option, tabulate)
+from orchestrator.errors import UsageError
+
+
+def run(ctx: typer.Context, spec: Path,
+        seed: Optional[int] = typer.Option(None, help="Override the spec's seed (recorded)."),
+        no_cache: bool = typer.Option(False, "--no-cache", help="Re-read every dataset byte."),
+        backend: Optional[str] = backend_option(),
+        quiet: bool = quiet_option()) -> None:
+    """Run a spec once in a hermetic container and record it."""
+    from orchestrator.spec.load import load_spec
+    from orchestrator.workflows.verify import raise_for_failed, run_once
+    spec_value = load_spec(spec)
+    store = open_store(ctx)
+    record = run_once(spec_value, store=store, engine=open_backend(backend),
+                      observer=observer(quiet), seed=seed, use_cache=not no_cache)
+    _print_run_summary(record)
+    raise_for_failed([record], store)
+
+
+def _print_run_summary(record) -> None:
+    from orchestrator.records import SUCCEEDED
+    outputs = record.outputs
+    typer.echo(f"run {record.id}: {record.status} in {outputs.duration_s:.1f}s")
+    if outputs.metrics:
+        rows = [(k, f"{v:.6g}") for k, v in sorted(outputs.metrics.items())]
+        typer.echo(tabulate(rows, headers=["metric", "value"], tablefmt="simple"))
+    if record.status == SUCCEEDED and outputs.message:     # a capped log, an unmatched pattern
+        typer.echo(f"reprun: note: {outputs.message}", err=True)
+
+
+def verify(ctx: typer.Context, spec: Path,
+           times: int = typer.Option(2, "--times", "-n", min=2, help="How many runs (≥ 2)."),
+           sequential: bool = typer.Option(False, "--sequential", help="Never run in parallel."),
+           report: List[Path] = report_option(),
+           no_cache: bool = typer.Option(False, "--no-cache", help="Re-read every dataset byte."),
+           vary: Optional[str] = typer.Option(
+               None, "--vary", help="Vary these factors on the second run and hunt the culprit: "
+                                    "`all` or names, e.g. cpus,tz (see docs/variations.md)."),
+           vary_seed: Optional[int] = typer.Option(
+               None, "--vary-seed", min=0, help="Repeat the random choices of an earlier --vary."),
+           backend: Optional[str] = backend_option(),
+           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Train a spec N times (default twice) and say whether the results match."""
+    from orchestrator.spec.load import load_spec
+    from orchestrator.workflows import verify as workflow
+    spec_value = load_spec(spec)
+    workflow.check_report_paths(report)
+    names = workflow.vary_names(vary, vary_seed, times)
+    outcome = workflow.verify(
+        spec_value, store=open_store(ctx), engine=open_backend(backend),
+        observer_for=lambda parallel: observer(quiet, parallel=parallel), times=times,
+        sequential=sequential, report_paths=report, use_cache=not no_cache, vary=names,
+        vary_seed=vary_seed, repeat=f"reprun verify {shlex.quote(str(spec))}")
+    _print_reports(outcome)
+
+
+def _print_reports(outcome) -> None:
+    from orchestrator.reports import render
+    color = bool(sys.stdout and sys.stdout.isatty())
+    for written in outcome.reports:
+        typer.echo(render(written.comparison, "terminal", color=color))
+        for path in written.files:
+            typer.echo(f"report written: {path}", err=True)
+        typer.echo(f"report saved in the store: {written.saved}", err=True)
+    raise typer.Exit(outcome.exit_code)
+
+
+def diff(ctx: typer.Context, run_a: str, run_b: str,
+         report: List[Path] = typer.Option([], "--report", help="Write a report; repeatable.")) -> None:
+    """Compare two recorded runs (exit 0 identical/equivalent, 1 differs)."""
+    from orchestrator.workflows import verify as workflow
+    workflow.check_report_paths(report)
+    _print_reports(workflow.diff(open_store(ctx), run_a, run_b, report))
+
+
+def report(path: Path, fmt: str = typer.Option("terminal", "--format", "-f",
+                                              help="terminal, md, html, json or junit."),
+           output: Optional[Path] = typer.Option(None, "--output", "-o")) -> None:
+    """Render a stored JSON report again, in any format."""
+    from orchestrator.files import refuse_unwritable_file, write_text
+    from orchestrator.reports import FORMATS, load_json_report, render
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(sorted(FORMATS))}.")
+    if output:
+        refuse_unwritable_file(output, "report")
+    text = render(load_json_report(path), fmt)
+    if output:
+        write_text(output, text, "report")
+    else:
+        typer.echo(text)
+
+
+def rerun(ctx: typer.Context,
+          run_id: Optional[str] = typer.Argument(None, help="The recorded run to replay."),
+          dataset: Optional[Path] = typer.Option(None, "--dataset",
+                                                 help="The dataset's new location (verified against the recorded hash)."),
+          from_archive: Optional[Path] = typer.Option(None, "--from-archive",
+                                                      help="Replay from an archive written by `reprun archive`."),
+          report: List[Path] = typer.Option([], "--report", help="Write a report; repeatable."),
+          backend: Optional[str] = backend_option(),
+          quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Replay a recorded run from its record alone, then compare with the original."""
+    from orchestrator.workflows import verify as workflow
+    if (run_id is None) == (from_archive is None):
+        raise UsageError("give either a RUN_ID or --from-archive FILE (not both).")
+    workflow.check_report_paths(report)
+    outcome = workflow.rerun(open_store(ctx), open_backend(backend), observer(quiet),
+                             run_id=run_id, from_archive=from_archive, dataset=dataset,
+                             report_paths=report)
+    _print_reports(outcome)

@@ -1,0 +1,17 @@
+"""`reprun lock`: fill in or check the pins of several specs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from orchestrator.store.db import Store
+
+
+def lock_specs(paths: list[Path], *, store: Store, engine, write: bool
+               ) -> Iterator[tuple[Path, list[str]]]:
+    """Each spec with the pins that changed (or would change, when not `write`)."""
+    from orchestrator.dataset.tree import HashCache
+    from orchestrator.spec.lock import lock_spec
+    cache = HashCache(store.db_path)     # remembers the pinned dataset's file list
+    for path in paths:
+        yield path, lock_spec(path, engine=engine, write=write, cache=cache)

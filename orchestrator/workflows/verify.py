@@ -1,0 +1,184 @@
+"""`reprun run`, `verify`, `rerun` and `diff` as library calls: train, compare, report.
+
+The command line only parses and renders; what a run's failure means, which comparisons are
+made, where each report goes and which exit code the verdict gives are decided here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.errors import InfrastructureError, PinMismatch, UsageError
+from orchestrator.events import RunObserver
+from orchestrator.execution.job import Executor
+from orchestrator.records import ERROR, INTERRUPTED, SUCCEEDED, RunRecord
+from orchestrator.store.db import Store
+
+LOG_TAIL_LINES = 15
+
+
+@dataclass(frozen=True)
+class WrittenReport:
+    """One comparison, with where its reports went."""
+    comparison: object          # orchestrator.compare.comparison.Comparison
+    files: tuple[Path, ...]     # the --report paths written
+    saved: Path                 # the JSON report kept in the store
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a verify, rerun or diff ends with: its reports and the exit code of its verdict."""
+    reports: tuple[WrittenReport, ...]
+    exit_code: int
+    records: tuple[RunRecord, ...] = field(default_factory=tuple)
+
+
+def raise_for_failed(records, store: Store) -> None:
+    """The first run that did not succeed, as the error the user is shown (with its log's tail)."""
+    from orchestrator.runner import failure_of
+    for record in records:
+        if record.status == SUCCEEDED:
+            continue
+        if record.status == INTERRUPTED:
+            raise KeyboardInterrupt
+        error = failure_of(record, log_tail(store, record.id))
+        if record.status == ERROR:
+            error = InfrastructureError(error.message, details=error.details)
+        raise error
+
+
+def log_tail(store: Store, run_id: str) -> list[str]:
+    log = store.run_dir(run_id) / "log.txt"
+    if not log.exists():
+        return []
+    return log.read_bytes()[-4096:].decode("utf-8", "replace").splitlines()[-LOG_TAIL_LINES:]
+
+
+def check_report_paths(paths) -> None:
+    """Refuse a report path of no known format, or one that cannot be written, before any work."""
+    from orchestrator.files import refuse_unwritable_file
+    from orchestrator.reports import format_for_path
+    for path in paths:
+        format_for_path(path)
+        refuse_unwritable_file(path, "report")
+
+
+def compare_and_report(store: Store, records, report_paths, *,
+                       comparisons: list | None = None) -> Outcome:
+    """Compare the first record with each other one (or take the comparisons given), keep each
+    JSON report in the store and write the asked-for reports (`--times N` names them per run)."""
+    from orchestrator.compare.comparison import combined_verdict, compare_records
+    from orchestrator.files import write_text
+    from orchestrator.reports import format_for_path, render
+    from orchestrator.store.baselines import approved_note
+    extra = approved_note(store, [r.id for r in records])
+    first = records[0]
+    comparisons = comparisons or [compare_records(first, other, baseline_id=first.id, extra=extra)
+                                  for other in records[1:]]
+    written = []
+    for comparison in comparisons:
+        saved = store.save_report([comparison.a.run_id, comparison.b.run_id],
+                                  comparison.verdict, render(comparison, "json"))
+        files = []
+        for path in report_paths:
+            target = path if len(comparisons) == 1 else path.with_name(
+                f"{path.stem}-{comparison.b.run_id}{path.suffix}")
+            write_text(target, render(comparison, format_for_path(path)), "report")
+            files.append(target)
+        written.append(WrittenReport(comparison, tuple(files), saved))
+    return Outcome(tuple(written), combined_verdict(comparisons).exit_code, tuple(records))
+
+
+def run_once(spec, *, store: Store, engine: Executor, observer: RunObserver,
+             seed: int | None = None, use_cache: bool = True) -> RunRecord:
+    """`reprun run`: one recorded run (its failure is the caller's to raise, after the summary)."""
+    from orchestrator.runner import execute, prepare
+    prepared = prepare(spec, store=store, engine=engine, observer=observer, use_cache=use_cache)
+    return execute(prepared, store=store, engine=engine, observer=observer, seed=seed)
+
+
+def vary_names(vary: str | None, vary_seed: int | None, times: int) -> tuple:
+    from orchestrator.variations.factors import parse_vary
+    if vary is None:
+        if vary_seed is not None:
+            raise UsageError("--vary-seed repeats the choices of --vary; give --vary too.")
+        return ()
+    if times != 2:
+        raise UsageError("--vary compares one control run with one varied run; drop --times.")
+    return parse_vary(vary)
+
+
+def verify(spec, *, store: Store, engine: Executor, observer_for, times: int = 2,
+           sequential: bool = False, report_paths=(), use_cache: bool = True,
+           vary: tuple = (), vary_seed: int | None = None, repeat: str = "") -> Outcome:
+    """`reprun verify`: train `times` times (or a control and a varied run), compare, report.
+
+    `observer_for(parallel)` gives the observer: a parallel run's output is prefixed by its run.
+    The report paths were checked by the caller, before anything was opened.
+    """
+    from orchestrator.parallel import RunPlan, fits_in_parallel, run_all
+    from orchestrator.runner import prepare
+    prepared = prepare(spec, store=store, engine=engine, observer=observer_for(False),
+                       use_cache=use_cache)
+    if vary:
+        return _verify_varied(prepared, vary, vary_seed, store=store, engine=engine,
+                              observer=observer_for(False), report_paths=report_paths,
+                              repeat=repeat)
+    parallel = not sequential and fits_in_parallel(
+        spec.resources.cpus, times, prepared.host.get("host_cpus"))
+    observer = observer_for(parallel)
+    observer.stage("verify", f"{times} runs, {'in parallel' if parallel else 'one after another'}")
+    plans = [RunPlan(label=f"run {i + 1}/{times}") for i in range(times)]
+    records = run_all(prepared, plans, store=store, engine=engine, observer=observer,
+                      parallel=parallel)
+    raise_for_failed(records, store)
+    return compare_and_report(store, records, report_paths)
+
+
+def _verify_varied(prepared, names, seed, *, store, engine, observer, report_paths,
+                   repeat) -> Outcome:
+    from orchestrator.variations.culprit import plan_for, verify_varied
+    from orchestrator.variations.factors import new_seed
+    plan = plan_for(prepared, names, new_seed() if seed is None else seed)
+    if not plan.variations:
+        raise UsageError("none of the factors asked for can be varied here:",
+                         details=[f"{s.factor}: {s.reason}" for s in plan.skipped])
+    result = verify_varied(prepared, plan, store=store, engine=engine, observer=observer,
+                           repeat=repeat)
+    if result.comparison is None:
+        raise_for_failed([result.control], store)
+    return compare_and_report(store, [t.record for t in result.trials[:2]], report_paths,
+                              comparisons=[result.comparison])
+
+
+def diff(store: Store, run_a: str, run_b: str, report_paths=()) -> Outcome:
+    """`reprun diff`: compare two recorded runs."""
+    return compare_and_report(store, [store.get(run_a), store.get(run_b)], report_paths)
+
+
+def rerun(store: Store, engine: Executor, observer: RunObserver, *, run_id: str | None = None,
+          from_archive: Path | None = None, dataset: Path | None = None,
+          report_paths=()) -> Outcome:
+    """`reprun rerun`: replay a recorded run (from the store or an archive) and compare."""
+    from orchestrator.rerun import spec_from_record
+    from orchestrator.runner import execute, prepare
+    if (run_id is None) == (from_archive is None):
+        raise UsageError("give either a RUN_ID or --from-archive FILE (not both).")
+    if from_archive is not None:
+        from orchestrator.store.archive import load_archive
+        loaded = load_archive(from_archive, store, client=engine.client,
+                              progress=lambda phase, done, total:
+                              observer.progress("archive", phase, done, total))
+        original = loaded.record
+        spec = spec_from_record(original, dataset_path=dataset or loaded.dataset_path,
+                                image_by_id=True)
+    else:
+        original = store.get(run_id)
+        spec = spec_from_record(original, dataset_path=dataset)
+    prepared = prepare(spec, store=store, engine=engine, observer=observer)
+    if prepared.image.id != original.inputs.image.id:
+        raise PinMismatch(f"the image resolved to {prepared.image.id}, but run {original.id} ran "
+                          f"{original.inputs.image.id}; refusing to replay on a different image.")
+    record = execute(prepared, store=store, engine=engine, observer=observer, label="rerun")
+    raise_for_failed([record], store)
+    return compare_and_report(store, [original, record], report_paths)
