@@ -1,8 +1,9 @@
 """The environment manifest: facts read inside the training container, just before the job.
 
-Each fact source is a small declared probe: a POSIX sh snippet that prints a raw fact, and a
-parser that turns it into manifest fields. The snippets are joined into one wrapper script that
-runs in the container before `exec`ing the job, so the facts are those the job saw. A probe whose
+Each fact source is a small declared probe: a POSIX sh section that prints a raw fact (the
+template execution/templates/probe-NAME.sh), and a parser that turns it into manifest fields.
+The sections are part of the container's one entrypoint (execution/entrypoint.py), which runs
+them before `exec`ing the job, so the facts are those the job saw. A probe whose
 command fails or whose output cannot be parsed marks its fact missing; it never fails the run.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.records import EnvironmentManifest
-from orchestrator.variations.factors import WRAPPER_BEFORE_EXEC, WRAPPER_SETUP
+from orchestrator.execution.entrypoint import entrypoint_script
 
 REDACTED = "<redacted>"
 _SECRET_NAME = re.compile(r"(?i)(secret|token|passw|_pwd$|api_?key|private_?key|credential|auth)")
@@ -33,8 +34,7 @@ def redact_env(env: dict[str, str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Probe:
-    name: str
-    shell: str                                  # prints the raw fact; stderr is discarded
+    name: str                                   # its section: templates/probe-NAME.sh
     parse: Callable[[str], dict[str, Any]]      # raw text -> EnvironmentManifest fields
 
 
@@ -150,41 +150,18 @@ def parse_python(text: str) -> dict[str, Any]:
     return fields
 
 
-# Run-bound probes run in every container: shell built-ins (`read`) where they can, since each
-# command the probe starts costs a fork and an exec, about a millisecond each in a container.
-_CGROUP = """
-reprun_cg() { [ -r "$2" ] && read -r reprun_v < "$2" && echo "$1=$reprun_v"; }
-reprun_cg cpu.max /sys/fs/cgroup/cpu.max
-reprun_cg memory.max /sys/fs/cgroup/memory.max
-reprun_cg pids.max /sys/fs/cgroup/pids.max
-reprun_cg cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_quota_us
-reprun_cg cfs_period_us /sys/fs/cgroup/cpu/cpu.cfs_period_us
-reprun_cg memory.limit_in_bytes /sys/fs/cgroup/memory/memory.limit_in_bytes
-reprun_cg pids.max /sys/fs/cgroup/pids/pids.max
-true
-"""
-_IDENTITY = """
-id
-printf 'umask='; umask
-if read -r reprun_v < /proc/sys/kernel/hostname; then echo "hostname=$reprun_v"
-else echo "hostname=$(cat /etc/hostname)"; fi
-"""
-_KERNEL = 'if read -r reprun_v < /proc/sys/kernel/osrelease; then echo "$reprun_v"; else uname -r; fi'
-# A subshell, so that the unset does not reach the probes after it.
-_NPROC = "( unset OMP_NUM_THREADS OMP_THREAD_LIMIT; exec nproc )"
-
 PROBES: tuple[Probe, ...] = (
-    Probe("os_release", "cat /etc/os-release", parse_os_release),
-    Probe("dpkg", "grep -E '^(Package|Status|Version):' /var/lib/dpkg/status", parse_dpkg),
-    Probe("apk", "cat /lib/apk/db/installed", parse_apk),
-    Probe("rpm", "rpm -qa --qf '%{NAME} %{VERSION}-%{RELEASE}\\n'", parse_rpm),
-    Probe("kernel", _KERNEL, parse_kernel),
-    Probe("cpuinfo", "cat /proc/cpuinfo", parse_cpuinfo),
-    Probe("nproc", _NPROC, parse_nproc),
-    Probe("cgroup", _CGROUP, parse_cgroup),
-    Probe("identity", _IDENTITY, parse_identity),
-    Probe("env", "env -0", parse_env),
-    Probe("python", "python3 /reprun/pyprobe.py", parse_python),
+    Probe("os_release", parse_os_release),
+    Probe("dpkg", parse_dpkg),
+    Probe("apk", parse_apk),
+    Probe("rpm", parse_rpm),
+    Probe("kernel", parse_kernel),
+    Probe("cpuinfo", parse_cpuinfo),
+    Probe("nproc", parse_nproc),
+    Probe("cgroup", parse_cgroup),
+    Probe("identity", parse_identity),
+    Probe("env", parse_env),
+    Probe("python", parse_python),
 )
 # Sources that only exist on some images: their absence is expected, not a missing fact.
 _OPTIONAL = {"dpkg", "apk", "rpm"}
@@ -214,21 +191,8 @@ def image_facts(manifest: EnvironmentManifest) -> dict[str, Any] | None:
 
 def wrapper_script(marker: str, probes: tuple[Probe, ...] = PROBES) -> str:
     """The container's entrypoint: every probe into /reprun/manifest.txt, then the job itself.
-
-    Sections are framed by a random marker so that nothing a probe prints can forge a section.
-    """
-    # Variations (umask, dataset order, variable order) act only when `verify --vary` asks.
-    parts = ["#!/bin/sh", WRAPPER_SETUP, "{"]
-    for probe in probes:
-        parts.append(f"echo '{marker} {probe.name}'")
-        # The extra newline keeps the frame intact after output that does not end in one.
-        # A group, not a subshell: one fork fewer per probe.
-        parts.append(f"{{ {probe.shell}\n}} 2>/dev/null; status=$?; echo")
-        parts.append(f"echo '{marker} {probe.name} exit' $status")
-    parts.append("} > /reprun/manifest.txt")
-    parts.append(WRAPPER_BEFORE_EXEC)
-    parts.append('exec "$@"')
-    return "\n".join(parts) + "\n"
+    Sections are framed by a random marker so that nothing a probe prints can forge a section."""
+    return entrypoint_script(marker, tuple(p.name for p in probes))
 
 
 def new_marker() -> str:
