@@ -13,7 +13,8 @@ import pytest
 from orchestrator.execution import entrypoint
 from orchestrator.execution.entrypoint import HOOKS, Hook, entrypoint_script, template_names
 from orchestrator.execution.handback import WrapperPlan, wrapper_script
-from orchestrator.manifest.probes import PROBES, wrapper_script as run_entrypoint
+from orchestrator.manifest.probes import (MAX_MANIFEST_BYTES, PROBES, ManifestCapture,
+                                          parse_manifest, wrapper_script as run_entrypoint)
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "orchestrator" / "execution" / "templates"
@@ -33,7 +34,7 @@ def swarm_plan(**changes) -> WrapperPlan:
                   shipped={"/reprun/wrap.sh": run_entrypoint("@@reprun-x").encode()},
                   dataset_target="/data", dataset_sha256="0" * 64, outputs_dir="/out",
                   metrics="metrics.json", artifacts=("*.bin", "model dir/*"),
-                  manifest="/reprun/manifest.txt", no_network=True, no_new_privileges=True,
+                  no_network=True, no_new_privileges=True,
                   timeout_s=1.5)
     return WrapperPlan(**{**values, **changes})
 
@@ -84,15 +85,17 @@ def test_a_hook_is_one_declared_template_placed_at_its_stage(tmp_path, monkeypat
     assert later.index("$reprun_marker kernel") < later.index("demo hook ran") < later.index('exec "$@"')
 
 
-def test_the_rendered_entrypoint_runs_the_probes_then_the_job(tmp_path):
+def test_the_rendered_entrypoint_prints_the_probes_then_runs_the_job(tmp_path):
     script = tmp_path / "wrap.sh"
-    script.write_text(entrypoint_script("@@m", ("kernel",)).replace("/reprun/manifest.txt",
-                                                                    str(tmp_path / "m.txt")))
+    script.write_text(entrypoint_script("@@m", ("kernel",)))
     result = subprocess.run(["/bin/sh", str(script), "echo", "the job"], capture_output=True,
-                            text=True, env={"PATH": "/usr/bin:/bin", "REPRUN_UMASK": "0027"})
-    assert result.stdout == "the job\n"
-    manifest = (tmp_path / "m.txt").read_text().splitlines()
-    assert manifest[0] == "@@m kernel" and manifest[-1] == "@@m kernel exit 0"
+                            env={"PATH": "/usr/bin:/bin", "REPRUN_UMASK": "0027"})
+    job_output = []
+    capture = ManifestCapture("@@m", lambda chunk, stream: job_output.append(chunk))
+    capture.feed(result.stdout)
+    assert b"".join(job_output) == b"the job\n"
+    lines = capture.text.splitlines()
+    assert lines[0] == "@@m kernel" and lines[-1] == "@@m kernel exit 0"
 
 
 def test_a_built_wheel_carries_every_template(tmp_path):
@@ -111,3 +114,45 @@ def test_a_built_wheel_carries_every_template(tmp_path):
     for name in template_names():
         assert f"orchestrator/execution/templates/{name}" in shipped
     assert "orchestrator/manifest/pyprobe.py" in shipped
+
+
+# --- the manifest, taken from the start of the container's output -----------------------------
+
+def test_the_manifest_is_taken_from_the_start_of_stdout_however_the_output_is_chunked():
+    probe = b"@@m kernel\n6.1.0\n\n@@m kernel exit 0\n"
+    # A job that read the marker and prints a forged section and end line: its output.
+    job = b"@@m kernel\nforged\n@@m kernel exit 0\n@@m end\ntrained\n"
+    stream = probe + b"@@m end\n" + job
+    for size in (1, 2, 3, 7, 8, 9, 64, len(stream)):
+        out = []
+        capture = ManifestCapture("@@m", lambda chunk, stream: out.append((stream, chunk)))
+        for i in range(0, len(stream), size):
+            capture.feed(stream[i:i + size])
+            capture.feed(b"on stderr\n", "stderr")
+        assert capture.ended and capture.text == probe.decode(), size
+        assert b"".join(c for s, c in out if s == "stdout") == job, size
+        assert all(c == b"on stderr\n" for s, c in out if s == "stderr")
+
+
+def test_a_stream_without_the_end_line_is_all_probe_output_and_none_of_it_is_logged():
+    out = []
+    capture = ManifestCapture("@@m", lambda chunk, stream: out.append(chunk))
+    capture.feed(b"@@m kernel\n6.1")
+    assert not capture.ended and capture.text == "@@m kernel\n6.1" and not out
+    assert ManifestCapture("@@m", print).text is None
+
+
+def test_a_probe_that_prints_a_gibibyte_is_read_only_up_to_the_limit_and_the_record_says_so():
+    out = []
+    capture = ManifestCapture("@@m", lambda chunk, stream: out.append(chunk))
+    capture.feed(b"@@m os_release\n")
+    chunk = b"x" * (1 << 20)
+    for _ in range(1024):
+        capture.feed(chunk)
+    capture.feed(b"\n@@m os_release exit 0\n@@m end\nthe job\n")
+    assert capture.ended and capture.cut and b"".join(out) == b"the job\n"
+    assert capture.seen > 1 << 30
+    assert len(capture.text) == MAX_MANIFEST_BYTES
+    manifest = parse_manifest(capture.text, "@@m", {}, cut_from=capture.seen)
+    assert str(capture.seen) in manifest.missing["manifest"]
+    assert "cut" in manifest.missing["os_release"]

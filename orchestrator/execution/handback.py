@@ -4,8 +4,9 @@ A backend of that kind (execution/swarm.py; a Kubernetes backend would use it un
 docs/cluster.md) runs this wrapper (templates/handback.sh) around the job where it runs: it
 checks what only that machine can (network interfaces, no-new-privileges, the dataset's hash where the data is read),
 runs the job exactly as a local run does, and prints a framed block after the job's output:
-exit status, OOM kills, the manifest and the metrics file (base64), and the sha256 of every
-artifact, taken where it was written. The backend reads its output stream through an
+exit status, OOM kills, the metrics file (base64), and the sha256 of every artifact, taken
+where it was written. (The environment manifest comes as in a local run: at the start of the
+job's output, printed by the run's entrypoint before the job starts.) The backend reads its output stream through an
 OutputSplitter and parse_block, and hands back RemoteResults.
 """
 from __future__ import annotations
@@ -49,7 +50,6 @@ class WrapperPlan:
     outputs_dir: str | None
     metrics: str | None
     artifacts: tuple[str, ...]
-    manifest: str | None
     no_network: bool
     no_new_privileges: bool             # the wrapper must apply it (the engine cannot)
     timeout_s: float
@@ -81,7 +81,6 @@ def wrapper_script(plan: WrapperPlan) -> str:
         "reprun_outputs": plan.outputs_dir or "",
         "reprun_metrics": metrics,
         "reprun_max_metrics": str(MAX_METRICS_BYTES),
-        "reprun_manifest": plan.manifest or "",
     }
     lines = [f"{name}={_q(value)}" for name, value in settings.items()]
     return code("handback.sh").replace(": @SETTINGS@\n", "\n".join(lines) + "\n")
@@ -98,7 +97,6 @@ class ResultBlock:
     timed_out: bool = False
     dataset_sha256: str | None = None
     refused: tuple[str, str] | None = None         # (what, why)
-    manifest: bytes | None = None
     metrics_state: str | None = None
     metrics_size: int | None = None
     metrics: bytes = b""
@@ -115,7 +113,7 @@ def _decode_b64(text: str) -> bytes:
 
 def parse_block(text: bytes, marker: str) -> ResultBlock:
     block = ResultBlock()
-    manifest, metrics = [], []
+    metrics = []
     prefix = marker.encode() + b" "
     for line in text.split(b"\n"):
         if not line.startswith(prefix):
@@ -135,8 +133,6 @@ def parse_block(text: bytes, marker: str) -> ResultBlock:
         elif key == "refused":
             what, _, why = rest.partition(" ")
             block.refused = (what, why.strip())
-        elif key == "manifest":
-            manifest.append(rest.strip())
         elif key == "metrics":
             block.metrics_state = words[0]
             if len(words) > 1 and words[1].isdigit():
@@ -159,8 +155,6 @@ def parse_block(text: bytes, marker: str) -> ResultBlock:
             link = _decode_b64(words[1]).decode("utf-8", "backslashreplace").strip()
             block.problems.append(f"the artifact {rel} is a symlink to {link}, outside the "
                                   "outputs folder; refused")
-    if manifest:
-        block.manifest = _decode_b64("".join(manifest))
     if metrics:
         block.metrics = _decode_b64("".join(metrics))
     return block

@@ -190,7 +190,7 @@ def image_facts(manifest: EnvironmentManifest) -> dict[str, Any] | None:
 
 
 def wrapper_script(marker: str, probes: tuple[Probe, ...] = PROBES) -> str:
-    """The container's entrypoint: every probe into /reprun/manifest.txt, then the job itself.
+    """The container's entrypoint: every probe onto the start of its output, then the job.
     Sections are framed by a random marker so that nothing a probe prints can forge a section."""
     return entrypoint_script(marker, tuple(p.name for p in probes))
 
@@ -204,7 +204,7 @@ def pyprobe_source() -> str:
 
 
 def write_probe(meta: Path, marker: str, probes: tuple[Probe, ...] = PROBES) -> None:
-    """Put the wrapper and the Python probe where the container mounts them (/reprun).
+    """Put the entrypoint and the Python probe where the container mounts them (/reprun).
 
     Readable by all whatever the umask (077 is common on hardened hosts): the job's user is not
     the one who writes them.
@@ -212,6 +212,68 @@ def write_probe(meta: Path, marker: str, probes: tuple[Probe, ...] = PROBES) -> 
     for name, text in (("wrap.sh", wrapper_script(marker, probes)), ("pyprobe.py", pyprobe_source())):
         (meta / name).write_text(text)
         (meta / name).chmod(0o644)
+
+
+# What is read of the probe's output at most: a manifest is some hundreds of kilobytes (dpkg's
+# database, the Python distributions, /proc/cpuinfo of a big host); an image or a spec that makes
+# a probe print without end must not take reprun's memory with it.
+MAX_MANIFEST_BYTES = 8 << 20
+
+
+class ManifestCapture:
+    """Takes the manifest from the start of a run's stdout and passes the rest on to `sink`.
+
+    The entrypoint prints every probe's section, then `MARKER end`, before it execs the job: what
+    comes before that line is the probe's, what comes after is the job's. So the job can neither
+    rewrite the manifest nor forge it (whatever it prints comes after the end line, even if it
+    read the marker), and it never reaches the log. At most MAX_MANIFEST_BYTES are kept; the
+    rest up to the end line is counted and dropped.
+    """
+
+    def __init__(self, marker: str, sink: Callable[[bytes, str], None],
+                 limit: int = MAX_MANIFEST_BYTES):
+        self._end = f"\n{marker} end\n".encode()
+        self._sink, self.limit = sink, limit
+        self._kept = bytearray()
+        self._tail = b"\n"        # the stream's start counts as a line start
+        self.seen = 0             # bytes of probe output, kept or not
+        self.ended = False        # the end line came: the job started
+
+    def feed(self, chunk: bytes, stream: str = "stdout") -> None:
+        if self.ended or stream != "stdout":
+            self._sink(chunk, stream)
+            return
+        window = self._tail + chunk
+        found = window.find(self._end)
+        if found < 0:
+            self._keep(chunk)
+            self._tail = window[-(len(self._end) - 1):]
+            return
+        cut = found + len(self._end) - len(self._tail)   # where the job's output starts
+        self._keep(chunk[:cut])
+        self.ended = True
+        if chunk[cut:]:
+            self._sink(chunk[cut:], stream)
+
+    def _keep(self, data: bytes) -> None:
+        self.seen += len(data)
+        room = self.limit - len(self._kept)
+        if room > 0:
+            self._kept += data[:room]
+
+    @property
+    def cut(self) -> bool:
+        return self.seen > self.limit
+
+    @property
+    def text(self) -> str | None:
+        """The probe's output (without the end line); None: the container printed none."""
+        if not self.seen:
+            return None
+        kept = bytes(self._kept)
+        if self.ended and not self.cut:
+            kept = kept[:len(kept) - len(self._end) + 1]
+        return kept.decode("utf-8", "replace")
 
 
 def split_sections(text: str, marker: str) -> dict[str, tuple[str, int | None]]:
@@ -244,19 +306,28 @@ def _merge(fields: dict[str, Any], new: dict[str, Any]) -> None:
 
 def parse_manifest(text: str | None, marker: str, host: dict[str, Any],
                    probes: tuple[Probe, ...] = PROBES,
-                   cached: dict[str, Any] | None = None) -> EnvironmentManifest:
-    """`cached`: image-bound facts read by an earlier run, for probes left out of `probes`."""
+                   cached: dict[str, Any] | None = None,
+                   cut_from: int | None = None) -> EnvironmentManifest:
+    """`cached`: image-bound facts read by an earlier run, for probes left out of `probes`.
+    `cut_from`: how many bytes the probe printed when only the first MAX_MANIFEST_BYTES were
+    read (ManifestCapture)."""
     fields: dict[str, Any] = {"missing": {}, "host": host, **(cached or {})}
     if text is None:
         fields["missing"]["container"] = "the probe wrote no manifest (the job never started?)"
         return EnvironmentManifest(**fields)
+    unfinished = "the probe did not finish"
+    if cut_from is not None:
+        fields["missing"]["manifest"] = (
+            f"the probes printed {cut_from} bytes, over the {MAX_MANIFEST_BYTES} bytes reprun "
+            "reads of them; the rest was cut")
+        unfinished = "its output was cut at the manifest's size limit"
     sections = split_sections(text, marker)
     for probe in probes:
         raw, status = sections.get(probe.name, ("", None))
         if status != 0:
-            if probe.name not in _OPTIONAL:
+            if probe.name not in _OPTIONAL or (status is None and probe.name in sections):
                 fields["missing"][probe.name] = (
-                    "the probe did not finish" if status is None
+                    unfinished if status is None
                     else f"the command failed in the image (exit {status})")
             continue
         try:

@@ -2,9 +2,8 @@
 # The artifact hasher of the Swarm hand-back (handback.sh runs it through `find -exec`): one
 # `artifact SHA256 SIZE NAME` line for each file that one of the spec's patterns matches, the
 # name base64; a symlink that leads outside the outputs folder is named, not hashed.
-# Arguments: the block's marker, then the paths. The patterns: $reprun_patterns, one a line.
-# shellcheck disable=SC2154  # reprun_patterns: exported by handback.sh
-R=$1; shift
+# Arguments: the block's marker, the patterns (one a line), then the paths.
+R=$1 patterns=$2; shift 2
 root=$(pwd -P)
 nl='
 '
@@ -12,7 +11,7 @@ set -f   # the patterns are matched with `case`, never expanded against the file
 for p in "$@"; do
   rel=${p#./}; name=${rel##*/}; hit=
   IFS=$nl
-  for pat in $reprun_patterns; do
+  for pat in $patterns; do
     # shellcheck disable=SC2254  # the pattern is a glob on purpose
     case $rel in $pat) hit=1 ;; esac
     # shellcheck disable=SC2254

@@ -2,15 +2,14 @@
 # The Swarm task's entrypoint (execution/handback.py): it checks what only the machine the job
 # runs on can check, runs the job (the run's own entrypoint, shipped here, then the job) exactly
 # as a local run does, and prints a block framed by the marker R after the job's output: exit
-# status, OOM kills, the manifest and the metrics file (base64), the sha256 of every artifact.
+# status, OOM kills, the metrics file (base64), the sha256 of every artifact.
 #
 # reprun fills in the settings below (": @SETTINGS@"): every value single-quoted, a list one
 # entry a line.
 R='' reprun_workdir='' reprun_ship='' reprun_patterns='' reprun_no_network='' reprun_want_nnp=''
 reprun_dataset_target='' reprun_dataset_sha256='' reprun_timeout='' reprun_outputs=''
-reprun_metrics='' reprun_max_metrics='' reprun_manifest=''
+reprun_metrics='' reprun_max_metrics=''
 : @SETTINGS@
-export reprun_patterns
 
 reprun_begin() { printf '\n%s begin\n' "$R"; }
 reprun_say() { printf '%s %s\n' "$R" "$*"; }
@@ -99,9 +98,6 @@ reprun_say exit "$reprun_status"
 reprun_say oom "$reprun_oom_before" "$(reprun_oom)"
 [ -e "$reprun_workdir/.timed-out" ] && reprun_say timeout
 [ -z "$reprun_dataset_target" ] || reprun_say dataset "$reprun_got"
-if [ -n "$reprun_manifest" ] && [ -f "$reprun_manifest" ] && [ ! -L "$reprun_manifest" ]; then
-  base64 < "$reprun_manifest" | sed "s/^/$R manifest /"
-fi
 if [ -n "$reprun_outputs" ] && [ -n "$reprun_metrics" ]; then
   reprun_m=$reprun_metrics
   if [ -L "$reprun_m" ]; then reprun_say metrics symlink
@@ -121,7 +117,7 @@ if [ -n "$reprun_outputs" ] && [ -n "$reprun_metrics" ]; then
   fi
   if [ -n "$reprun_patterns" ]; then
     (cd "$reprun_outputs" && find . \( -type f -o -type l \) \
-      -exec sh "$reprun_workdir/.artifacts.sh" "$R" {} +)
+      -exec sh "$reprun_workdir/.artifacts.sh" "$R" "$reprun_patterns" {} +)
   fi
 fi
 reprun_say end
