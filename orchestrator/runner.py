@@ -19,9 +19,9 @@ from orchestrator.execution.hermetic import RunPaths, applied_settings, containe
 from orchestrator.images import ResolvedImage, resolve_image
 from orchestrator.outputs import (OutputsError, hash_artifacts, read_metrics, sha256_file,
                                   unmatched_patterns)
-from orchestrator.manifest.probes import (PROBES, REDACTED, RUN_PROBES, image_facts,
-                                          image_facts_key, new_marker, parse_manifest, redact_env,
-                                          write_probe)
+from orchestrator.manifest.probes import (PROBES, REDACTED, RUN_PROBES, ManifestCapture,
+                                          image_facts, image_facts_key, new_marker,
+                                          parse_manifest, redact_env, write_probe)
 from orchestrator.secrets import Redactor, secret_values
 from orchestrator.spec.model import RunSpec
 from orchestrator.records import (ERROR, FAILED, INTERRUPTED, SUCCEEDED, DatasetFacts, ImageFacts,
@@ -180,11 +180,14 @@ def execute(prepared: PreparedRun, *, store: Store, engine: Executor, observer: 
         log.write(chunk)
         observer.output(label, chunk)
 
+    # The probe's output leads the container's stdout; only what follows it is the job's.
+    manifest = ManifestCapture(marker, on_output)
     observer.stage(label, f"run {run_id}: training in {prepared.image.id[:19]} "
                           f"(network {job.network}, {job.nano_cpus / 1e9:g} CPU)")
     interrupted = False
     try:
-        outcome = engine.run(job, on_output, on_event=lambda text: observer.stage(label, text))
+        outcome = engine.run(job, manifest.feed,
+                             on_event=lambda text: observer.stage(label, text))
     except KeyboardInterrupt:
         interrupted = True
         outcome = ContainerOutcome(None, "interrupted", 0.0,
@@ -197,7 +200,7 @@ def execute(prepared: PreparedRun, *, store: Store, engine: Executor, observer: 
         reserve.release()
         log.close()
     record = _record(prepared, run_id, started_at, seed, job, outcome, paths, log,
-                     ManifestReading(marker, probes, cached), redactor)
+                     ManifestReading(marker, probes, cached, manifest), redactor)
     record = store.finish(record)
     if facts_key and cached is None and (facts := image_facts(record.environment)) is not None:
         store.remember_image_facts(facts_key, prepared.image.id, facts, record.id)
@@ -215,13 +218,15 @@ class ManifestReading:
     marker: str
     probes: tuple
     cached: tuple[dict, str] | None     # (image-bound facts, the run that read them)
+    capture: ManifestCapture            # the probe's output, taken from the container's
 
-    def parse(self, text: str | None, host: dict) -> EnvironmentManifest:
+    def parse(self, host: dict) -> EnvironmentManifest:
+        text, cut_from = self.capture.text, self.capture.seen if self.capture.cut else None
         if self.cached is None:
-            return parse_manifest(text, self.marker, host, self.probes)
+            return parse_manifest(text, self.marker, host, self.probes, cut_from=cut_from)
         facts, source = self.cached
         return parse_manifest(text, self.marker, {**host, "image_facts_from_run": source},
-                              self.probes, cached=facts)
+                              self.probes, cached=facts, cut_from=cut_from)
 
 
 def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job: ContainerJob,
@@ -240,16 +245,12 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
         except OutputsError as exc:
             reason, message = "outputs", str(exc)
     status = {"ok": SUCCEEDED, "interrupted": INTERRUPTED, "engine": ERROR}.get(reason, FAILED)
-    manifest_path = paths.meta / "manifest.txt"
-    if collected is not None:
-        manifest_text = collected.manifest
-    else:
-        manifest_text = (manifest_path.read_bytes().decode("utf-8", "replace")
-                         if manifest_path.is_file() and not manifest_path.is_symlink() else None)
-    if manifest_text is not None and (redactor or collected is not None):
-        # The raw probe holds the container's environment: keep it, without the secrets.
-        manifest_path.write_text(redactor.text(manifest_text) if redactor else manifest_text,
-                                 encoding="utf-8")
+    manifest_text = plan.capture.text
+    if manifest_text is not None:
+        # The raw probe, kept with the run (the job saw this folder read-only): it holds the
+        # container's environment, so without the secrets.
+        (paths.meta / "manifest.txt").write_text(
+            redactor.text(manifest_text) if redactor else manifest_text, encoding="utf-8")
     log_sha, _ = sha256_file(paths.log)
     notes = []
     if log.error:
@@ -287,7 +288,7 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
     record = RunRecord(
         id=run_id, status=status, started_at=started_at, finished_at=utc_now(),
         inputs=inputs, environment=plan.parse(
-            manifest_text, {**prepared.host, **(collected.host if collected else {})}),
+            {**prepared.host, **(collected.host if collected else {})}),
         outputs=outputs, compare=compare_settings(spec), reprun_version=__version__)
     # Anything the job controls (metric names, messages, its environment) may carry a secret.
     return RunRecord.from_dict(redactor.tree(record.to_dict())) if redactor else record

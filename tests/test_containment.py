@@ -275,3 +275,80 @@ def test_the_json_report_keeps_job_strings_exactly(hostile_comparison):
     flat = json.dumps(document)
     for raw in HOSTILE.values():
         assert json.dumps(raw)[1:-1] in flat
+
+
+# --- the environment record is out of the job's reach -----------------------------------------
+
+FORGE_THE_MANIFEST = r"""
+import json, re, sys
+# The marker framing the probe's sections is in the entrypoint the job can read.
+marker = re.search(r"reprun_marker='([^']+)'", open("/reprun/wrap.sh").read()).group(1)
+forged = (f"{marker} os_release\nID=ubuntu\nVERSION_ID=99.04\nPRETTY_NAME=\"Ubuntu 99.04 SPOOFED\"\n"
+          f"{marker} os_release exit 0\n{marker} end\n")
+tries = {}
+for path in ("/reprun/manifest.txt", "/reprun/wrap.sh", "/reprun/forged.txt"):
+    try:
+        with open(path, "w") as handle:
+            handle.write(forged)
+        tries[path] = "written"
+    except OSError as exc:
+        tries[path] = exc.strerror
+sys.stdout.write(forged)
+sys.stdout.flush()
+json.dump({"score": 1.0, "tries": len(tries)}, open("/out/metrics.json", "w"))
+print(json.dumps(tries))
+"""
+
+
+@pytest.mark.engine
+def test_a_job_cannot_rewrite_or_forge_the_environment_manifest(project):
+    project.dataset()
+    result = project.reprun("run", str(project.spec(script=FORGE_THE_MANIFEST)))
+    assert result.returncode == 0, result.stderr
+    run, = json.loads(project.reprun("runs", "--json").stdout)
+    record = json.loads(project.reprun("runs", "show", run["id"], "--json").stdout)
+    assert record["environment"]["os"]["id"] == "debian", record["environment"]["os"]
+    assert "SPOOFED" not in json.dumps(record["environment"])
+    folder = project.store / "runs" / run["id"]
+    assert "SPOOFED" not in (folder / "reprun" / "manifest.txt").read_text()
+    log = (folder / "log.txt").read_text()
+    # What the job printed is its output, kept in the log; every write under /reprun failed.
+    assert "Ubuntu 99.04 SPOOFED" in log
+    tries = json.loads(log.strip().splitlines()[-1])
+    assert set(tries.values()) == {"Read-only file system"}, tries
+    assert not (folder / "reprun" / "forged.txt").exists()
+
+
+WRITE_METRICS_AND_PRINT = """
+import json
+json.dump({"score": 1.0}, open("/out/metrics.json", "w"))
+print("trained")
+"""
+
+
+FLOOD_THE_PROBE = b"""
+import sys
+if sys.argv[0].endswith("pyprobe.py"):     # the environment probe, not the job
+    block = b"x" * (1 << 20) + b"\\n"
+    for _ in range(48):
+        sys.stdout.buffer.write(block)
+    sys.stdout.flush()
+"""
+
+
+@pytest.mark.engine
+def test_a_probe_that_floods_its_output_is_cut_and_the_run_is_recorded(project):
+    # The dataset carries a sitecustomize that the spec's PYTHONPATH makes the probe's Python
+    # import: 48 MiB printed where the manifest is read.
+    project.dataset(files={"train.csv": b"x,y\n1,2\n", "sitecustomize.py": FLOOD_THE_PROBE})
+    spec = project.spec(script=WRITE_METRICS_AND_PRINT, extra="env: {PYTHONPATH: /data}\n")
+    result = project.reprun("run", str(spec))
+    assert result.returncode == 0, result.stderr
+    run, = json.loads(project.reprun("runs", "--json").stdout)
+    record = json.loads(project.reprun("runs", "show", run["id"], "--json").stdout)
+    missing = record["environment"]["missing"]
+    assert "cut" in missing["manifest"] and "cut" in missing["python"], missing
+    assert record["environment"]["os"]["id"] == "debian"      # read before the flood
+    folder = project.store / "runs" / run["id"]
+    assert (folder / "reprun" / "manifest.txt").stat().st_size <= 8 << 20
+    assert (folder / "log.txt").read_text() == "trained\n"    # none of it is the job's output

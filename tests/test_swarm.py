@@ -226,7 +226,7 @@ def test_manifest_and_metrics_come_back_through_the_service_logs_not_a_mount(
     """The backend, driven directly: nothing of the store is mounted into the task, and what
     the record needs arrives as the framed block at the end of the service's output."""
     from orchestrator.execution.hermetic import RunPaths, container_job
-    from orchestrator.manifest.probes import new_marker, write_probe
+    from orchestrator.manifest.probes import ManifestCapture, new_marker, write_probe
     from orchestrator.spec.load import load_spec
     project.dataset()
     shared = swarm_project(project, tmp_path)
@@ -238,10 +238,11 @@ def test_manifest_and_metrics_come_back_through_the_service_logs_not_a_mount(
         folder.chmod(0o777)
     marker = new_marker()
     write_probe(paths.meta, marker)
+    submitted, output, events = [], [], []
+    manifest = ManifestCapture(marker, lambda chunk, stream: output.append((stream, chunk)))
     image_id = swarm.images.get(example_ref).id
     job = container_job(spec, run_id="logs-test", image_id=image_id, seed=7, paths=paths)
     backend = SwarmBackend(SwarmSettings(artifacts=shared), client=swarm)
-    submitted, output, events = [], [], []
     original = backend._service_spec
 
     def capture(*args, **kwargs):
@@ -249,8 +250,7 @@ def test_manifest_and_metrics_come_back_through_the_service_logs_not_a_mount(
         return submitted[-1]
 
     backend._service_spec = capture
-    outcome = backend.run(job, lambda chunk, stream: output.append((stream, chunk)),
-                          on_event=events.append)
+    outcome = backend.run(job, manifest.feed, on_event=events.append)
     assert outcome.reason == "ok", outcome
     mounts = submitted[0]["task_template"]["ContainerSpec"]["Mounts"]
     sources = [m.get("Source", "") for m in mounts]
@@ -260,7 +260,8 @@ def test_manifest_and_metrics_come_back_through_the_service_logs_not_a_mount(
     collected = outcome.collected
     assert isinstance(collected, RemoteResults)
     assert json.loads(collected.metrics) == {"score": 0.7, "nested": {"loss": 0.25}}
-    assert f"{marker} os_release" in collected.manifest
+    # The manifest led the job's output, as in a local run.
+    assert manifest.ended and f"{marker} os_release" in manifest.text
     assert set(collected.artifacts) == {"model.bin"}
     assert collected.host["swarm_node"]
     # The run's folders in the store never saw the manifest or the metrics…
@@ -596,7 +597,7 @@ def test_the_wrapper_hashes_the_dataset_and_artifacts_as_reprun_does(tmp_path):
         printf skip > {out}/notes.txt
         exit 4
         """).encode()}, dataset_target=str(data), dataset_sha256=pin, outputs_dir=str(out),
-        metrics="metrics.json", artifacts=("*.bin",), manifest=None, no_network=False,
+        metrics="metrics.json", artifacts=("*.bin",), no_network=False,
         no_new_privileges=False, timeout_s=60)
     result = subprocess.run(["/bin/sh", "-c", wrapper_script(plan), "w", "/bin/sh",
                              str(work / "job.sh")], capture_output=True, timeout=60)
@@ -660,7 +661,7 @@ def test_to_collect_travels_with_every_job(project):
     job = container_job(spec, run_id="x", image_id="sha256:" + "1" * 64, seed=7,
                         paths=RunPaths(project.root / "run"))
     assert job.collect == ResultsToCollect(outputs_dir="/out", metrics="metrics.json",
-                                    artifacts=("*.bin",), manifest="/reprun/manifest.txt",
+                                    artifacts=("*.bin",),
                                     dataset_source=str(spec.dataset.path),
                                     dataset_sha256=spec.dataset.sha256)
 

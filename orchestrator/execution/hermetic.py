@@ -14,7 +14,7 @@ from orchestrator.execution.job import ResultsToCollect
 from orchestrator.execution.job import LABEL_RUN, LABEL_SPEC, ContainerJob, Mount
 
 HOSTNAME = "reprun"           # Docker's default is the random container ID: a needless difference
-META_MOUNT = "/reprun"        # the probe wrapper and its manifest
+META_MOUNT = "/reprun"        # the entrypoint and the Python probe, read-only
 # Set by `verify --vary` on each of its runs: the seed and what was varied, kept in the record.
 LABEL_VARIATIONS = "io.reprun.variations"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -80,7 +80,8 @@ def container_job(spec, *, run_id: str, image_id: str, seed: int, paths: RunPath
         mounts=(
             dataset_mount(spec.dataset.path, spec.dataset.mount, spec.dataset.file_name),
             Mount(str(paths.outputs), spec.outputs.dir, read_only=False),
-            Mount(str(paths.meta), META_MOUNT, read_only=False),
+            # Read-only: the job must not change what the entrypoint and the probe are.
+            Mount(str(paths.meta), META_MOUNT, read_only=True),
         ),
         hostname=HOSTNAME,
         user=hermetic.user,
@@ -96,7 +97,6 @@ def container_job(spec, *, run_id: str, image_id: str, seed: int, paths: RunPath
         labels={LABEL_RUN: run_id, LABEL_SPEC: spec.name},
         collect=ResultsToCollect(outputs_dir=spec.outputs.dir, metrics=spec.outputs.metrics,
                           artifacts=tuple(spec.outputs.artifacts),
-                          manifest=f"{META_MOUNT}/manifest.txt",
                           dataset_source=str(spec.dataset.path),
                           dataset_sha256=spec.dataset.sha256),
     )

@@ -77,7 +77,6 @@ class ResultsToCollect:
     outputs_dir: str                 # in the container
     metrics: str                     # the metrics file, relative to outputs_dir
     artifacts: tuple[str, ...]       # globs, relative to outputs_dir
-    manifest: str                    # where the probe writes the environment manifest
     dataset_source: str              # the dataset's path on the host: the source of its mount
     dataset_sha256: str              # its pin: file hash, or tree hash of a directory
 
@@ -85,7 +84,6 @@ class ResultsToCollect:
 @dataclass(frozen=True)
 class RemoteResults:
     """A job's results as read where it ran, handed back without a shared filesystem."""
-    manifest: str | None = None                      # the probe's raw text
     metrics: bytes | None = None                     # the metrics file's bytes
     metrics_problem: str | None = None               # why they could not be read
     artifacts: dict[str, Artifact] = field(default_factory=dict)   # hashed where written

@@ -9,8 +9,9 @@ container around the job:
           refuses the job: exit 3) — and writes reprun's probe files into a tmpfs;
   during  it runs the job exactly as a local run does (the same probe, then `exec` of the job);
   after   it prints a framed block at the end of the output: exit status, OOM kills, the
-          environment manifest and the metrics file (base64), and the sha256 of every artifact
-          the spec's globs match, hashed where it was written.
+          metrics file (base64), and the sha256 of every artifact the spec's globs match,
+          hashed where it was written. (The manifest is at the start of the job's output, as
+          in a local run.)
 
 The block is read back from the service's logs and cut from the job's log. Artifacts go to a
 location the backend is configured with (`[swarm] artifacts`, mounted at the same path on every
@@ -40,6 +41,7 @@ import requests.exceptions
 from orchestrator.execution.handback import (ResultBlock, OutputSplitter, WrapperPlan, metrics_problem,
                                              parse_block, wrapper_script)
 from orchestrator.execution.config import SwarmSettings
+from orchestrator.execution.hermetic import META_MOUNT
 from orchestrator.execution.job import RemoteResults, EventSink, ResultsToCollect
 from orchestrator.execution.job import (LABEL, LABEL_OWNER, LABEL_RUN, ContainerJob,
                                         ContainerOutcome, LogSink)
@@ -385,8 +387,6 @@ class SwarmBackend:
     def _judge(self, job: ContainerJob, plan: WrapperPlan, block: ResultBlock, host: dict, duration: float,
                node_id: str | None) -> ContainerOutcome:
         where = f"swarm node {self._node_name(node_id)}"
-        manifest = (block.manifest.decode("utf-8", "replace")
-                    if block.manifest is not None else None)
         if block.refused is not None:
             what, why = block.refused
             if what == "dataset":
@@ -406,7 +406,6 @@ class SwarmBackend:
         name = PurePosixPath(plan.metrics or "metrics").name
         problems = block.problems
         collected = RemoteResults(
-            manifest=manifest,
             metrics=block.metrics if block.metrics_state == "file" else None,
             metrics_problem=metrics_problem(block, name),
             artifacts=dict(block.artifacts),
@@ -433,11 +432,11 @@ class SwarmBackend:
     def _plan(self, job: ContainerJob) -> WrapperPlan:
         collect: ResultsToCollect | None = job.collect
         shipped: dict[str, bytes] = {}
-        workdir = str(PurePosixPath(collect.manifest).parent) if collect else "/tmp"
+        workdir = META_MOUNT
         for mount in job.mounts:
-            if mount.read_only or (collect and mount.target == collect.outputs_dir):
+            if mount.target != META_MOUNT:
                 continue
-            # reprun's own folders (the probe's): their files travel inside the service spec.
+            # reprun's own folder (the entrypoint's): its files travel inside the service spec.
             for entry in sorted(Path(mount.source).iterdir()):
                 if entry.is_file():
                     shipped[str(PurePosixPath(mount.target) / entry.name)] = entry.read_bytes()
@@ -458,7 +457,6 @@ class SwarmBackend:
             outputs_dir=collect.outputs_dir if collect else None,
             metrics=collect.metrics if collect else None,
             artifacts=tuple(collect.artifacts) if collect else (),
-            manifest=collect.manifest if collect else None,
             no_network=job.network == "none",
             no_new_privileges=("no-new-privileges" in job.security_opt
                                and not self._engine_sets_no_new_privileges()),
@@ -476,7 +474,12 @@ class SwarmBackend:
         mounts = []
         work_targets = set()
         for mount in job.mounts:
-            if plan.outputs_dir is not None and mount.target == plan.outputs_dir \
+            if mount.target == META_MOUNT:
+                # A tmpfs, where the wrapper writes the files shipped with the job.
+                work_targets.add(mount.target)
+                mounts.append({"Type": "tmpfs", "Target": mount.target,
+                               "TmpfsOptions": {"SizeBytes": WORK_TMPFS_BYTES, "Mode": 0o1777}})
+            elif plan.outputs_dir is not None and mount.target == plan.outputs_dir \
                     and not mount.read_only:
                 source = str(self._outputs_source(job, mount.source))
                 mounts.append({"Type": "bind", "Source": source, "Target": mount.target,

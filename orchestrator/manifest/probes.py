@@ -1,8 +1,9 @@
 """The environment manifest: facts read inside the training container, just before the job.
 
-Each fact source is a small declared probe: a POSIX sh snippet that prints a raw fact, and a
-parser that turns it into manifest fields. The snippets are joined into one wrapper script that
-runs in the container before `exec`ing the job, so the facts are those the job saw. A probe whose
+Each fact source is a small declared probe: a POSIX sh section that prints a raw fact (the
+template execution/templates/probe-NAME.sh), and a parser that turns it into manifest fields.
+The sections are part of the container's one entrypoint (execution/entrypoint.py), which runs
+them before `exec`ing the job, so the facts are those the job saw. A probe whose
 command fails or whose output cannot be parsed marks its fact missing; it never fails the run.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.records import EnvironmentManifest
-from orchestrator.variations.factors import WRAPPER_BEFORE_EXEC, WRAPPER_SETUP
+from orchestrator.execution.entrypoint import entrypoint_script
 
 REDACTED = "<redacted>"
 _SECRET_NAME = re.compile(r"(?i)(secret|token|passw|_pwd$|api_?key|private_?key|credential|auth)")
@@ -33,8 +34,7 @@ def redact_env(env: dict[str, str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Probe:
-    name: str
-    shell: str                                  # prints the raw fact; stderr is discarded
+    name: str                                   # its section: templates/probe-NAME.sh
     parse: Callable[[str], dict[str, Any]]      # raw text -> EnvironmentManifest fields
 
 
@@ -150,41 +150,18 @@ def parse_python(text: str) -> dict[str, Any]:
     return fields
 
 
-# Run-bound probes run in every container: shell built-ins (`read`) where they can, since each
-# command the probe starts costs a fork and an exec, about a millisecond each in a container.
-_CGROUP = """
-reprun_cg() { [ -r "$2" ] && read -r reprun_v < "$2" && echo "$1=$reprun_v"; }
-reprun_cg cpu.max /sys/fs/cgroup/cpu.max
-reprun_cg memory.max /sys/fs/cgroup/memory.max
-reprun_cg pids.max /sys/fs/cgroup/pids.max
-reprun_cg cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_quota_us
-reprun_cg cfs_period_us /sys/fs/cgroup/cpu/cpu.cfs_period_us
-reprun_cg memory.limit_in_bytes /sys/fs/cgroup/memory/memory.limit_in_bytes
-reprun_cg pids.max /sys/fs/cgroup/pids/pids.max
-true
-"""
-_IDENTITY = """
-id
-printf 'umask='; umask
-if read -r reprun_v < /proc/sys/kernel/hostname; then echo "hostname=$reprun_v"
-else echo "hostname=$(cat /etc/hostname)"; fi
-"""
-_KERNEL = 'if read -r reprun_v < /proc/sys/kernel/osrelease; then echo "$reprun_v"; else uname -r; fi'
-# A subshell, so that the unset does not reach the probes after it.
-_NPROC = "( unset OMP_NUM_THREADS OMP_THREAD_LIMIT; exec nproc )"
-
 PROBES: tuple[Probe, ...] = (
-    Probe("os_release", "cat /etc/os-release", parse_os_release),
-    Probe("dpkg", "grep -E '^(Package|Status|Version):' /var/lib/dpkg/status", parse_dpkg),
-    Probe("apk", "cat /lib/apk/db/installed", parse_apk),
-    Probe("rpm", "rpm -qa --qf '%{NAME} %{VERSION}-%{RELEASE}\\n'", parse_rpm),
-    Probe("kernel", _KERNEL, parse_kernel),
-    Probe("cpuinfo", "cat /proc/cpuinfo", parse_cpuinfo),
-    Probe("nproc", _NPROC, parse_nproc),
-    Probe("cgroup", _CGROUP, parse_cgroup),
-    Probe("identity", _IDENTITY, parse_identity),
-    Probe("env", "env -0", parse_env),
-    Probe("python", "python3 /reprun/pyprobe.py", parse_python),
+    Probe("os_release", parse_os_release),
+    Probe("dpkg", parse_dpkg),
+    Probe("apk", parse_apk),
+    Probe("rpm", parse_rpm),
+    Probe("kernel", parse_kernel),
+    Probe("cpuinfo", parse_cpuinfo),
+    Probe("nproc", parse_nproc),
+    Probe("cgroup", parse_cgroup),
+    Probe("identity", parse_identity),
+    Probe("env", parse_env),
+    Probe("python", parse_python),
 )
 # Sources that only exist on some images: their absence is expected, not a missing fact.
 _OPTIONAL = {"dpkg", "apk", "rpm"}
@@ -213,22 +190,9 @@ def image_facts(manifest: EnvironmentManifest) -> dict[str, Any] | None:
 
 
 def wrapper_script(marker: str, probes: tuple[Probe, ...] = PROBES) -> str:
-    """The container's entrypoint: every probe into /reprun/manifest.txt, then the job itself.
-
-    Sections are framed by a random marker so that nothing a probe prints can forge a section.
-    """
-    # Variations (umask, dataset order, variable order) act only when `verify --vary` asks.
-    parts = ["#!/bin/sh", WRAPPER_SETUP, "{"]
-    for probe in probes:
-        parts.append(f"echo '{marker} {probe.name}'")
-        # The extra newline keeps the frame intact after output that does not end in one.
-        # A group, not a subshell: one fork fewer per probe.
-        parts.append(f"{{ {probe.shell}\n}} 2>/dev/null; status=$?; echo")
-        parts.append(f"echo '{marker} {probe.name} exit' $status")
-    parts.append("} > /reprun/manifest.txt")
-    parts.append(WRAPPER_BEFORE_EXEC)
-    parts.append('exec "$@"')
-    return "\n".join(parts) + "\n"
+    """The container's entrypoint: every probe onto the start of its output, then the job.
+    Sections are framed by a random marker so that nothing a probe prints can forge a section."""
+    return entrypoint_script(marker, tuple(p.name for p in probes))
 
 
 def new_marker() -> str:
@@ -240,7 +204,7 @@ def pyprobe_source() -> str:
 
 
 def write_probe(meta: Path, marker: str, probes: tuple[Probe, ...] = PROBES) -> None:
-    """Put the wrapper and the Python probe where the container mounts them (/reprun).
+    """Put the entrypoint and the Python probe where the container mounts them (/reprun).
 
     Readable by all whatever the umask (077 is common on hardened hosts): the job's user is not
     the one who writes them.
@@ -248,6 +212,68 @@ def write_probe(meta: Path, marker: str, probes: tuple[Probe, ...] = PROBES) -> 
     for name, text in (("wrap.sh", wrapper_script(marker, probes)), ("pyprobe.py", pyprobe_source())):
         (meta / name).write_text(text)
         (meta / name).chmod(0o644)
+
+
+# What is read of the probe's output at most: a manifest is some hundreds of kilobytes (dpkg's
+# database, the Python distributions, /proc/cpuinfo of a big host); an image or a spec that makes
+# a probe print without end must not take reprun's memory with it.
+MAX_MANIFEST_BYTES = 8 << 20
+
+
+class ManifestCapture:
+    """Takes the manifest from the start of a run's stdout and passes the rest on to `sink`.
+
+    The entrypoint prints every probe's section, then `MARKER end`, before it execs the job: what
+    comes before that line is the probe's, what comes after is the job's. So the job can neither
+    rewrite the manifest nor forge it (whatever it prints comes after the end line, even if it
+    read the marker), and it never reaches the log. At most MAX_MANIFEST_BYTES are kept; the
+    rest up to the end line is counted and dropped.
+    """
+
+    def __init__(self, marker: str, sink: Callable[[bytes, str], None],
+                 limit: int = MAX_MANIFEST_BYTES):
+        self._end = f"\n{marker} end\n".encode()
+        self._sink, self.limit = sink, limit
+        self._kept = bytearray()
+        self._tail = b"\n"        # the stream's start counts as a line start
+        self.seen = 0             # bytes of probe output, kept or not
+        self.ended = False        # the end line came: the job started
+
+    def feed(self, chunk: bytes, stream: str = "stdout") -> None:
+        if self.ended or stream != "stdout":
+            self._sink(chunk, stream)
+            return
+        window = self._tail + chunk
+        found = window.find(self._end)
+        if found < 0:
+            self._keep(chunk)
+            self._tail = window[-(len(self._end) - 1):]
+            return
+        cut = found + len(self._end) - len(self._tail)   # where the job's output starts
+        self._keep(chunk[:cut])
+        self.ended = True
+        if chunk[cut:]:
+            self._sink(chunk[cut:], stream)
+
+    def _keep(self, data: bytes) -> None:
+        self.seen += len(data)
+        room = self.limit - len(self._kept)
+        if room > 0:
+            self._kept += data[:room]
+
+    @property
+    def cut(self) -> bool:
+        return self.seen > self.limit
+
+    @property
+    def text(self) -> str | None:
+        """The probe's output (without the end line); None: the container printed none."""
+        if not self.seen:
+            return None
+        kept = bytes(self._kept)
+        if self.ended and not self.cut:
+            kept = kept[:len(kept) - len(self._end) + 1]
+        return kept.decode("utf-8", "replace")
 
 
 def split_sections(text: str, marker: str) -> dict[str, tuple[str, int | None]]:
@@ -280,19 +306,28 @@ def _merge(fields: dict[str, Any], new: dict[str, Any]) -> None:
 
 def parse_manifest(text: str | None, marker: str, host: dict[str, Any],
                    probes: tuple[Probe, ...] = PROBES,
-                   cached: dict[str, Any] | None = None) -> EnvironmentManifest:
-    """`cached`: image-bound facts read by an earlier run, for probes left out of `probes`."""
+                   cached: dict[str, Any] | None = None,
+                   cut_from: int | None = None) -> EnvironmentManifest:
+    """`cached`: image-bound facts read by an earlier run, for probes left out of `probes`.
+    `cut_from`: how many bytes the probe printed when only the first MAX_MANIFEST_BYTES were
+    read (ManifestCapture)."""
     fields: dict[str, Any] = {"missing": {}, "host": host, **(cached or {})}
     if text is None:
         fields["missing"]["container"] = "the probe wrote no manifest (the job never started?)"
         return EnvironmentManifest(**fields)
+    unfinished = "the probe did not finish"
+    if cut_from is not None:
+        fields["missing"]["manifest"] = (
+            f"the probes printed {cut_from} bytes, over the {MAX_MANIFEST_BYTES} bytes reprun "
+            "reads of them; the rest was cut")
+        unfinished = "its output was cut at the manifest's size limit"
     sections = split_sections(text, marker)
     for probe in probes:
         raw, status = sections.get(probe.name, ("", None))
         if status != 0:
-            if probe.name not in _OPTIONAL:
+            if probe.name not in _OPTIONAL or (status is None and probe.name in sections):
                 fields["missing"][probe.name] = (
-                    "the probe did not finish" if status is None
+                    unfinished if status is None
                     else f"the command failed in the image (exit {status})")
             continue
         try:

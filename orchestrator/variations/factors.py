@@ -7,9 +7,9 @@ only touches its own part of the job. Random choices come from one seed, split p
 variation run can be repeated exactly (`--vary-seed`).
 
 Some factors need the container's entrypoint to cooperate (umask, dataset listing order,
-environment order): the job only carries a variable, and the wrapper script that every run
-starts with (`probe.wrapper_script`) applies it with the shell snippets below before it `exec`s
-the job. A normal run sets none of those variables, so the snippets do nothing there.
+environment order): the job only carries a variable, and the container's entrypoint applies it
+with the factor's hook (execution/templates/hook-*.sh, declared in execution/entrypoint.py)
+before it `exec`s the job. A normal run sets none of those variables, so the hooks do nothing.
 """
 from __future__ import annotations
 
@@ -346,54 +346,3 @@ def plan_variations(names: Iterable[str], seed: int, context: HostContext,
         variations.append(Variation(name, f.label, value))
     return VariationPlan(seed=seed, requested=requested, variations=tuple(variations),
                          skipped=tuple(skipped))
-
-
-# --- what the container's entrypoint does with them -------------------------------------------
-
-# Before the environment probes, so that the manifest records what the job will see.
-WRAPPER_SETUP = r"""
-if [ -n "${REPRUN_UMASK:-}" ]; then umask "$REPRUN_UMASK" || exit 97; fi
-if [ -n "${REPRUN_DATASET_COPY:-}" ]; then
-  reprun_src=$REPRUN_DATASET_SOURCE reprun_dst=$REPRUN_DATASET_COPY
-  # tmpfs lists a folder oldest first or newest first depending on the kernel: ask it, then
-  # create the entries so that the job sees them in the reverse of the original listing.
-  mkdir "$reprun_dst/.reprun-order" && : > "$reprun_dst/.reprun-order/1" \
-    && : > "$reprun_dst/.reprun-order/2" || exit 97
-  case "$(find "$reprun_dst/.reprun-order" -mindepth 1 | head -n 1)" in
-    */1) reprun_plan='1!G;h;$!d' ;;
-    *) reprun_plan='' ;;
-  esac
-  rm -rf "$reprun_dst/.reprun-order"
-  find "$reprun_src" -mindepth 1 | sed "$reprun_plan" | while IFS= read -r reprun_path; do
-    reprun_rel=${reprun_path#"$reprun_src"/}
-    if [ -d "$reprun_path" ]; then
-      mkdir -p "$reprun_dst/$reprun_rel" || exit 1
-    else
-      mkdir -p "$reprun_dst/$(dirname "$reprun_rel")" \
-        && cp -p "$reprun_path" "$reprun_dst/$reprun_rel" || exit 1
-    fi
-  done || { echo "reprun: could not copy the dataset into $reprun_dst" >&2; exit 97; }
-  chmod -R a-w "$reprun_dst"
-fi
-""".strip("\n")
-
-# Just before `exec`: the shell passes its environment on in its own hash order, whatever order
-# the engine gave; only `env -i` with an explicit list sets the order the variation chose.
-WRAPPER_BEFORE_EXEC = r"""
-if [ -n "${REPRUN_ENV_ORDER:-}" ]; then
-  reprun_n=$# reprun_rest=
-  for reprun_name in $(env | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p'); do
-    case " $REPRUN_ENV_ORDER REPRUN_ENV_ORDER " in
-      *" $reprun_name "*) ;;
-      *) reprun_rest="$reprun_rest $reprun_name" ;;
-    esac
-  done
-  for reprun_name in $reprun_rest $REPRUN_ENV_ORDER; do
-    if eval "[ -n \"\${$reprun_name+set}\" ]"; then
-      eval "set -- \"\$@\" \"$reprun_name=\${$reprun_name}\""
-    fi
-  done
-  while [ "$reprun_n" -gt 0 ]; do set -- "$@" "$1"; shift; reprun_n=$((reprun_n - 1)); done
-  set -- env -i "$@"
-fi
-""".strip("\n")

@@ -23,7 +23,7 @@ from orchestrator.compare.value import Comparison, EnvironmentRow
 from orchestrator.errors import ExitCode, ReprunError, UsageError
 from orchestrator.events import RunObserver
 from orchestrator.execution.hermetic import RunPaths, container_job
-from orchestrator.manifest.probes import new_marker, parse_manifest, write_probe
+from orchestrator.manifest.probes import ManifestCapture, new_marker, parse_manifest, write_probe
 from orchestrator.records import EnvironmentManifest, SUCCEEDED
 from orchestrator.runner import PreparedRun, execute, prepare
 from orchestrator.spec.load import load_spec
@@ -62,13 +62,10 @@ def capture_manifest(spec, image_id: str, engine: Executor, host: dict) -> Envir
             folder.chmod(0o777)
         marker = new_marker()
         write_probe(paths.meta, marker)
-        outcome = engine.run(job, lambda *_: None)
-        manifest = paths.meta / "manifest.txt"
-        if outcome.collected is not None:      # read where the probe ran
-            text = outcome.collected.manifest
-        else:
-            text = manifest.read_text(errors="replace") if manifest.exists() else None
-        return parse_manifest(text, marker, host)
+        capture = ManifestCapture(marker, lambda *_: None)
+        engine.run(job, capture.feed)
+        return parse_manifest(capture.text, marker, host,
+                              cut_from=capture.seen if capture.cut else None)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -1,0 +1,1 @@
+grep -E '^(Package|Status|Version):' /var/lib/dpkg/status

@@ -1,0 +1,1 @@
+rpm -qa --qf '%{NAME} %{VERSION}-%{RELEASE}\n'
