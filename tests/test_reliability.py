@@ -190,6 +190,45 @@ def test_runs_verify_names_whatever_was_altered_or_removed(tmp_path, tamper):
     assert "Traceback" not in result.stderr
 
 
+def test_one_store_db_holds_runs_approvals_and_the_hash_cache_with_one_set_of_pragmas(tmp_path):
+    from orchestrator.dataset.tree import HashCache, hash_dataset
+    store = Store(tmp_path / "store")
+    tables = {row[0] for row in sqlite3.connect(store.db_path).execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"runs", "approvals", "image_facts", "hash_cache", "dataset_manifests"} <= tables
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.csv").write_bytes(b"1\n")
+    cache = HashCache(store.db_path)
+    cache.remember_manifest(hash_dataset(tmp_path / "data", cache=cache))
+    with store.connect() as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT files FROM dataset_manifests").fetchall() == [(1,)]
+
+
+def test_a_record_written_by_a_newer_reprun_is_named_by_its_field_not_a_crash(tmp_path):
+    store = Store(tmp_path / "store")
+    run = write_run(store)
+    document = json.loads(run.to_json())
+    document["inputs"]["gpus"] = 2
+    unprotected(store.db_path).execute("UPDATE runs SET record = ? WHERE id = ?",
+                                       (json.dumps(document), run.id))
+    result = reprun_in(store.root, "runs", "show", run.id)
+    assert result.returncode == 2, result.stderr
+    assert "written by a newer reprun (field inputs.gpus)" in result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
+def test_run_ids_that_run_out_are_an_infrastructure_error_not_a_usage_error(tmp_path, monkeypatch):
+    from orchestrator.errors import InfrastructureError
+    import orchestrator.store.db as db_module
+    store = Store(tmp_path / "store")
+    monkeypatch.setattr(db_module.secrets, "token_hex", lambda n: "abcdef")
+    monkeypatch.setattr(db_module.time, "gmtime", lambda: time.struct_time((2026, 1, 1, 0, 0, 0, 3, 1, 0)))
+    store.new_run("job")
+    with pytest.raises(InfrastructureError, match="no unique run ID"):
+        store.new_run("job")
+
+
 def test_a_stored_record_cannot_be_deleted_through_the_database(tmp_path):
     store = Store(tmp_path / "store")
     run = write_run(store)

@@ -22,8 +22,9 @@ import docker.errors
 
 from orchestrator.dataset.tree import hash_dataset
 from orchestrator.errors import InfrastructureError, PinMismatch, UsageError
+from orchestrator.outputs import sha256_file
 from orchestrator.records import RunRecord
-from orchestrator.store.db import Store, utc_now
+from orchestrator.store.db import Store, parse_record, utc_now
 
 ARCHIVE_SCHEMA = "reprun.archive/1"
 MANIFEST = "MANIFEST.json"
@@ -48,14 +49,6 @@ def _sha256_stream(chunks, sink) -> tuple[str, int]:
         size += len(chunk)
         sink.write(chunk)
     return digest.hexdigest(), size
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_archive(store: Store, run_id: str, output: Path, *, client,
@@ -180,6 +173,20 @@ def _damaged(path: Path, what: str) -> PinMismatch:
     return PinMismatch(f"the archive {path} is damaged and was refused: {what}.")
 
 
+def _members(path: Path, manifest) -> dict[str, dict]:
+    """The manifest's members, each a name with a sha256 and a size, or the archive is damaged."""
+    if not isinstance(manifest, dict) or manifest.get("schema") != ARCHIVE_SCHEMA:
+        raise _damaged(path, f"its {MANIFEST} is not a {ARCHIVE_SCHEMA} manifest")
+    members = manifest.get("members")
+    if not isinstance(members, dict):
+        raise _damaged(path, f"its {MANIFEST} lists no members")
+    for name, member in members.items():
+        if not (isinstance(member, dict) and isinstance(member.get("sha256"), str)
+                and isinstance(member.get("size"), int) and member["size"] >= 0):
+            raise _damaged(path, f"its {MANIFEST} gives {name!r} no sha256 and size")
+    return members
+
+
 def load_archive(path: Path, store: Store, *, client,
                  progress: Progress | None = None) -> LoadedArchive:
     """Extract, verify every hash, load the image; only then is anything used.
@@ -211,10 +218,9 @@ def _load_into(path: Path, target: Path, client, progress: Progress) -> LoadedAr
         raise _damaged(path, f"it cannot be read as an archive ({exc})") from None
     try:
         manifest = json.loads((target / MANIFEST).read_text())
-        members = manifest["members"]
-        assert manifest.get("schema") == ARCHIVE_SCHEMA
-    except (OSError, ValueError, KeyError, AssertionError, TypeError):
+    except (OSError, ValueError):
         raise _damaged(path, f"its {MANIFEST} is missing or unreadable") from None
+    members = _members(path, manifest)
     present = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()}
     extra = present - set(members) - {MANIFEST}
     if extra:
@@ -223,10 +229,11 @@ def _load_into(path: Path, target: Path, client, progress: Progress) -> LoadedAr
         file = target / name
         if not file.is_file():
             raise _damaged(path, f"{name} is missing")
-        if _sha256_file(file) != expected["sha256"]:
+        if sha256_file(file)[0] != expected["sha256"]:
             raise _damaged(path, f"{name} does not match its recorded sha256")
         progress("verify", done, len(members))
-    record = RunRecord.from_json((target / RECORD).read_text())
+    record = parse_record((target / RECORD).read_text(encoding="utf-8", errors="replace"),
+                          f"the record in the archive {path}")
     dataset = target / DATASET
     if manifest.get("dataset_kind") == "file":
         dataset = next(dataset.iterdir())

@@ -23,58 +23,14 @@ import socket
 import sqlite3
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
-from orchestrator.errors import UsageError
+from orchestrator.clock import utc_now, utc_text  # noqa: F401  (utc_text: the store's time format)
+from orchestrator.errors import InfrastructureError, UsageError
 from orchestrator.execution.owners import process_alive
 from orchestrator.records import FINAL_STATUSES, INTERRUPTED, RUNNING, RunRecord
+from orchestrator.store.schema import SCHEMA, connect
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id            TEXT PRIMARY KEY,
-    spec          TEXT NOT NULL,
-    status        TEXT NOT NULL,
-    started_at    TEXT NOT NULL,
-    finished_at   TEXT,
-    duration_s    REAL,
-    image_id      TEXT,
-    host          TEXT NOT NULL,
-    pid           INTEGER NOT NULL,
-    record        TEXT,
-    record_sha256 TEXT,
-    note          TEXT,
-    seq           INTEGER,          -- position in the hash chain, in commit order
-    previous_sha256 TEXT            -- the record_sha256 of seq - 1
-);
-CREATE INDEX IF NOT EXISTS runs_spec_started ON runs (spec, started_at);
-CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
-CREATE TRIGGER IF NOT EXISTS runs_are_immutable BEFORE UPDATE ON runs
-WHEN OLD.status != 'running'
-BEGIN SELECT RAISE(ABORT, 'run records are immutable once finished'); END;
-CREATE TRIGGER IF NOT EXISTS runs_are_kept BEFORE DELETE ON runs
-WHEN OLD.status = 'running'
-BEGIN SELECT RAISE(ABORT, 'a running run cannot be deleted'); END;
-CREATE TABLE IF NOT EXISTS built_images (
-    image_id  TEXT PRIMARY KEY,     -- images reprun built, so that `gc` knows which are its own
-    spec      TEXT NOT NULL,
-    built_at  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS image_facts (
-    key         TEXT PRIMARY KEY,   -- image ID + job configuration (probe.image_facts_key)
-    image_id    TEXT NOT NULL,
-    facts       TEXT NOT NULL,      -- JSON: the image-bound manifest fields
-    source_run  TEXT NOT NULL       -- the run whose probe read them
-);
-CREATE TABLE IF NOT EXISTS reports (
-    id         TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    runs       TEXT NOT NULL,
-    verdict    TEXT NOT NULL,
-    path       TEXT NOT NULL
-);
-"""
 
 
 # Added to stores made before the chain existed; the index and trigger name the new columns.
@@ -99,6 +55,50 @@ def record_sha256(text: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def parse_record(text: str, source: str) -> RunRecord:
+    """A record read back from a file or a row; `source` says which, for the one-sentence error
+    a damaged or newer record gives instead of a crash."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{source} is not a run record (not JSON: {exc}).") from None
+    unknown = unknown_record_field(data)
+    if unknown:
+        raise UsageError(f"{source} was written by a newer reprun (field {unknown}); upgrade "
+                         "reprun to read it.")
+    try:
+        return RunRecord.from_dict(data)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise UsageError(f"{source} is not a complete run record (missing or malformed "
+                         f"{exc}).") from None
+
+
+def unknown_record_field(data) -> str | None:
+    """The dotted name of the first field this reprun does not know, if any."""
+    from orchestrator import records
+    shapes = {"": records.RunRecord, "inputs": records.Inputs, "inputs.image": records.ImageFacts,
+              "inputs.dataset": records.DatasetFacts, "outputs": records.Outputs,
+              "environment": records.EnvironmentManifest}
+    for where, kind in shapes.items():
+        value = data
+        for part in filter(None, where.split(".")):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not isinstance(value, dict):
+            continue
+        known = {f.name for f in dataclasses.fields(kind)}
+        for key in sorted(value, key=str):
+            if key not in known:
+                return f"{where}.{key}" if where else str(key)
+    artifacts = (data.get("outputs") or {}).get("artifacts") if isinstance(data, dict) else None
+    if isinstance(artifacts, dict):
+        known = {f.name for f in dataclasses.fields(records.Artifact)}
+        for name, artifact in artifacts.items():
+            extra = sorted(set(artifact) - known) if isinstance(artifact, dict) else []
+            if extra:
+                return f"outputs.artifacts.{name}.{extra[0]}"
+    return None
+
+
 @dataclass(frozen=True)
 class ChainHead:
     seq: int
@@ -111,15 +111,6 @@ class ChainHead:
         if len(parts) != 3 or not parts[0].isdigit():
             return None
         return cls(int(parts[0]), parts[1], parts[2])
-
-
-def utc_now() -> str:
-    return utc_text(datetime.now(timezone.utc))
-
-
-def utc_text(moment: datetime) -> str:
-    """A time as the store writes it, so that its text sorts as its time: UTC, ms, Z."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -146,20 +137,12 @@ class Store:
         self.db_path = self.root / "store.db"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.reports_dir.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
+        with self.connect() as db:
             db.executescript(SCHEMA)
             _add_chain_columns(db)
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-        try:
-            db.execute("PRAGMA busy_timeout = 60000")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
-            yield db
-        finally:
-            db.close()
+    def connect(self) -> "contextlib.AbstractContextManager[sqlite3.Connection]":
+        return connect(self.db_path)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -169,7 +152,7 @@ class Store:
         for _ in range(10):
             run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
             try:
-                with self._connect() as db:
+                with self.connect() as db:
                     db.execute(
                         "INSERT INTO runs (id, spec, status, started_at, host, pid) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
@@ -179,7 +162,9 @@ class Store:
             run_dir = self.runs_dir / run_id
             run_dir.mkdir(parents=True)
             return run_id, run_dir, started_at
-        raise UsageError("could not allocate a unique run ID in the store")  # pragma: no cover
+        # 16 million IDs a second: ten collisions in a row mean the store itself misbehaves.
+        raise InfrastructureError(f"the store at {self.root} gave no unique run ID in ten tries; "
+                                  "check that store.db is not shared with a copy of itself.")
 
     def finish(self, record: RunRecord) -> RunRecord:
         """Seal the record into the chain: record file, row and chain head, none changes again.
@@ -191,7 +176,7 @@ class Store:
 
     def _seal(self, record: RunRecord) -> RunRecord:
         outputs = record.outputs
-        with self._connect() as db:
+        with self.connect() as db:
             # IMMEDIATE takes the write lock before reading the head: two writers can never
             # both extend the same link.
             db.execute("BEGIN IMMEDIATE")
@@ -225,7 +210,7 @@ class Store:
     def chain_snapshot(self) -> tuple[list[tuple], str | None]:
         """Every row (id, status, seq, record, record_sha256, previous_sha256) in chain order,
         and the chain-head file's text, read under the write lock so no commit falls between."""
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 rows = db.execute(
@@ -250,25 +235,25 @@ class Store:
         return SpaceReserve.take(self.run_dir(run_id) / RESERVE_FILE, size)
 
     def note_built_image(self, image_id: str, spec_name: str) -> None:
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("INSERT OR IGNORE INTO built_images (image_id, spec, built_at) "
                        "VALUES (?, ?, ?)", (image_id, spec_name, utc_now()))
 
     def built_images_without_runs(self) -> dict[str, str]:
         """Images reprun built that no recorded run ran on: image ID -> spec name."""
-        with self._connect() as db:
+        with self.connect() as db:
             return dict(db.execute(
                 "SELECT image_id, spec FROM built_images WHERE image_id NOT IN "
                 "(SELECT image_id FROM runs WHERE image_id IS NOT NULL)").fetchall())
 
     def forget_built_image(self, image_id: str) -> None:
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("DELETE FROM built_images WHERE image_id = ?", (image_id,))
 
     def remove_unrecorded_run_folders(self) -> list[str]:
         """Folders of runs a crash interrupted before any record was written: nothing in them is
         covered by a record, and the row (status `interrupted`, with a note) stays."""
-        with self._connect() as db:
+        with self.connect() as db:
             ids = [r[0] for r in db.execute(
                 "SELECT id FROM runs WHERE status = ? AND record IS NULL", (INTERRUPTED,))]
         removed = []
@@ -281,13 +266,13 @@ class Store:
 
     def image_facts(self, key: str) -> tuple[dict, str] | None:
         """Image-bound manifest facts read before under this key, and the run that read them."""
-        with self._connect() as db:
+        with self.connect() as db:
             row = db.execute("SELECT facts, source_run FROM image_facts WHERE key = ?",
                              (key,)).fetchone()
         return (json.loads(row[0]), row[1]) if row else None
 
     def remember_image_facts(self, key: str, image_id: str, facts: dict, run_id: str) -> None:
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("INSERT OR IGNORE INTO image_facts (key, image_id, facts, source_run) "
                        "VALUES (?, ?, ?, ?)", (key, image_id, json.dumps(facts), run_id))
 
@@ -295,7 +280,7 @@ class Store:
         report_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
         path = self.reports_dir / f"{report_id}.json"
         _write_atomically(path, text)
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("INSERT INTO reports (id, created_at, runs, verdict, path) VALUES (?,?,?,?,?)",
                        (report_id, utc_now(), json.dumps(run_ids), verdict, str(path)))
         return path
@@ -306,7 +291,7 @@ class Store:
         return self.runs_dir / run_id
 
     def resolve_id(self, id_or_prefix: str) -> str:
-        with self._connect() as db:
+        with self.connect() as db:
             rows = db.execute("SELECT id FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' ORDER BY id LIMIT 3",
                               (id_or_prefix, _like_prefix(id_or_prefix))).fetchall()
         ids = [r[0] for r in rows]
@@ -322,7 +307,7 @@ class Store:
 
     def get(self, id_or_prefix: str) -> RunRecord:
         run_id = self.resolve_id(id_or_prefix)
-        with self._connect() as db:
+        with self.connect() as db:
             status, text = db.execute("SELECT status, record FROM runs WHERE id = ?",
                                       (run_id,)).fetchone()
         if text is None:
@@ -330,7 +315,7 @@ class Store:
                 f"run {run_id} is {status} and has no complete record "
                 + ("yet (it is still going)." if status == RUNNING
                    else "(reprun stopped before writing it)."))
-        return RunRecord.from_json(text)
+        return parse_record(text, f"the record of run {run_id}")
 
     def list(self, *, spec: str | None = None, status: str | None = None,
              since: str | None = None, until: str | None = None,
@@ -346,13 +331,13 @@ class Store:
                f"FROM runs {where} ORDER BY started_at DESC, id DESC")
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        with self._connect() as db:
+        with self.connect() as db:
             return [RunSummary(*row) for row in db.execute(sql, args)]
 
     def latest_succeeded(self, spec: str) -> RunRecord | None:
         """The newest succeeded run of `spec` made as the spec says: the varied runs of
         `verify --vary` changed its conditions on purpose, and are no reference for it."""
-        with self._connect() as db:
+        with self.connect() as db:
             rows = db.execute("SELECT record FROM runs WHERE spec = ? AND status = 'succeeded' "
                               "ORDER BY started_at DESC", (spec,))
             for (text,) in rows:
@@ -366,7 +351,7 @@ class Store:
     def repair(self) -> list[str]:
         """Runs left `running` by a reprun process that is gone: adopt or mark interrupted."""
         repaired = []
-        with self._connect() as db:
+        with self.connect() as db:
             rows = db.execute("SELECT id, host, pid FROM runs WHERE status = 'running'").fetchall()
         for run_id, host, pid in rows:
             if host == socket.gethostname() and process_alive(pid):
@@ -379,7 +364,7 @@ class Store:
                 self._seal(record)
                 repaired.append(f"{run_id}: record file adopted ({record.status})")
                 continue
-            with self._connect() as db:
+            with self.connect() as db:
                 db.execute("UPDATE runs SET status = ?, finished_at = ?, note = ? "
                            "WHERE id = ? AND status = 'running'",
                            (INTERRUPTED, utc_now(),
