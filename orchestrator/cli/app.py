@@ -256,6 +256,8 @@ def rerun(ctx: typer.Context,
                                                  help="The dataset's new location (verified against the recorded hash)."),
           from_archive: Optional[Path] = typer.Option(None, "--from-archive",
                                                       help="Replay from an archive written by `reprun archive`."),
+          allow: List[str] = typer.Option([], "--allow", help="Let an archived run relax one hermetic setting: network=host, user=UID:GID or writable-root; repeatable."),
+          env_from_caller: List[str] = typer.Option([], "--env-from-caller", metavar="NAME", help="Give an archived run your value of the secret NAME; repeatable."),
           report: List[Path] = typer.Option([], "--report", help="Write a report; repeatable."),
           backend: Optional[str] = _backend_option(),
           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
@@ -268,12 +270,11 @@ def rerun(ctx: typer.Context,
     _check_report_paths(report)
     store, engine, observer = _store(ctx), _backend(backend), _observer(quiet)
     if from_archive is not None:
-        from orchestrator.store.archive import load_archive
-        loaded = load_archive(from_archive, store, client=engine.client,
-                              progress=lambda phase, done, total: observer.progress("archive", phase, done, total))
-        original = loaded.record
-        spec_value = spec_from_record(original, dataset_path=dataset or loaded.dataset_path,
-                                      image_by_id=True)
+        from orchestrator.rerun import replay_from_archive, trust_from_flags
+        loaded = replay_from_archive(from_archive, store, client=engine.client,
+                                     trust=trust_from_flags(allow, env_from_caller), dataset_path=dataset,
+                                     progress=lambda phase, done, total: observer.progress("archive", phase, done, total))
+        original, spec_value = loaded.record, loaded.accepted
     else:
         original = store.get(run_id)
         spec_value = spec_from_record(original, dataset_path=dataset)

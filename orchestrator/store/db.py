@@ -147,7 +147,9 @@ class Store:
     # -- writing ---------------------------------------------------------------------------
 
     def new_run(self, spec_name: str) -> tuple[str, Path, str]:
-        """Reserve an ID and folder for a run that starts now; its row says `running`."""
+        """Reserve an ID and folder for a run that starts now; its row says `running`.
+        Refused when the disk cannot keep the reserve: the run would end without a record."""
+        self.refuse_without_room()
         started_at = utc_now()
         for _ in range(10):
             run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -230,9 +232,27 @@ class Store:
         except OSError:
             return None
 
+    def reserve_bytes(self) -> int:
+        text = os.environ.get("REPRUN_RESERVE_BYTES", str(DEFAULT_RESERVE_BYTES))
+        try:
+            return max(int(text), 0)
+        except ValueError:
+            raise UsageError(f"REPRUN_RESERVE_BYTES={text!r} is not a number of bytes.") from None
+
+    def free_bytes(self) -> int:
+        """What may still be written here and leave the disk reserve for a run's record."""
+        return max(shutil.disk_usage(self.root).free - self.reserve_bytes(), 0)
+
+    def refuse_without_room(self) -> None:
+        free, reserve = shutil.disk_usage(self.root).free, self.reserve_bytes()
+        if free < reserve:
+            raise InfrastructureError(
+                f"the store at {self.root} has {free >> 20} MiB free, less than the "
+                f"{reserve >> 20} MiB reprun keeps for a run's record; free some space "
+                "(`reprun gc`) before starting a run.")
+
     def reserve_space(self, run_id: str) -> "SpaceReserve":
-        size = int(os.environ.get("REPRUN_RESERVE_BYTES", DEFAULT_RESERVE_BYTES))
-        return SpaceReserve.take(self.run_dir(run_id) / RESERVE_FILE, size)
+        return SpaceReserve.take(self.run_dir(run_id) / RESERVE_FILE, self.reserve_bytes())
 
     def note_built_image(self, image_id: str, spec_name: str) -> None:
         with self.connect() as db:
