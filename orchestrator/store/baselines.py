@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from orchestrator.errors import UsageError
 from orchestrator.records import SUCCEEDED
-from orchestrator.store.db import Store, utc_now
+from orchestrator.store.db import Store, approval_link_id, approval_sha256, utc_now
 
 
 
@@ -32,11 +32,16 @@ def approve(store: Store, run_id: str, *, reason: str, by: str | None = None) ->
         raise UsageError(f"run {record.id} {record.status}; only a succeeded run can be a baseline.")
     approval = Approval(spec=record.inputs.spec_name, run_id=record.id,
                         approved_by=by or getpass.getuser(), approved_at=utc_now(), reason=reason)
-    with store.connect() as db:
-        db.execute("INSERT INTO approvals (spec, run_id, approved_by, approved_at, reason) "
-                   "VALUES (?, ?, ?, ?, ?)",
-                   (approval.spec, approval.run_id, approval.approved_by, approval.approved_at,
-                    approval.reason))
+    fields = (approval.spec, approval.run_id, approval.approved_by, approval.approved_at,
+              approval.reason)
+
+    def insert(db, seq, previous):
+        digest = approval_sha256(*fields, previous)
+        cursor = db.execute("INSERT INTO approvals (spec, run_id, approved_by, approved_at, "
+                            "reason, chain_seq, entry_sha256, previous_sha256) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*fields, seq, digest, previous))
+        return digest, approval_link_id(cursor.lastrowid)
+    store.append_link(insert)
     return approval
 
 

@@ -29,18 +29,8 @@ from orchestrator.clock import utc_now, utc_text  # noqa: F401  (utc_text: the s
 from orchestrator.errors import InfrastructureError, UsageError
 from orchestrator.execution.owners import process_alive
 from orchestrator.records import FINAL_STATUSES, INTERRUPTED, RUNNING, RunRecord
-from orchestrator.store.schema import SCHEMA, connect
+from orchestrator.store.schema import LEDGER_COLUMNS, LEDGER_SCHEMA, SCHEMA, connect
 
-
-
-# Added to stores made before the chain existed; the index and trigger name the new columns.
-_CHAIN_COLUMNS = {"seq": "INTEGER", "previous_sha256": "TEXT"}
-_CHAIN_SCHEMA = """
-CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs (seq);
-CREATE TRIGGER IF NOT EXISTS chained_runs_are_kept BEFORE DELETE ON runs
-WHEN OLD.seq IS NOT NULL
-BEGIN SELECT RAISE(ABORT, 'a recorded run cannot be deleted'); END;
-"""
 CHAIN_HEAD = "chain-head"
 RESERVE_FILE = ".reserve"
 # Held in the run folder while the job runs, released just before the record is written: a job
@@ -53,6 +43,42 @@ def record_sha256(text: str) -> str:
     the document as written whatever reprun version reads it back."""
     canonical = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _canonical_sha256(document: dict) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=True).encode()).hexdigest()
+
+
+def approval_sha256(spec, run_id, approved_by, approved_at, reason, previous) -> str:
+    """An approval's link in the chain: who approved which run of which spec, when, why."""
+    return _canonical_sha256({"kind": "approval", "spec": spec, "run_id": run_id,
+                              "approved_by": approved_by, "approved_at": approved_at,
+                              "reason": reason, "previous": previous})
+
+
+def image_facts_sha256(key, image_id, facts, source_run, previous) -> str:
+    """The link of image facts that later records are built from (`facts` as stored, JSON)."""
+    return _canonical_sha256({"kind": "image_facts", "key": key, "image_id": image_id,
+                              "facts": facts, "source_run": source_run, "previous": previous})
+
+
+def approval_link_id(approval_seq: int) -> str:
+    return f"approval:{approval_seq}"
+
+
+def image_facts_link_id(key: str) -> str:
+    return "image-facts:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _ledger_head(db: sqlite3.Connection) -> tuple[int, str | None]:
+    """The newest link of the chain, whatever it records: (seq, its hash), or (0, None)."""
+    row = db.execute(
+        "SELECT seq, sha FROM (SELECT seq, record_sha256 AS sha FROM runs WHERE seq IS NOT NULL "
+        "UNION ALL SELECT chain_seq, entry_sha256 FROM approvals WHERE chain_seq IS NOT NULL "
+        "UNION ALL SELECT seq, entry_sha256 FROM image_facts WHERE seq IS NOT NULL) "
+        "ORDER BY seq DESC LIMIT 1").fetchone()
+    return (row[0], row[1]) if row else (0, None)
 
 
 def parse_record(text: str, source: str) -> RunRecord:
@@ -97,6 +123,14 @@ def unknown_record_field(data) -> str | None:
             if extra:
                 return f"outputs.artifacts.{name}.{extra[0]}"
     return None
+
+
+@dataclass(frozen=True)
+class ChainSnapshot:
+    runs: list[tuple]           # id, status, seq, record, record_sha256, previous_sha256
+    approvals: list[tuple]      # seq, spec, run_id, approved_by, approved_at, reason, chain link
+    image_facts: list[tuple]    # key, image_id, facts, source_run, chain link
+    head: str | None            # the chain-head file's text
 
 
 @dataclass(frozen=True)
@@ -187,9 +221,8 @@ class Store:
                 if row is None or row[0] != RUNNING:
                     db.execute("ROLLBACK")
                     return record
-                head = db.execute("SELECT seq, record_sha256 FROM runs "
-                                  "WHERE seq = (SELECT MAX(seq) FROM runs)").fetchone()
-                seq, previous = (head[0] + 1, head[1]) if head else (1, None)
+                head_seq, previous = _ledger_head(db)
+                seq = head_seq + 1
                 sealed = dataclasses.replace(record, previous=previous)
                 text = sealed.to_json()
                 digest = record_sha256(text)
@@ -209,22 +242,46 @@ class Store:
                 raise
         return sealed
 
-    def chain_snapshot(self) -> tuple[list[tuple], str | None]:
-        """Every row (id, status, seq, record, record_sha256, previous_sha256) in chain order,
-        and the chain-head file's text, read under the write lock so no commit falls between."""
+    def append_link(self, insert) -> int:
+        """Add an approval or image facts to the chain: `insert(db, seq, previous)` writes the
+        row and returns its hash and link ID, under the same write lock as records."""
+        with self.connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                head_seq, previous = _ledger_head(db)
+                digest, link_id = insert(db, head_seq + 1, previous)
+                if digest is not None:
+                    _write_atomically(self.root / CHAIN_HEAD,
+                                      f"{head_seq + 1} {digest} {link_id}\n")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return head_seq + 1
+
+    def chain_snapshot(self) -> "ChainSnapshot":
+        """Every run row, approval and image facts row, and the chain-head file's text, read
+        under the write lock so no commit falls between."""
         with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 rows = db.execute(
                     "SELECT id, status, seq, record, record_sha256, previous_sha256 FROM runs "
                     "ORDER BY seq IS NULL, seq, id").fetchall()
+                approvals = db.execute(
+                    "SELECT seq, spec, run_id, approved_by, approved_at, reason, chain_seq, "
+                    "entry_sha256, previous_sha256 FROM approvals ORDER BY seq").fetchall()
+                facts = db.execute(
+                    "SELECT key, image_id, facts, source_run, seq, entry_sha256, previous_sha256 "
+                    "FROM image_facts ORDER BY seq IS NULL, seq, key").fetchall()
                 try:
                     head = (self.root / CHAIN_HEAD).read_text()
                 except FileNotFoundError:
                     head = None
             finally:
                 db.execute("ROLLBACK")
-        return rows, head
+        return ChainSnapshot(rows, approvals, facts, head)
 
     def chain_head(self) -> ChainHead | None:
         try:
@@ -292,9 +349,17 @@ class Store:
         return (json.loads(row[0]), row[1]) if row else None
 
     def remember_image_facts(self, key: str, image_id: str, facts: dict, run_id: str) -> None:
-        with self.connect() as db:
-            db.execute("INSERT OR IGNORE INTO image_facts (key, image_id, facts, source_run) "
-                       "VALUES (?, ?, ?, ?)", (key, image_id, json.dumps(facts), run_id))
+        text = json.dumps(facts, sort_keys=True, allow_nan=False)
+
+        def insert(db, seq, previous):
+            if db.execute("SELECT 1 FROM image_facts WHERE key = ?", (key,)).fetchone():
+                return None, None       # read before, by another run: the first one stays
+            digest = image_facts_sha256(key, image_id, text, run_id, previous)
+            db.execute("INSERT INTO image_facts (key, image_id, facts, source_run, seq, "
+                       "entry_sha256, previous_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (key, image_id, text, run_id, seq, digest, previous))
+            return digest, image_facts_link_id(key)
+        self.append_link(insert)
 
     def save_report(self, run_ids: list[str], verdict: str, text: str) -> Path:
         report_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -434,17 +499,37 @@ class SpaceReserve:
 def _add_chain_columns(db: sqlite3.Connection) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
-        have = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-        for column, kind in _CHAIN_COLUMNS.items():
-            if column not in have:
-                db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
-        for statement in filter(str.strip, _CHAIN_SCHEMA.split(";\n")):
+        for table, columns in LEDGER_COLUMNS.items():
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for column, kind in columns.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        _chain_older_rows(db)
+        for statement in filter(str.strip, LEDGER_SCHEMA.split(";\n")):
             db.execute(statement)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _chain_older_rows(db: sqlite3.Connection) -> None:
+    """Approvals and image facts written before they joined the chain are adopted into it, once,
+    when the store is first opened by a reprun that chains them (the head file follows on the
+    next commit)."""
+    for row in db.execute("SELECT seq, spec, run_id, approved_by, approved_at, reason "
+                          "FROM approvals WHERE chain_seq IS NULL ORDER BY seq").fetchall():
+        head_seq, previous = _ledger_head(db)
+        db.execute("UPDATE approvals SET chain_seq = ?, entry_sha256 = ?, previous_sha256 = ? "
+                   "WHERE seq = ?", (head_seq + 1, approval_sha256(*row[1:], previous), previous,
+                                     row[0]))
+    for row in db.execute("SELECT key, image_id, facts, source_run FROM image_facts "
+                          "WHERE seq IS NULL ORDER BY key").fetchall():
+        head_seq, previous = _ledger_head(db)
+        db.execute("UPDATE image_facts SET seq = ?, entry_sha256 = ?, previous_sha256 = ? "
+                   "WHERE key = ?", (head_seq + 1, image_facts_sha256(*row, previous), previous,
+                                     row[0]))
 
 
 def _like_prefix(prefix: str) -> str:

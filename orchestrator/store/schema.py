@@ -45,7 +45,10 @@ CREATE TABLE IF NOT EXISTS image_facts (
     key         TEXT PRIMARY KEY,   -- image ID + job configuration (probe.image_facts_key)
     image_id    TEXT NOT NULL,
     facts       TEXT NOT NULL,      -- JSON: the image-bound manifest fields
-    source_run  TEXT NOT NULL       -- the run whose probe read them
+    source_run  TEXT NOT NULL,      -- the run whose probe read them
+    seq         INTEGER,            -- in the hash chain, as approvals and run records are
+    entry_sha256 TEXT,
+    previous_sha256 TEXT
 );
 CREATE TABLE IF NOT EXISTS reports (
     id         TEXT PRIMARY KEY,
@@ -63,7 +66,10 @@ CREATE TABLE IF NOT EXISTS approvals (
     run_id      TEXT NOT NULL,
     approved_by TEXT NOT NULL,
     approved_at TEXT NOT NULL,
-    reason      TEXT NOT NULL
+    reason      TEXT NOT NULL,
+    chain_seq   INTEGER,            -- in the hash chain, as run records are
+    entry_sha256 TEXT,
+    previous_sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_spec ON approvals (spec, seq);
 """
@@ -90,6 +96,29 @@ CREATE TABLE IF NOT EXISTS dataset_manifests (
 """
 
 SCHEMA = RUNS + APPROVALS + HASH_CACHE
+
+# What an auditor reads besides the records joins their chain; added to stores made before.
+LEDGER_COLUMNS = {
+    "runs": {"seq": "INTEGER", "previous_sha256": "TEXT"},
+    "approvals": {"chain_seq": "INTEGER", "entry_sha256": "TEXT", "previous_sha256": "TEXT"},
+    "image_facts": {"seq": "INTEGER", "entry_sha256": "TEXT", "previous_sha256": "TEXT"},
+}
+LEDGER_SCHEMA = """
+CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs (seq);
+CREATE UNIQUE INDEX IF NOT EXISTS approvals_chain_seq ON approvals (chain_seq);
+CREATE UNIQUE INDEX IF NOT EXISTS image_facts_seq ON image_facts (seq);
+CREATE TRIGGER IF NOT EXISTS chained_runs_are_kept BEFORE DELETE ON runs
+WHEN OLD.seq IS NOT NULL
+BEGIN SELECT RAISE(ABORT, 'a recorded run cannot be deleted'); END;
+CREATE TRIGGER IF NOT EXISTS approvals_are_kept BEFORE DELETE ON approvals
+BEGIN SELECT RAISE(ABORT, 'an approval cannot be deleted'); END;
+CREATE TRIGGER IF NOT EXISTS approvals_are_immutable BEFORE UPDATE ON approvals
+WHEN OLD.chain_seq IS NOT NULL
+BEGIN SELECT RAISE(ABORT, 'an approval cannot be changed'); END;
+CREATE TRIGGER IF NOT EXISTS image_facts_are_immutable BEFORE UPDATE ON image_facts
+WHEN OLD.seq IS NOT NULL
+BEGIN SELECT RAISE(ABORT, 'recorded image facts cannot be changed'); END;
+"""
 
 
 @contextlib.contextmanager
