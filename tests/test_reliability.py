@@ -172,10 +172,50 @@ def remove_row_keep_folder(store, runs):
     return runs[0].id, "has a run folder but no row"
 
 
+def edit_an_approval(store, runs):
+    """`runs show` would then say "approved by ceo … signed off by legal"."""
+    from orchestrator.store.baselines import approve
+    approve(store, runs[0].id, reason="model v3 in production", by="alice")
+    db = unprotected(store.db_path)
+    db.execute("DROP TRIGGER IF EXISTS approvals_are_immutable")
+    db.execute("UPDATE approvals SET approved_by = 'ceo', reason = 'signed off by legal'")
+    return runs[0].id, "its approval (record #4) was altered"
+
+
+def edit_an_approval_and_its_hash(store, runs):
+    from orchestrator.store.baselines import approve
+    from orchestrator.store.db import approval_sha256
+    approve(store, runs[0].id, reason="model v3 in production", by="alice")
+    approve(store, runs[1].id, reason="model v4", by="bob")
+    db = unprotected(store.db_path)
+    db.execute("DROP TRIGGER IF EXISTS approvals_are_immutable")
+    spec, run_id, at, previous = db.execute(
+        "SELECT spec, run_id, approved_at, previous_sha256 FROM approvals WHERE seq = 1").fetchone()
+    db.execute("UPDATE approvals SET approved_by = 'ceo', entry_sha256 = ? WHERE seq = 1",
+               (approval_sha256(spec, run_id, "ceo", at, "model v3 in production", previous),))
+    return runs[1].id, "one of the two was rewritten"
+
+
+def edit_image_facts(store, runs):
+    store.remember_image_facts("key-1", "sha256:" + "a" * 64, {"os": {"id": "debian"}}, runs[2].id)
+    db = unprotected(store.db_path)
+    db.execute("DROP TRIGGER IF EXISTS image_facts_are_immutable")
+    db.execute("""UPDATE image_facts SET facts = '{"os": {"id": "ubuntu"}}'""")
+    return runs[2].id, "the image facts it read (record #4) was altered"
+
+
+def rewind_chain_head(store, runs):
+    db = sqlite3.connect(store.db_path)
+    sha = db.execute("SELECT record_sha256 FROM runs WHERE id = ?", (runs[1].id,)).fetchone()[0]
+    (store.root / "chain-head").write_text(f"2 {sha} {runs[1].id}\n")
+    return None, "rewound to an older link"
+
+
 @pytest.mark.parametrize("tamper", [
     tamper_record_in_db, tamper_record_and_its_hash, tamper_record_file, tamper_log, remove_log,
     tamper_artifact, remove_artifact, remove_middle_record, remove_newest_record,
-    remove_row_keep_folder,
+    remove_row_keep_folder, edit_an_approval, edit_an_approval_and_its_hash, edit_image_facts,
+    rewind_chain_head,
 ], ids=lambda f: f.__name__.replace("_", "-"))
 def test_runs_verify_names_whatever_was_altered_or_removed(tmp_path, tamper):
     store = Store(tmp_path / "store")
@@ -188,6 +228,45 @@ def test_runs_verify_names_whatever_was_altered_or_removed(tmp_path, tamper):
     assert any(words in line and (run_id is None or run_id in line) for line in problems), \
         result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_one_store_db_holds_runs_approvals_and_the_hash_cache_with_one_set_of_pragmas(tmp_path):
+    from orchestrator.dataset.tree import HashCache, hash_dataset
+    store = Store(tmp_path / "store")
+    tables = {row[0] for row in sqlite3.connect(store.db_path).execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"runs", "approvals", "image_facts", "hash_cache", "dataset_manifests"} <= tables
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.csv").write_bytes(b"1\n")
+    cache = HashCache(store.db_path)
+    cache.remember_manifest(hash_dataset(tmp_path / "data", cache=cache))
+    with store.connect() as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT files FROM dataset_manifests").fetchall() == [(1,)]
+
+
+def test_a_record_written_by_a_newer_reprun_is_named_by_its_field_not_a_crash(tmp_path):
+    store = Store(tmp_path / "store")
+    run = write_run(store)
+    document = json.loads(run.to_json())
+    document["inputs"]["gpus"] = 2
+    unprotected(store.db_path).execute("UPDATE runs SET record = ? WHERE id = ?",
+                                       (json.dumps(document), run.id))
+    result = reprun_in(store.root, "runs", "show", run.id)
+    assert result.returncode == 2, result.stderr
+    assert "written by a newer reprun (field inputs.gpus)" in result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
+def test_run_ids_that_run_out_are_an_infrastructure_error_not_a_usage_error(tmp_path, monkeypatch):
+    from orchestrator.errors import InfrastructureError
+    import orchestrator.store.db as db_module
+    store = Store(tmp_path / "store")
+    monkeypatch.setattr(db_module.secrets, "token_hex", lambda n: "abcdef")
+    monkeypatch.setattr(db_module.time, "gmtime", lambda: time.struct_time((2026, 1, 1, 0, 0, 0, 3, 1, 0)))
+    store.new_run("job")
+    with pytest.raises(InfrastructureError, match="no unique run ID"):
+        store.new_run("job")
 
 
 def test_a_stored_record_cannot_be_deleted_through_the_database(tmp_path):

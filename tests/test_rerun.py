@@ -1,12 +1,15 @@
 """Coming back later: rerun from the record, lock, baselines, archives, the rebuild check."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import secrets
 import shutil
 import tarfile
 
+import docker.errors
 import pytest
 import requests
 
@@ -230,3 +233,151 @@ def test_a_dataset_changed_after_lock_is_refused_naming_the_file_without_any_ear
     (project.root / "data" / "a.csv").write_bytes(b"9\n")
     result = project.reprun("run", "-q", str(spec))
     assert result.returncode == 3 and "a.csv" in result.stderr and "b.csv" not in result.stderr
+
+
+# --- an archive is data, not orders (issue 14.1, 14.2) -----------------------------------------
+
+def archived_run(project, docker_client, kind: str):
+    """A succeeded run on a tiny image, archived as a plain tar; the image then leaves the
+    engine, so only the archive can bring it back."""
+    tag = unique_tag(kind)
+    image = import_tiny_image(docker_client, tag)
+    project.dataset()
+    spec = project.spec(command=METRICS_SH, image=push(docker_client, tag))
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    [original] = run_ids(project)
+    archive = project.root / "run.tar"
+    assert project.reprun("archive", original, "-o", str(archive)).returncode == 0
+    for reference in [tag, *image.attrs["RepoDigests"]]:
+        docker_client.images.remove(reference, force=True)
+    return archive, original, image.id
+
+
+def forge(archive, *, record=None, image_tar=None):
+    """Rewrite an archive as an attacker would: edit its members, then re-hash its manifest so
+    that every hash matches again."""
+    with tarfile.open(archive) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+    if record is not None:
+        document = json.loads(members["record.json"])
+        record(document)
+        members["record.json"] = json.dumps(document).encode()
+    if image_tar is not None:
+        members["image.tar"] = image_tar(members["image.tar"])
+    manifest = json.loads(members.pop("MANIFEST.json"))
+    for name, data in members.items():
+        manifest["members"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    members["MANIFEST.json"] = json.dumps(manifest).encode()
+    with tarfile.open(archive, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def hermetic(**settings):
+    return lambda document: document["inputs"]["hermetic"].update(settings)
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"network": "host"}, "network=host"),
+    ({"user": "0:0"}, "user=0:0"),
+    ({"read_only_root": False}, "writable-root"),
+], ids=["host-network", "root-user", "writable-root"])
+def test_an_archive_asking_for_a_relaxed_hermetic_setting_is_refused_unless_allowed_by_name(
+        project, docker_client, settings, named):
+    archive, original, image_id = archived_run(project, docker_client, "relax")
+    forge(archive, record=hermetic(**settings))
+    refused = project.reprun("rerun", "--from-archive", str(archive), "-q")
+    assert refused.returncode == 2, refused.stderr
+    assert named in refused.stderr and f"--allow {named}" in refused.stderr
+    assert run_ids(project) == [original]                     # nothing ran
+    with pytest.raises(docker.errors.ImageNotFound):          # the image never reached the engine
+        docker_client.images.get(image_id)
+    assert not list((project.store / "archives").iterdir())
+    allowed = project.reprun("rerun", "--from-archive", str(archive), "-q", "--allow", named)
+    assert allowed.returncode in (0, 1), allowed.stderr
+    replay = json.loads(project.reprun("runs", "show", run_ids(project)[-1], "--json").stdout)
+    assert all(replay["inputs"]["hermetic"][k] == v for k, v in settings.items())
+
+
+def resources(**values):
+    return lambda document: document["inputs"]["resources"].update(values)
+
+
+@pytest.mark.parametrize("edit, named", [
+    (resources(cpus=0), "cpus"),
+    (resources(memory_bytes=0), "memory"),
+    (resources(pids=-1), "pids"),
+    (resources(timeout_s=1e300), "timeout"),
+    (hermetic(privileged=True), "privileged"),
+    (lambda d: d["inputs"].update(spec_name="\x1b]0;owned\x07job"), "name"),
+], ids=["no-cpus", "no-memory", "no-pid-limit", "timeout-1e300", "unknown-hermetic-key",
+        "name-with-escapes"])
+def test_an_archive_whose_record_breaks_a_spec_rule_is_refused_as_a_spec_would_be(
+        project, docker_client, edit, named):
+    archive, original, image_id = archived_run(project, docker_client, "limits")
+    forge(archive, record=edit)
+    result = project.reprun("rerun", "--from-archive", str(archive), "-q")
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr and "\x1b" not in result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert run_ids(project) == [original]
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(image_id)
+
+
+def test_a_redacted_value_is_never_filled_from_the_callers_environment_unless_named(
+        project, docker_client):
+    archive, original, _ = archived_run(project, docker_client, "secret")
+    forge(archive, record=lambda d: d["inputs"]["env"].update(CI_TOKEN="<redacted>"))
+    caller = {"CI_TOKEN": "ci-secret-of-the-caller"}
+    refused = project.reprun("rerun", "--from-archive", str(archive), "-q", extra_env=caller)
+    assert refused.returncode == 2, refused.stderr
+    assert "--env-from-caller CI_TOKEN" in refused.stderr
+    assert run_ids(project) == [original]
+    named = project.reprun("rerun", "--from-archive", str(archive), "-q",
+                           "--env-from-caller", "CI_TOKEN", extra_env=caller)
+    assert named.returncode in (0, 1), named.stderr
+    assert len(run_ids(project)) == 2
+
+
+def test_an_archived_run_is_filed_under_where_it_came_from_never_as_another_specs_run(
+        project, docker_client):
+    archive, original, _ = archived_run(project, docker_client, "name")
+    # Named after a spec of this store: it must not become that spec's reference for `check`.
+    forge(archive, record=lambda d: d["inputs"].update(spec_name="job"))
+    result = project.reprun("rerun", "--from-archive", str(archive), "-q")
+    assert result.returncode == 0, result.stderr
+    runs = {r["id"]: r["spec"] for r in json.loads(project.reprun("runs", "--json").stdout)}
+    [replay] = set(runs) - {original}
+    assert runs[replay] == "job@archive" and runs[original] == "job"
+    assert [r["id"] for r in json.loads(
+        project.reprun("runs", "--spec", "job", "--json").stdout)] == [original]
+
+
+def test_an_archived_image_tagged_as_another_image_leaves_that_tag_where_it_was(
+        project, docker_client):
+    archive, original, image_id = archived_run(project, docker_client, "tags")
+    victim = "reprun/base:bookworm"
+    before = docker_client.images.get(victim).id
+
+    def tag_as_victim(data: bytes) -> bytes:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            files = {m.name: (m, tar.extractfile(m).read() if m.isfile() else None) for m in tar}
+        manifest = json.loads(files["manifest.json"][1])
+        manifest[0]["RepoTags"] = [victim]
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for name, (member, content) in files.items():
+                if name == "manifest.json":
+                    content = json.dumps(manifest).encode()
+                    member.size = len(content)
+                tar.addfile(member, io.BytesIO(content) if content is not None else None)
+        return out.getvalue()
+
+    forge(archive, image_tar=tag_as_victim)
+    result = project.reprun("rerun", "--from-archive", str(archive), "-q")
+    assert result.returncode == 0, result.stderr
+    assert docker_client.images.get(victim).id == before
+    assert docker_client.images.get(image_id).tags == []

@@ -108,6 +108,8 @@ def rerun(ctx: typer.Context,
                                                  help="The dataset's new location (verified against the recorded hash)."),
           from_archive: Optional[Path] = typer.Option(None, "--from-archive",
                                                       help="Replay from an archive written by `reprun archive`."),
+          allow: List[str] = typer.Option([], "--allow", help="Let an archived run relax one hermetic setting: network=host, user=UID:GID or writable-root; repeatable."),
+          env_from_caller: List[str] = typer.Option([], "--env-from-caller", metavar="NAME", help="Give an archived run your value of the secret NAME; repeatable."),
           report: List[Path] = typer.Option([], "--report", help="Write a report; repeatable."),
           backend: Optional[str] = backend_option(),
           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
@@ -118,5 +120,5 @@ def rerun(ctx: typer.Context,
     workflow.check_report_paths(report)
     outcome = workflow.rerun(open_store(ctx), open_backend(backend), observer(quiet),
                              run_id=run_id, from_archive=from_archive, dataset=dataset,
-                             report_paths=report)
+                             allow=allow, env_from_caller=env_from_caller, report_paths=report)
     _print_reports(outcome)

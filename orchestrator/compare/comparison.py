@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import shlex
-from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
 from orchestrator.compare.causes import failure_text, likely_causes
@@ -20,6 +19,7 @@ from orchestrator.compare.value import (ABSENT, A_DIFFERS, A_IDENTICAL, A_IGNORE
                                         M_BEYOND, M_IDENTICAL, M_IGNORED, M_WITHIN, ArtifactRow,
                                         Comparison, InputRow, MetricRow, RunSummary, Sections,
                                         Verdict, display_text, same_float)
+from orchestrator.clock import utc_now
 from orchestrator.errors import UsageError
 from orchestrator.records import SUCCEEDED, RunRecord
 
@@ -238,5 +238,5 @@ def _summary_line(
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return utc_now("seconds")
 

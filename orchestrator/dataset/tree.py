@@ -27,15 +27,17 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import closing, contextmanager, suppress
+import contextlib
+from contextlib import suppress
 from dataclasses import dataclass
 from operator import attrgetter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
+from orchestrator.clock import utc_now
 from orchestrator.errors import InfrastructureError, PinMismatch, SpecError
 from orchestrator.dataset.helper import FRAME as _FRAME, RECORD as _RECORD
+from orchestrator.store.schema import HASH_CACHE, connect, create_tables
 
 Progress = Callable[[int, int], None]
 
@@ -134,25 +136,6 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return (_i64(st.st_dev), _i64(st.st_ino), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS hash_cache (
-    path      BLOB PRIMARY KEY,     -- absolute path, raw bytes
-    device    INTEGER NOT NULL,
-    inode     INTEGER NOT NULL,
-    size      INTEGER NOT NULL,
-    mtime_ns  INTEGER NOT NULL,
-    ctime_ns  INTEGER NOT NULL,
-    sha256    TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dataset_manifests (
-    sha256      TEXT PRIMARY KEY,
-    kind        TEXT NOT NULL,
-    files       INTEGER NOT NULL,
-    bytes       INTEGER NOT NULL,
-    recorded_at TEXT NOT NULL,
-    manifest    TEXT NOT NULL       -- JSON list of [path, sha256, size]
-);
-"""
 
 
 class HashCache:
@@ -168,20 +151,14 @@ class HashCache:
         self.db_path = Path(db_path)
         try:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as db:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
+            create_tables(self.db_path, HASH_CACHE)
         except (OSError, sqlite3.Error) as exc:
             raise self._broken(exc) from exc
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # One short-lived connection per operation: safe across threads and processes, and
-        # the cost (well under a millisecond) is paid once per dataset, not per file.
-        with closing(sqlite3.connect(self.db_path, timeout=60, isolation_level=None)) as db:
-            db.execute("PRAGMA busy_timeout = 60000")
-            db.execute("PRAGMA synchronous = NORMAL")
-            yield db
+    def _connect(self) -> "contextlib.AbstractContextManager[sqlite3.Connection]":
+        # One short-lived connection per operation (the store's): the cost, well under a
+        # millisecond, is paid once per dataset, not per file.
+        return connect(self.db_path)
 
     def _broken(self, exc: Exception) -> InfrastructureError:
         return InfrastructureError(
@@ -232,7 +209,7 @@ class HashCache:
                                       separators=(",", ":"))
                 db.execute("INSERT OR IGNORE INTO dataset_manifests VALUES (?, ?, ?, ?, ?, ?)",
                            (digest.sha256, digest.kind, len(digest.files), digest.bytes,
-                            datetime.now(timezone.utc).isoformat(timespec="seconds"), manifest))
+                            utc_now("seconds"), manifest))
         except sqlite3.Error as exc:
             raise self._broken(exc) from exc
 

@@ -6,24 +6,12 @@ earlier ones stay as its history (who, when, why).
 from __future__ import annotations
 
 import getpass
-import sqlite3
 from dataclasses import dataclass
 
 from orchestrator.errors import UsageError
 from orchestrator.records import SUCCEEDED
-from orchestrator.store.db import Store, utc_now
+from orchestrator.store.db import Store, approval_link_id, approval_sha256, utc_now
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS approvals (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    spec        TEXT NOT NULL,
-    run_id      TEXT NOT NULL,
-    approved_by TEXT NOT NULL,
-    approved_at TEXT NOT NULL,
-    reason      TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS approvals_spec ON approvals (spec, seq);
-"""
 
 
 @dataclass(frozen=True)
@@ -35,13 +23,6 @@ class Approval:
     reason: str
 
 
-def _connect(store: Store) -> sqlite3.Connection:
-    db = sqlite3.connect(store.db_path, timeout=60, isolation_level=None)
-    db.execute("PRAGMA busy_timeout = 60000")
-    db.executescript(SCHEMA)
-    return db
-
-
 def approve(store: Store, run_id: str, *, reason: str, by: str | None = None) -> Approval:
     if not reason.strip():      # the why is what an auditor reads later
         raise UsageError("an approval needs a reason: say why this run is the accepted one, "
@@ -51,34 +32,30 @@ def approve(store: Store, run_id: str, *, reason: str, by: str | None = None) ->
         raise UsageError(f"run {record.id} {record.status}; only a succeeded run can be a baseline.")
     approval = Approval(spec=record.inputs.spec_name, run_id=record.id,
                         approved_by=by or getpass.getuser(), approved_at=utc_now(), reason=reason)
-    db = _connect(store)
-    try:
-        db.execute("INSERT INTO approvals (spec, run_id, approved_by, approved_at, reason) "
-                   "VALUES (?, ?, ?, ?, ?)",
-                   (approval.spec, approval.run_id, approval.approved_by, approval.approved_at,
-                    approval.reason))
-    finally:
-        db.close()
+    fields = (approval.spec, approval.run_id, approval.approved_by, approval.approved_at,
+              approval.reason)
+
+    def insert(db, seq, previous):
+        digest = approval_sha256(*fields, previous)
+        cursor = db.execute("INSERT INTO approvals (spec, run_id, approved_by, approved_at, "
+                            "reason, chain_seq, entry_sha256, previous_sha256) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*fields, seq, digest, previous))
+        return digest, approval_link_id(cursor.lastrowid)
+    store.append_link(insert)
     return approval
 
 
 def baseline_of(store: Store, spec: str) -> Approval | None:
-    db = _connect(store)
-    try:
+    with store.connect() as db:
         row = db.execute("SELECT spec, run_id, approved_by, approved_at, reason FROM approvals "
                          "WHERE spec = ? ORDER BY seq DESC LIMIT 1", (spec,)).fetchone()
-    finally:
-        db.close()
     return Approval(*row) if row else None
 
 
 def baseline_ids(store: Store) -> set[str]:
-    db = _connect(store)
-    try:
+    with store.connect() as db:
         rows = db.execute("SELECT run_id FROM approvals a WHERE seq = "
                           "(SELECT MAX(seq) FROM approvals b WHERE b.spec = a.spec)").fetchall()
-    finally:
-        db.close()
     return {r[0] for r in rows}
 
 

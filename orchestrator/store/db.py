@@ -23,68 +23,14 @@ import socket
 import sqlite3
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
-from orchestrator.errors import UsageError
+from orchestrator.clock import utc_now, utc_text  # noqa: F401  (utc_text: the store's time format)
+from orchestrator.errors import InfrastructureError, UsageError
 from orchestrator.execution.owners import process_alive
 from orchestrator.records import FINAL_STATUSES, INTERRUPTED, RUNNING, RunRecord
+from orchestrator.store.schema import LEDGER_COLUMNS, LEDGER_SCHEMA, SCHEMA, connect
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id            TEXT PRIMARY KEY,
-    spec          TEXT NOT NULL,
-    status        TEXT NOT NULL,
-    started_at    TEXT NOT NULL,
-    finished_at   TEXT,
-    duration_s    REAL,
-    image_id      TEXT,
-    host          TEXT NOT NULL,
-    pid           INTEGER NOT NULL,
-    record        TEXT,
-    record_sha256 TEXT,
-    note          TEXT,
-    seq           INTEGER,          -- position in the hash chain, in commit order
-    previous_sha256 TEXT            -- the record_sha256 of seq - 1
-);
-CREATE INDEX IF NOT EXISTS runs_spec_started ON runs (spec, started_at);
-CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
-CREATE TRIGGER IF NOT EXISTS runs_are_immutable BEFORE UPDATE ON runs
-WHEN OLD.status != 'running'
-BEGIN SELECT RAISE(ABORT, 'run records are immutable once finished'); END;
-CREATE TRIGGER IF NOT EXISTS runs_are_kept BEFORE DELETE ON runs
-WHEN OLD.status = 'running'
-BEGIN SELECT RAISE(ABORT, 'a running run cannot be deleted'); END;
-CREATE TABLE IF NOT EXISTS built_images (
-    image_id  TEXT PRIMARY KEY,     -- images reprun built, so that `gc` knows which are its own
-    spec      TEXT NOT NULL,
-    built_at  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS image_facts (
-    key         TEXT PRIMARY KEY,   -- image ID + job configuration (probe.image_facts_key)
-    image_id    TEXT NOT NULL,
-    facts       TEXT NOT NULL,      -- JSON: the image-bound manifest fields
-    source_run  TEXT NOT NULL       -- the run whose probe read them
-);
-CREATE TABLE IF NOT EXISTS reports (
-    id         TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    runs       TEXT NOT NULL,
-    verdict    TEXT NOT NULL,
-    path       TEXT NOT NULL
-);
-"""
-
-
-# Added to stores made before the chain existed; the index and trigger name the new columns.
-_CHAIN_COLUMNS = {"seq": "INTEGER", "previous_sha256": "TEXT"}
-_CHAIN_SCHEMA = """
-CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs (seq);
-CREATE TRIGGER IF NOT EXISTS chained_runs_are_kept BEFORE DELETE ON runs
-WHEN OLD.seq IS NOT NULL
-BEGIN SELECT RAISE(ABORT, 'a recorded run cannot be deleted'); END;
-"""
 CHAIN_HEAD = "chain-head"
 RESERVE_FILE = ".reserve"
 # Held in the run folder while the job runs, released just before the record is written: a job
@@ -99,6 +45,94 @@ def record_sha256(text: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _canonical_sha256(document: dict) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=True).encode()).hexdigest()
+
+
+def approval_sha256(spec, run_id, approved_by, approved_at, reason, previous) -> str:
+    """An approval's link in the chain: who approved which run of which spec, when, why."""
+    return _canonical_sha256({"kind": "approval", "spec": spec, "run_id": run_id,
+                              "approved_by": approved_by, "approved_at": approved_at,
+                              "reason": reason, "previous": previous})
+
+
+def image_facts_sha256(key, image_id, facts, source_run, previous) -> str:
+    """The link of image facts that later records are built from (`facts` as stored, JSON)."""
+    return _canonical_sha256({"kind": "image_facts", "key": key, "image_id": image_id,
+                              "facts": facts, "source_run": source_run, "previous": previous})
+
+
+def approval_link_id(approval_seq: int) -> str:
+    return f"approval:{approval_seq}"
+
+
+def image_facts_link_id(key: str) -> str:
+    return "image-facts:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _ledger_head(db: sqlite3.Connection) -> tuple[int, str | None]:
+    """The newest link of the chain, whatever it records: (seq, its hash), or (0, None)."""
+    row = db.execute(
+        "SELECT seq, sha FROM (SELECT seq, record_sha256 AS sha FROM runs WHERE seq IS NOT NULL "
+        "UNION ALL SELECT chain_seq, entry_sha256 FROM approvals WHERE chain_seq IS NOT NULL "
+        "UNION ALL SELECT seq, entry_sha256 FROM image_facts WHERE seq IS NOT NULL) "
+        "ORDER BY seq DESC LIMIT 1").fetchone()
+    return (row[0], row[1]) if row else (0, None)
+
+
+def parse_record(text: str, source: str) -> RunRecord:
+    """A record read back from a file or a row; `source` says which, for the one-sentence error
+    a damaged or newer record gives instead of a crash."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{source} is not a run record (not JSON: {exc}).") from None
+    unknown = unknown_record_field(data)
+    if unknown:
+        raise UsageError(f"{source} was written by a newer reprun (field {unknown}); upgrade "
+                         "reprun to read it.")
+    try:
+        return RunRecord.from_dict(data)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise UsageError(f"{source} is not a complete run record (missing or malformed "
+                         f"{exc}).") from None
+
+
+def unknown_record_field(data) -> str | None:
+    """The dotted name of the first field this reprun does not know, if any."""
+    from orchestrator import records
+    shapes = {"": records.RunRecord, "inputs": records.Inputs, "inputs.image": records.ImageFacts,
+              "inputs.dataset": records.DatasetFacts, "outputs": records.Outputs,
+              "environment": records.EnvironmentManifest}
+    for where, kind in shapes.items():
+        value = data
+        for part in filter(None, where.split(".")):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not isinstance(value, dict):
+            continue
+        known = {f.name for f in dataclasses.fields(kind)}
+        for key in sorted(value, key=str):
+            if key not in known:
+                return f"{where}.{key}" if where else str(key)
+    artifacts = (data.get("outputs") or {}).get("artifacts") if isinstance(data, dict) else None
+    if isinstance(artifacts, dict):
+        known = {f.name for f in dataclasses.fields(records.Artifact)}
+        for name, artifact in artifacts.items():
+            extra = sorted(set(artifact) - known) if isinstance(artifact, dict) else []
+            if extra:
+                return f"outputs.artifacts.{name}.{extra[0]}"
+    return None
+
+
+@dataclass(frozen=True)
+class ChainSnapshot:
+    runs: list[tuple]           # id, status, seq, record, record_sha256, previous_sha256
+    approvals: list[tuple]      # seq, spec, run_id, approved_by, approved_at, reason, chain link
+    image_facts: list[tuple]    # key, image_id, facts, source_run, chain link
+    head: str | None            # the chain-head file's text
+
+
 @dataclass(frozen=True)
 class ChainHead:
     seq: int
@@ -111,15 +145,6 @@ class ChainHead:
         if len(parts) != 3 or not parts[0].isdigit():
             return None
         return cls(int(parts[0]), parts[1], parts[2])
-
-
-def utc_now() -> str:
-    return utc_text(datetime.now(timezone.utc))
-
-
-def utc_text(moment: datetime) -> str:
-    """A time as the store writes it, so that its text sorts as its time: UTC, ms, Z."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -146,30 +171,24 @@ class Store:
         self.db_path = self.root / "store.db"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.reports_dir.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
+        with self.connect() as db:
             db.executescript(SCHEMA)
             _add_chain_columns(db)
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-        try:
-            db.execute("PRAGMA busy_timeout = 60000")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
-            yield db
-        finally:
-            db.close()
+    def connect(self) -> "contextlib.AbstractContextManager[sqlite3.Connection]":
+        return connect(self.db_path)
 
     # -- writing ---------------------------------------------------------------------------
 
     def new_run(self, spec_name: str) -> tuple[str, Path, str]:
-        """Reserve an ID and folder for a run that starts now; its row says `running`."""
+        """Reserve an ID and folder for a run that starts now; its row says `running`.
+        Refused when the disk cannot keep the reserve: the run would end without a record."""
+        self.refuse_without_room()
         started_at = utc_now()
         for _ in range(10):
             run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
             try:
-                with self._connect() as db:
+                with self.connect() as db:
                     db.execute(
                         "INSERT INTO runs (id, spec, status, started_at, host, pid) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
@@ -179,7 +198,9 @@ class Store:
             run_dir = self.runs_dir / run_id
             run_dir.mkdir(parents=True)
             return run_id, run_dir, started_at
-        raise UsageError("could not allocate a unique run ID in the store")  # pragma: no cover
+        # 16 million IDs a second: ten collisions in a row mean the store itself misbehaves.
+        raise InfrastructureError(f"the store at {self.root} gave no unique run ID in ten tries; "
+                                  "check that store.db is not shared with a copy of itself.")
 
     def finish(self, record: RunRecord) -> RunRecord:
         """Seal the record into the chain: record file, row and chain head, none changes again.
@@ -191,7 +212,7 @@ class Store:
 
     def _seal(self, record: RunRecord) -> RunRecord:
         outputs = record.outputs
-        with self._connect() as db:
+        with self.connect() as db:
             # IMMEDIATE takes the write lock before reading the head: two writers can never
             # both extend the same link.
             db.execute("BEGIN IMMEDIATE")
@@ -200,9 +221,8 @@ class Store:
                 if row is None or row[0] != RUNNING:
                     db.execute("ROLLBACK")
                     return record
-                head = db.execute("SELECT seq, record_sha256 FROM runs "
-                                  "WHERE seq = (SELECT MAX(seq) FROM runs)").fetchone()
-                seq, previous = (head[0] + 1, head[1]) if head else (1, None)
+                head_seq, previous = _ledger_head(db)
+                seq = head_seq + 1
                 sealed = dataclasses.replace(record, previous=previous)
                 text = sealed.to_json()
                 digest = record_sha256(text)
@@ -222,22 +242,46 @@ class Store:
                 raise
         return sealed
 
-    def chain_snapshot(self) -> tuple[list[tuple], str | None]:
-        """Every row (id, status, seq, record, record_sha256, previous_sha256) in chain order,
-        and the chain-head file's text, read under the write lock so no commit falls between."""
-        with self._connect() as db:
+    def append_link(self, insert) -> int:
+        """Add an approval or image facts to the chain: `insert(db, seq, previous)` writes the
+        row and returns its hash and link ID, under the same write lock as records."""
+        with self.connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                head_seq, previous = _ledger_head(db)
+                digest, link_id = insert(db, head_seq + 1, previous)
+                if digest is not None:
+                    _write_atomically(self.root / CHAIN_HEAD,
+                                      f"{head_seq + 1} {digest} {link_id}\n")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return head_seq + 1
+
+    def chain_snapshot(self) -> "ChainSnapshot":
+        """Every run row, approval and image facts row, and the chain-head file's text, read
+        under the write lock so no commit falls between."""
+        with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 rows = db.execute(
                     "SELECT id, status, seq, record, record_sha256, previous_sha256 FROM runs "
                     "ORDER BY seq IS NULL, seq, id").fetchall()
+                approvals = db.execute(
+                    "SELECT seq, spec, run_id, approved_by, approved_at, reason, chain_seq, "
+                    "entry_sha256, previous_sha256 FROM approvals ORDER BY seq").fetchall()
+                facts = db.execute(
+                    "SELECT key, image_id, facts, source_run, seq, entry_sha256, previous_sha256 "
+                    "FROM image_facts ORDER BY seq IS NULL, seq, key").fetchall()
                 try:
                     head = (self.root / CHAIN_HEAD).read_text()
                 except FileNotFoundError:
                     head = None
             finally:
                 db.execute("ROLLBACK")
-        return rows, head
+        return ChainSnapshot(rows, approvals, facts, head)
 
     def chain_head(self) -> ChainHead | None:
         try:
@@ -245,30 +289,48 @@ class Store:
         except OSError:
             return None
 
+    def reserve_bytes(self) -> int:
+        text = os.environ.get("REPRUN_RESERVE_BYTES", str(DEFAULT_RESERVE_BYTES))
+        try:
+            return max(int(text), 0)
+        except ValueError:
+            raise UsageError(f"REPRUN_RESERVE_BYTES={text!r} is not a number of bytes.") from None
+
+    def free_bytes(self) -> int:
+        """What may still be written here and leave the disk reserve for a run's record."""
+        return max(shutil.disk_usage(self.root).free - self.reserve_bytes(), 0)
+
+    def refuse_without_room(self) -> None:
+        free, reserve = shutil.disk_usage(self.root).free, self.reserve_bytes()
+        if free < reserve:
+            raise InfrastructureError(
+                f"the store at {self.root} has {free >> 20} MiB free, less than the "
+                f"{reserve >> 20} MiB reprun keeps for a run's record; free some space "
+                "(`reprun gc`) before starting a run.")
+
     def reserve_space(self, run_id: str) -> "SpaceReserve":
-        size = int(os.environ.get("REPRUN_RESERVE_BYTES", DEFAULT_RESERVE_BYTES))
-        return SpaceReserve.take(self.run_dir(run_id) / RESERVE_FILE, size)
+        return SpaceReserve.take(self.run_dir(run_id) / RESERVE_FILE, self.reserve_bytes())
 
     def note_built_image(self, image_id: str, spec_name: str) -> None:
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("INSERT OR IGNORE INTO built_images (image_id, spec, built_at) "
                        "VALUES (?, ?, ?)", (image_id, spec_name, utc_now()))
 
     def built_images_without_runs(self) -> dict[str, str]:
         """Images reprun built that no recorded run ran on: image ID -> spec name."""
-        with self._connect() as db:
+        with self.connect() as db:
             return dict(db.execute(
                 "SELECT image_id, spec FROM built_images WHERE image_id NOT IN "
                 "(SELECT image_id FROM runs WHERE image_id IS NOT NULL)").fetchall())
 
     def forget_built_image(self, image_id: str) -> None:
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("DELETE FROM built_images WHERE image_id = ?", (image_id,))
 
     def remove_unrecorded_run_folders(self) -> list[str]:
         """Folders of runs a crash interrupted before any record was written: nothing in them is
         covered by a record, and the row (status `interrupted`, with a note) stays."""
-        with self._connect() as db:
+        with self.connect() as db:
             ids = [r[0] for r in db.execute(
                 "SELECT id FROM runs WHERE status = ? AND record IS NULL", (INTERRUPTED,))]
         removed = []
@@ -281,21 +343,29 @@ class Store:
 
     def image_facts(self, key: str) -> tuple[dict, str] | None:
         """Image-bound manifest facts read before under this key, and the run that read them."""
-        with self._connect() as db:
+        with self.connect() as db:
             row = db.execute("SELECT facts, source_run FROM image_facts WHERE key = ?",
                              (key,)).fetchone()
         return (json.loads(row[0]), row[1]) if row else None
 
     def remember_image_facts(self, key: str, image_id: str, facts: dict, run_id: str) -> None:
-        with self._connect() as db:
-            db.execute("INSERT OR IGNORE INTO image_facts (key, image_id, facts, source_run) "
-                       "VALUES (?, ?, ?, ?)", (key, image_id, json.dumps(facts), run_id))
+        text = json.dumps(facts, sort_keys=True, allow_nan=False)
+
+        def insert(db, seq, previous):
+            if db.execute("SELECT 1 FROM image_facts WHERE key = ?", (key,)).fetchone():
+                return None, None       # read before, by another run: the first one stays
+            digest = image_facts_sha256(key, image_id, text, run_id, previous)
+            db.execute("INSERT INTO image_facts (key, image_id, facts, source_run, seq, "
+                       "entry_sha256, previous_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (key, image_id, text, run_id, seq, digest, previous))
+            return digest, image_facts_link_id(key)
+        self.append_link(insert)
 
     def save_report(self, run_ids: list[str], verdict: str, text: str) -> Path:
         report_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
         path = self.reports_dir / f"{report_id}.json"
         _write_atomically(path, text)
-        with self._connect() as db:
+        with self.connect() as db:
             db.execute("INSERT INTO reports (id, created_at, runs, verdict, path) VALUES (?,?,?,?,?)",
                        (report_id, utc_now(), json.dumps(run_ids), verdict, str(path)))
         return path
@@ -306,7 +376,7 @@ class Store:
         return self.runs_dir / run_id
 
     def resolve_id(self, id_or_prefix: str) -> str:
-        with self._connect() as db:
+        with self.connect() as db:
             rows = db.execute("SELECT id FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' ORDER BY id LIMIT 3",
                               (id_or_prefix, _like_prefix(id_or_prefix))).fetchall()
         ids = [r[0] for r in rows]
@@ -322,7 +392,7 @@ class Store:
 
     def get(self, id_or_prefix: str) -> RunRecord:
         run_id = self.resolve_id(id_or_prefix)
-        with self._connect() as db:
+        with self.connect() as db:
             status, text = db.execute("SELECT status, record FROM runs WHERE id = ?",
                                       (run_id,)).fetchone()
         if text is None:
@@ -330,7 +400,7 @@ class Store:
                 f"run {run_id} is {status} and has no complete record "
                 + ("yet (it is still going)." if status == RUNNING
                    else "(reprun stopped before writing it)."))
-        return RunRecord.from_json(text)
+        return parse_record(text, f"the record of run {run_id}")
 
     def list(self, *, spec: str | None = None, status: str | None = None,
              since: str | None = None, until: str | None = None,
@@ -346,13 +416,13 @@ class Store:
                f"FROM runs {where} ORDER BY started_at DESC, id DESC")
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        with self._connect() as db:
+        with self.connect() as db:
             return [RunSummary(*row) for row in db.execute(sql, args)]
 
     def latest_succeeded(self, spec: str) -> RunRecord | None:
         """The newest succeeded run of `spec` made as the spec says: the varied runs of
         `verify --vary` changed its conditions on purpose, and are no reference for it."""
-        with self._connect() as db:
+        with self.connect() as db:
             rows = db.execute("SELECT record FROM runs WHERE spec = ? AND status = 'succeeded' "
                               "ORDER BY started_at DESC", (spec,))
             for (text,) in rows:
@@ -366,7 +436,7 @@ class Store:
     def repair(self) -> list[str]:
         """Runs left `running` by a reprun process that is gone: adopt or mark interrupted."""
         repaired = []
-        with self._connect() as db:
+        with self.connect() as db:
             rows = db.execute("SELECT id, host, pid FROM runs WHERE status = 'running'").fetchall()
         for run_id, host, pid in rows:
             if host == socket.gethostname() and process_alive(pid):
@@ -379,7 +449,7 @@ class Store:
                 self._seal(record)
                 repaired.append(f"{run_id}: record file adopted ({record.status})")
                 continue
-            with self._connect() as db:
+            with self.connect() as db:
                 db.execute("UPDATE runs SET status = ?, finished_at = ?, note = ? "
                            "WHERE id = ? AND status = 'running'",
                            (INTERRUPTED, utc_now(),
@@ -429,17 +499,37 @@ class SpaceReserve:
 def _add_chain_columns(db: sqlite3.Connection) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
-        have = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-        for column, kind in _CHAIN_COLUMNS.items():
-            if column not in have:
-                db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
-        for statement in filter(str.strip, _CHAIN_SCHEMA.split(";\n")):
+        for table, columns in LEDGER_COLUMNS.items():
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for column, kind in columns.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        _chain_older_rows(db)
+        for statement in filter(str.strip, LEDGER_SCHEMA.split(";\n")):
             db.execute(statement)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _chain_older_rows(db: sqlite3.Connection) -> None:
+    """Approvals and image facts written before they joined the chain are adopted into it, once,
+    when the store is first opened by a reprun that chains them (the head file follows on the
+    next commit)."""
+    for row in db.execute("SELECT seq, spec, run_id, approved_by, approved_at, reason "
+                          "FROM approvals WHERE chain_seq IS NULL ORDER BY seq").fetchall():
+        head_seq, previous = _ledger_head(db)
+        db.execute("UPDATE approvals SET chain_seq = ?, entry_sha256 = ?, previous_sha256 = ? "
+                   "WHERE seq = ?", (head_seq + 1, approval_sha256(*row[1:], previous), previous,
+                                     row[0]))
+    for row in db.execute("SELECT key, image_id, facts, source_run FROM image_facts "
+                          "WHERE seq IS NULL ORDER BY key").fetchall():
+        head_seq, previous = _ledger_head(db)
+        db.execute("UPDATE image_facts SET seq = ?, entry_sha256 = ?, previous_sha256 = ? "
+                   "WHERE key = ?", (head_seq + 1, image_facts_sha256(*row, previous), previous,
+                                     row[0]))
 
 
 def _like_prefix(prefix: str) -> str:

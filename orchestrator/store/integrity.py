@@ -16,7 +16,8 @@ from pathlib import Path
 
 from orchestrator.outputs import sha256_file
 from orchestrator.records import INTERRUPTED, RUNNING
-from orchestrator.store.db import ChainHead, Store, record_sha256
+from orchestrator.store.db import (ChainHead, Store, approval_link_id, approval_sha256,
+                                   image_facts_sha256, record_sha256)
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,22 @@ class _Row:
     previous_sha256: str | None
 
 
+@dataclass(frozen=True)
+class _Link:
+    """One link of the chain as the store holds it: a run record, an approval or image facts."""
+    seq: int
+    id: str                       # run ID, approval:N or image-facts:…
+    what: str                     # how a problem names it
+    stored_sha256: str | None     # the hash it was committed with
+    actual_sha256: str | None     # its content's hash now; None when it cannot be read
+    names_previous: str | None    # the predecessor its content names
+    row_previous: str | None      # the predecessor its row was committed with
+
+
 def audit_store(store: Store) -> StoreAudit:
     audit = StoreAudit(root=store.root)
-    rows, head = _snapshot(store)
+    snapshot = store.chain_snapshot()
+    rows = [_Row(*r) for r in snapshot.runs]
     chained: list[_Row] = []
     for row in rows:
         if row.status == RUNNING:
@@ -74,69 +88,113 @@ def audit_store(store: Store) -> StoreAudit:
                                                   "before the chain existed, or inserted by hand)"))
         else:
             chained.append(row)
-    _check_chain(chained, head, audit)
+    links = [_record_link(row, audit) for row in chained]
+    links += _approval_links(snapshot.approvals, audit) + _facts_links(snapshot.image_facts, audit)
+    _check_chain(links, snapshot.head, audit)
     for row in chained:
         _check_files(store, row, audit)
     _check_folders(store, {row.id for row in rows}, audit)
     return audit
 
 
-def _snapshot(store: Store) -> tuple[list[_Row], str | None]:
-    rows, head = store.chain_snapshot()
-    return [_Row(*r) for r in rows], head
+def _record_link(row: _Row, audit: StoreAudit) -> _Link:
+    seq = row.seq
+    try:
+        document = json.loads(row.record)
+        actual = record_sha256(row.record)
+    except (ValueError, TypeError):
+        audit.problems.append(Problem(row.id, f"record #{seq} is no longer valid JSON"))
+        return _Link(seq, row.id, f"record #{seq}", row.record_sha256, None, row.previous_sha256,
+                     row.previous_sha256)
+    if not isinstance(document, dict):
+        document = {}
+    if document.get("id") != row.id or document.get("status") != row.status:
+        audit.problems.append(Problem(row.id, f"record #{seq} no longer matches its row "
+                                              "(id or status changed)"))
+    return _Link(seq, row.id, f"record #{seq}", row.record_sha256, actual,
+                 document.get("previous"), row.previous_sha256)
 
 
-def _check_chain(chained: list[_Row], head_text: str | None, audit: StoreAudit) -> None:
-    by_seq = {row.seq: row for row in chained}
+def _approval_links(approvals: list[tuple], audit: StoreAudit) -> list[_Link]:
+    links = []
+    for own_seq, spec, run_id, by, at, reason, seq, stored, previous in approvals:
+        link_id = approval_link_id(own_seq)
+        if seq is None:
+            audit.problems.append(Problem(run_id, f"its approval ({link_id}) is outside the chain "
+                                                  "(inserted by hand)"))
+            continue
+        links.append(_Link(seq, run_id, f"its approval (record #{seq})", stored,
+                           approval_sha256(spec, run_id, by, at, reason, previous), previous,
+                           previous))
+    return links
+
+
+def _facts_links(rows: list[tuple], audit: StoreAudit) -> list[_Link]:
+    links = []
+    for key, image_id, facts, source_run, seq, stored, previous in rows:
+        if seq is None:
+            audit.problems.append(Problem(source_run, f"the image facts it read for {image_id} "
+                                                      "are outside the chain (inserted by hand)"))
+            continue
+        links.append(_Link(seq, source_run, f"the image facts it read (record #{seq})", stored,
+                           image_facts_sha256(key, image_id, facts, source_run, previous),
+                           previous, previous))
+    return links
+
+
+def _check_chain(links: list[_Link], head_text: str | None, audit: StoreAudit) -> None:
+    by_seq: dict[int, _Link] = {}
+    for link in links:
+        if link.seq in by_seq:
+            audit.problems.append(Problem(link.id, f"{link.what} shares its place in the chain "
+                                                   "with another link (inserted by hand)"))
+        by_seq.setdefault(link.seq, link)
     expected_previous: str | None = None
     last_seq = max(by_seq, default=0)
     for seq in range(1, last_seq + 1):
-        row = by_seq.get(seq)
-        if row is None:
+        link = by_seq.get(seq)
+        if link is None:
             audit.problems.append(Problem(None, f"record #{seq} of the chain was removed from "
                                                 "the store"))
             expected_previous = None
             continue
         audit.records += 1
-        try:
-            document = json.loads(row.record)
-            actual = record_sha256(row.record)
-        except (ValueError, TypeError):
-            audit.problems.append(Problem(row.id, f"record #{seq} is no longer valid JSON"))
-            expected_previous = row.record_sha256
+        if link.actual_sha256 is None:
+            expected_previous = link.stored_sha256
             continue
-        if actual != row.record_sha256:
-            audit.problems.append(Problem(row.id, f"record #{seq} was altered in the store "
-                                                  f"(its hash is now {actual[:16]}…, it was "
-                                                  f"committed as {str(row.record_sha256)[:16]}…)"))
-        if document.get("id") != row.id or document.get("status") != row.status:
-            audit.problems.append(Problem(row.id, f"record #{seq} no longer matches its row "
-                                                  "(id or status changed)"))
-        named = document.get("previous")
-        if named != row.previous_sha256:
-            audit.problems.append(Problem(row.id, f"record #{seq} names a predecessor other than "
-                                                  "the one its row was committed with"))
-        if seq > 1 and by_seq.get(seq - 1) is not None and named != expected_previous:
+        if link.actual_sha256 != link.stored_sha256:
+            audit.problems.append(Problem(link.id, f"{link.what} was altered in the store "
+                                                   f"(its hash is now {link.actual_sha256[:16]}…, "
+                                                   "it was committed as "
+                                                   f"{str(link.stored_sha256)[:16]}…)"))
+        if link.names_previous != link.row_previous:
+            audit.problems.append(Problem(link.id, f"{link.what} names a predecessor other than "
+                                                   "the one its row was committed with"))
+        if seq > 1 and by_seq.get(seq - 1) is not None and link.names_previous != expected_previous:
             audit.problems.append(Problem(
-                row.id, f"record #{seq} names {str(named)[:16]}… as the record before it, but "
-                        f"record #{seq - 1} hashes to {str(expected_previous)[:16]}…: one of the "
-                        "two was rewritten"))
-        expected_previous = row.record_sha256
-    if chained:
+                link.id, f"{link.what} names {str(link.names_previous)[:16]}… as the record "
+                         f"before it, but record #{seq - 1} hashes to "
+                         f"{str(expected_previous)[:16]}…: one of the two was rewritten"))
+        expected_previous = link.stored_sha256
+    if by_seq:
         last = by_seq[last_seq]
-        audit.head_seq, audit.head_sha256, audit.head_run = last_seq, last.record_sha256, last.id
+        audit.head_seq, audit.head_sha256, audit.head_run = last_seq, last.stored_sha256, last.id
     head = ChainHead.parse(head_text) if head_text is not None else None
     if head_text is None:
-        if chained:
+        if by_seq:
             audit.problems.append(Problem(None, "the chain-head file was removed"))
     elif head is None:
         audit.problems.append(Problem(None, "the chain-head file was altered (unreadable)"))
     elif head.seq not in by_seq:
         audit.problems.append(Problem(head.run_id, f"record #{head.seq}, the newest the store "
                                                    "committed, was removed"))
-    elif by_seq[head.seq].record_sha256 != head.sha256 or by_seq[head.seq].id != head.run_id:
+    elif by_seq[head.seq].stored_sha256 != head.sha256:
         audit.problems.append(Problem(head.run_id, f"record #{head.seq}, the newest the store "
                                                    "committed, was replaced"))
+    elif head.seq != last_seq:
+        audit.problems.append(Problem(None, f"the chain-head file names record #{head.seq}, but "
+                                            f"the chain goes on to #{last_seq}: the head was "
+                                            "rewound to an older link"))
 
 
 def _check_files(store: Store, row: _Row, audit: StoreAudit) -> None:

@@ -158,20 +158,20 @@ def diff(store: Store, run_a: str, run_b: str, report_paths=()) -> Outcome:
 
 def rerun(store: Store, engine: Executor, observer: RunObserver, *, run_id: str | None = None,
           from_archive: Path | None = None, dataset: Path | None = None,
-          report_paths=()) -> Outcome:
+          allow=(), env_from_caller=(), report_paths=()) -> Outcome:
     """`reprun rerun`: replay a recorded run (from the store or an archive) and compare."""
     from orchestrator.rerun import spec_from_record
     from orchestrator.runner import execute, prepare
     if (run_id is None) == (from_archive is None):
         raise UsageError("give either a RUN_ID or --from-archive FILE (not both).")
     if from_archive is not None:
-        from orchestrator.store.archive import load_archive
-        loaded = load_archive(from_archive, store, client=engine.client,
-                              progress=lambda phase, done, total:
-                              observer.progress("archive", phase, done, total))
-        original = loaded.record
-        spec = spec_from_record(original, dataset_path=dataset or loaded.dataset_path,
-                                image_by_id=True)
+        from orchestrator.rerun import replay_from_archive, trust_from_flags
+        loaded = replay_from_archive(from_archive, store, client=engine.client,
+                                     trust=trust_from_flags(allow, env_from_caller),
+                                     dataset_path=dataset,
+                                     progress=lambda phase, done, total:
+                                     observer.progress("archive", phase, done, total))
+        original, spec = loaded.record, loaded.accepted
     else:
         original = store.get(run_id)
         spec = spec_from_record(original, dataset_path=dataset)
