@@ -183,8 +183,9 @@ def test_filters_that_match_nothing_say_so_rather_than_that_nothing_was_recorded
 
 
 def test_archive_names_are_read_whatever_their_case(tmp_path: Path):
-    from orchestrator.store.archive import _write_mode, refuse_output
+    from orchestrator.store.archive import compression_of, refuse_output
     refuse_output(tmp_path / "model-v3.TAR.GZ")          # accepted, and compressed as it says
-    assert _write_mode(tmp_path / "model-v3.TAR.GZ")["mode"] == "w:gz"
-    assert _write_mode(tmp_path / "model-v3.Tar.Xz")["mode"] == "w:xz"
-    assert _write_mode(tmp_path / "model-v3.tar")["mode"] == "w"
+    assert compression_of(tmp_path / "model-v3.TAR.GZ") == "gz"
+    assert compression_of(tmp_path / "model-v3.Tar.Xz") == "xz"
+    assert compression_of(tmp_path / "model-v3.TAR.ZST") == "zst"
+    assert compression_of(tmp_path / "model-v3.tar") is None
