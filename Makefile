@@ -38,8 +38,12 @@ demo: images
 test: images test-deps
 	$(BIN)/pytest -q -n 2 --dist loadgroup
 
+# Everything that needs no engine: pure logic, the orchestration on the scripted executor in
+# tests/unit/, the store on real SQLite files. An engine test is one marked `engine` or asking
+# for the engine's fixtures (tests/conftest.py); no engine is reached, even where one runs.
 test-fast: install
-	$(BIN)/pytest -q -m 'not engine'
+	DOCKER_HOST=unix:///nonexistent/reprun-test-fast.sock REPRUN_FUZZ_SHARE=0.1 \
+	  $(BIN)/pytest -q -n 2 -m 'not engine'
 
 # The scheduled rebuild check over the example specs (specs/nondeterministic/ is left out on
 # purpose: it exists to differ).

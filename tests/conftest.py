@@ -115,3 +115,14 @@ seed = int(sys.argv[1])
 json.dump({"score": seed / 10, "nested": {"loss": 0.25}}, open("/out/metrics.json", "w"))
 open("/out/model.bin", "wb").write(bytes([seed]) * 16)
 """
+
+
+# A test that asks for the engine (directly or through a project) is an engine test, marked or
+# not: `make test-fast` (-m 'not engine') then runs exactly the tests that need no engine.
+ENGINE_FIXTURES = frozenset({"docker_client", "example_ref", "project"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)

@@ -118,7 +118,7 @@ def rerun(ctx: typer.Context,
     if (run_id is None) == (from_archive is None):
         raise UsageError("give either a RUN_ID or --from-archive FILE (not both).")
     workflow.check_report_paths(report)
-    outcome = workflow.rerun(open_store(ctx), open_backend(backend), observer(quiet),
+    outcome = workflow.rerun(open_store(ctx), lambda: open_backend(backend), observer(quiet),
                              run_id=run_id, from_archive=from_archive, dataset=dataset,
                              allow=allow, env_from_caller=env_from_caller, report_paths=report)
     _print_reports(outcome)

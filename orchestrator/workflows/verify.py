@@ -6,6 +6,7 @@ made, where each report goes and which exit code the verdict gives are decided h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 from orchestrator.errors import InfrastructureError, PinMismatch, UsageError
@@ -156,17 +157,23 @@ def diff(store: Store, run_a: str, run_b: str, report_paths=()) -> Outcome:
     return compare_and_report(store, [store.get(run_a), store.get(run_b)], report_paths)
 
 
-def rerun(store: Store, engine: Executor, observer: RunObserver, *, run_id: str | None = None,
-          from_archive: Path | None = None, dataset: Path | None = None,
-          allow=(), env_from_caller=(), report_paths=()) -> Outcome:
-    """`reprun rerun`: replay a recorded run (from the store or an archive) and compare."""
+def rerun(store: Store, open_engine: Callable[[], Executor], observer: RunObserver, *,
+          run_id: str | None = None, from_archive: Path | None = None,
+          dataset: Path | None = None, allow=(), env_from_caller=(),
+          report_paths=()) -> Outcome:
+    """`reprun rerun`: replay a recorded run (from the store or an archive) and compare.
+
+    The engine is opened once it is needed: a wrong run ID or archive name is refused (exit 2)
+    even where no engine answers.
+    """
     from orchestrator.rerun import spec_from_record
     from orchestrator.runner import execute, prepare
     if (run_id is None) == (from_archive is None):
         raise UsageError("give either a RUN_ID or --from-archive FILE (not both).")
+    engine = _OpenedOnUse(open_engine)
     if from_archive is not None:
         from orchestrator.rerun import replay_from_archive, trust_from_flags
-        loaded = replay_from_archive(from_archive, store, client=engine.client,
+        loaded = replay_from_archive(from_archive, store, client=engine.client_on_use(),
                                      trust=trust_from_flags(allow, env_from_caller),
                                      dataset_path=dataset,
                                      progress=lambda phase, done, total:
@@ -175,10 +182,32 @@ def rerun(store: Store, engine: Executor, observer: RunObserver, *, run_id: str 
     else:
         original = store.get(run_id)
         spec = spec_from_record(original, dataset_path=dataset)
-    prepared = prepare(spec, store=store, engine=engine, observer=observer)
+    prepared = prepare(spec, store=store, engine=engine.opened(), observer=observer)
     if prepared.image.id != original.inputs.image.id:
         raise PinMismatch(f"the image resolved to {prepared.image.id}, but run {original.id} ran "
                           f"{original.inputs.image.id}; refusing to replay on a different image.")
-    record = execute(prepared, store=store, engine=engine, observer=observer, label="rerun")
+    record = execute(prepared, store=store, engine=engine.opened(), observer=observer,
+                     label="rerun")
     raise_for_failed([record], store)
     return compare_and_report(store, [original, record], report_paths)
+
+
+class _OpenedOnUse:
+    """An executor opened at its first use, once."""
+
+    def __init__(self, open_engine: Callable[[], Executor]):
+        self._open = open_engine
+        self._engine: Executor | None = None
+
+    def opened(self) -> Executor:
+        if self._engine is None:
+            self._engine = self._open()
+        return self._engine
+
+    def client_on_use(self):
+        opened = self.opened
+
+        class Client:
+            def __getattr__(self, name):
+                return getattr(opened().client, name)
+        return Client()
