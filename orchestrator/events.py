@@ -10,6 +10,8 @@ import threading
 import time
 from typing import TextIO
 
+from orchestrator.printing import escape_controls
+
 MAX_PARTIAL_LINE = 64 * 1024   # characters of an unfinished job line held back for its prefix
 
 
@@ -51,7 +53,7 @@ class TerminalObserver(RunObserver):
             self.stream.flush()
 
     def stage(self, label: str, text: str) -> None:
-        self._write(("\r\033[K" if self.tty else "") + f"[{label}] {text}\n")
+        self._write(("\r\033[K" if self.tty else "") + escape_controls(f"[{label}] {text}") + "\n")
 
     def progress(self, label: str, phase: str, done: int, total: int, text: str = "") -> None:
         key = (label, phase)
@@ -69,7 +71,7 @@ class TerminalObserver(RunObserver):
             amount = f"{done}/{total}"
         fraction = done / total if total else 0.0
         bar = "#" * int(fraction * 24)
-        line = f"[{label}] {phase:5} [{bar:<24}] {amount} {text[:50]}"
+        line = escape_controls(f"[{label}] {phase:5} [{bar:<24}] {amount} {text[:50]}")
         if self.tty:
             self._write("\r\033[K" + line + ("\n" if final else ""))
         else:

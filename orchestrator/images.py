@@ -117,12 +117,29 @@ def _pull_failure(repository: str, digest: str, message: str) -> Exception:
 def _build(client, image_spec, spec_name: str, progress: ImageProgress) -> ResolvedImage:
     build = image_spec.build
     tag = f"reprun/{spec_name}:built"
+    image_id = build_image(client, build, tag=tag, progress=progress)
+    if image_spec.digest and image_id != image_spec.digest:
+        raise PinMismatch(
+            f"building {build.context} produced image {image_id}, but the spec pins "
+            f"{image_spec.digest}. The build context or its base changed; inspect it, then "
+            "re-pin with `reprun lock` if the change is intended.")
+    image = client.images.get(image_id)
+    digests = repo_digests(image)
+    return ResolvedImage(id=image_id, ref=None, repo_digest=digests[0] if digests else None,
+                         build_context=str(build.context))
+
+
+def build_image(client, build, *, tag: str | None = None, nocache: bool = False,
+                progress: ImageProgress | None = None) -> str:
+    """Build a spec's `image.build` and return the image ID; a failed build (or an engine that
+    refuses it) is an infrastructure error (exit 4) with the build's last lines."""
+    progress = progress or (lambda *_: None)
     tail: list[str] = []
     image_id = None
     try:
         events = client.api.build(
             path=str(build.context), dockerfile=build.dockerfile, buildargs=dict(build.args),
-            tag=tag, rm=True, forcerm=True, decode=True,
+            tag=tag, nocache=nocache, rm=True, forcerm=True, decode=True,
             network_mode="host")  # a build that fetches packages uses the host network
         for event in events:
             if "error" in event:
@@ -140,14 +157,11 @@ def _build(client, image_spec, spec_name: str, progress: ImageProgress) -> Resol
     except docker.errors.APIError as exc:
         raise InfrastructureError(f"building {build.context} failed: "
                                   f"{exc.explanation or exc}", details=tail[-10:]) from None
-    if image_id is None:
+    except requests.exceptions.ConnectionError as exc:
+        raise engine_unreachable(exc) from None
+    if image_id is None and tag is not None:
         image_id = client.images.get(tag).id
-    if image_spec.digest and image_id != image_spec.digest:
-        raise PinMismatch(
-            f"building {build.context} produced image {image_id}, but the spec pins "
-            f"{image_spec.digest}. The build context or its base changed; inspect it, then "
-            "re-pin with `reprun lock` if the change is intended.")
-    image = client.images.get(image_id)
-    digests = repo_digests(image)
-    return ResolvedImage(id=image_id, ref=None, repo_digest=digests[0] if digests else None,
-                         build_context=str(build.context))
+    if image_id is None:
+        raise InfrastructureError(f"building {build.context} gave no image ID; the engine's "
+                                  "answer ended early.", details=tail[-10:])
+    return image_id

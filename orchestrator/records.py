@@ -6,20 +6,50 @@ and read back years later by auditors; everything in it is JSON-friendly and sel
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.errors import UsageError
+
 RECORD_SCHEMA = "reprun.run/1"
 
-# Statuses a record can have. `running` only exists while reprun is still working on it.
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"            # the job failed: non-zero exit, timeout, OOM, bad outputs
-INTERRUPTED = "interrupted"  # reprun was stopped (Ctrl-C, SIGTERM, crash) before the end
-ERROR = "error"              # infrastructure failed mid-run (engine went away)
+
+class RunStatus(enum.StrEnum):
+    """The status of a run. A str enum: records hold the same JSON strings as ever."""
+    RUNNING = "running"          # only while reprun is still working on it
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"            # the job failed: non-zero exit, timeout, OOM, bad outputs
+    INTERRUPTED = "interrupted"  # reprun was stopped (Ctrl-C, SIGTERM, crash) before the end
+    ERROR = "error"              # infrastructure failed mid-run (engine went away)
+
+
+class OutcomeReason(enum.StrEnum):
+    """How a job ended, as its backend (or the reading of its outputs) tells it."""
+    OK = "ok"
+    EXIT = "exit"                # non-zero exit status
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    INTERRUPTED = "interrupted"
+    ENGINE = "engine"            # the engine failed or went away
+    PIN = "pin"                  # a pinned input did not match where the job ran
+    OUTPUTS = "outputs"          # the job ended well, but its metrics or artifacts are unusable
+
+
+RUNNING = RunStatus.RUNNING
+SUCCEEDED = RunStatus.SUCCEEDED
+FAILED = RunStatus.FAILED
+INTERRUPTED = RunStatus.INTERRUPTED
+ERROR = RunStatus.ERROR
 FINAL_STATUSES = (SUCCEEDED, FAILED, INTERRUPTED, ERROR)
+
+
+class NewerRecord(UsageError, ValueError):
+    """A record with a field or value this reprun does not know: a newer reprun wrote it. A
+    ValueError too, so that a reader which skips unreadable records skips it."""
 
 
 @dataclass(frozen=True)
@@ -119,12 +149,26 @@ class RunRecord:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=True)
 
+    def to_standard_json(self) -> str:
+        """JSON any reader takes (`runs show --json`): a non-finite metric is the string "NaN",
+        "Infinity" or "-Infinity", as in the JSON report, not a bare token outside the standard.
+        The store keeps `to_json`, whose text its hash chain was sealed over."""
+        return json.dumps(_finite(self.to_dict()), sort_keys=True, indent=2, allow_nan=False)
+
     def content_sha256(self) -> str:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
+        """The record `to_dict` gave; one from a newer reprun is refused naming the field."""
+        unknown = unknown_record_field(data)
+        if unknown:
+            raise NewerRecord(f"record written by a newer reprun (field {unknown}); upgrade "
+                              "reprun to read it.")
+        if isinstance(data, dict) and data.get("status") not in {s.value for s in RunStatus}:
+            raise NewerRecord(f"record written by a newer reprun (status {data.get('status')!r}); "
+                              "upgrade reprun to read it.")
         inputs = dict(data["inputs"])
         inputs["image"] = ImageFacts(**inputs["image"])
         inputs["dataset"] = DatasetFacts(**inputs["dataset"])
@@ -134,7 +178,7 @@ class RunRecord:
             outputs["artifacts"] = {k: Artifact(**v) for k, v in outputs["artifacts"].items()}
             outputs = Outputs(**outputs)
         return cls(
-            id=data["id"], status=data["status"], started_at=data["started_at"],
+            id=data["id"], status=RunStatus(data["status"]), started_at=data["started_at"],
             finished_at=data.get("finished_at"), inputs=Inputs(**inputs),
             environment=EnvironmentManifest(**data.get("environment", {})),
             outputs=outputs, compare=data.get("compare", {}),
@@ -145,3 +189,38 @@ class RunRecord:
     @classmethod
     def from_json(cls, text: str) -> "RunRecord":
         return cls.from_dict(json.loads(text))
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def unknown_record_field(data) -> str | None:
+    """The dotted name of the first field this reprun does not know, if any."""
+    shapes = {"": RunRecord, "inputs": Inputs, "inputs.image": ImageFacts,
+              "inputs.dataset": DatasetFacts, "outputs": Outputs,
+              "environment": EnvironmentManifest}
+    for where, kind in shapes.items():
+        value = data
+        for part in filter(None, where.split(".")):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not isinstance(value, dict):
+            continue
+        known = {f.name for f in dataclasses.fields(kind)}
+        for key in sorted(value, key=str):
+            if key not in known:
+                return f"{where}.{key}" if where else str(key)
+    artifacts = (data.get("outputs") or {}).get("artifacts") if isinstance(data, dict) else None
+    if isinstance(artifacts, dict):
+        known = {f.name for f in dataclasses.fields(Artifact)}
+        for name, artifact in artifacts.items():
+            extra = sorted(set(artifact) - known) if isinstance(artifact, dict) else []
+            if extra:
+                return f"outputs.artifacts.{name}.{extra[0]}"
+    return None

@@ -13,7 +13,7 @@ from typing import Callable
 from orchestrator import __version__
 from orchestrator.dataset.tree import DatasetDigest, HashCache, verify_dataset
 from orchestrator.execution.job import ContainerJob, ContainerOutcome, Executor
-from orchestrator.errors import JobFailed, PinMismatch
+from orchestrator.errors import InfrastructureError, JobFailed, PinMismatch
 from orchestrator.events import RunObserver
 from orchestrator.execution.hermetic import RunPaths, applied_settings, container_job
 from orchestrator.images import ResolvedImage, resolve_image
@@ -25,7 +25,7 @@ from orchestrator.manifest.probes import (PROBES, REDACTED, RUN_PROBES, Manifest
 from orchestrator.secrets import Redactor, secret_values
 from orchestrator.spec.model import RunSpec
 from orchestrator.records import (ERROR, FAILED, INTERRUPTED, SUCCEEDED, DatasetFacts, ImageFacts,
-                                  Inputs, EnvironmentManifest, Outputs, RunRecord)
+                                  Inputs, EnvironmentManifest, OutcomeReason, Outputs, RunRecord)
 from orchestrator.store.db import Store, utc_now
 
 DEFAULT_LOG_CAP = 64 * 1024 * 1024
@@ -190,10 +190,12 @@ def execute(prepared: PreparedRun, *, store: Store, engine: Executor, observer: 
                              on_event=lambda text: observer.stage(label, text))
     except KeyboardInterrupt:
         interrupted = True
-        outcome = ContainerOutcome(None, "interrupted", 0.0,
+        outcome = ContainerOutcome(None, OutcomeReason.INTERRUPTED, 0.0,
                                    "reprun was interrupted; the container was removed")
-    except Exception as exc:
-        outcome = ContainerOutcome(None, "engine", 0.0, getattr(exc, "message", str(exc)))
+    except InfrastructureError as exc:
+        # The engine failed or went away: recorded as such. Anything else is a bug in reprun
+        # and goes on as one; the store's repair marks the run interrupted.
+        outcome = ContainerOutcome(None, OutcomeReason.ENGINE, 0.0, exc.message)
     finally:
         for stream in streams.values():
             log.write(stream.flush())
@@ -207,7 +209,7 @@ def execute(prepared: PreparedRun, *, store: Store, engine: Executor, observer: 
     observer.finished(label, record)
     if interrupted:
         raise KeyboardInterrupt
-    if outcome.reason == "pin":     # checked where the job ran: recorded, then refused (exit 3)
+    if outcome.reason == OutcomeReason.PIN:     # checked where the job ran: recorded, then refused (exit 3)
         raise PinMismatch(outcome.message or "a pinned input did not match where the job ran")
     return record
 
@@ -235,7 +237,7 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
     spec = prepared.spec
     metrics, artifacts, reason, message = {}, {}, outcome.reason, outcome.message
     collected = outcome.collected      # present: the backend read the results where the job ran
-    if outcome.reason == "ok":
+    if outcome.reason == OutcomeReason.OK:
         try:
             if collected is not None:
                 metrics, artifacts = collected.results(spec.outputs.metrics)
@@ -243,8 +245,9 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
                 metrics = read_metrics(paths.outputs / spec.outputs.metrics, root=paths.outputs)
                 artifacts = hash_artifacts(paths.outputs, spec.outputs.artifacts)
         except OutputsError as exc:
-            reason, message = "outputs", str(exc)
-    status = {"ok": SUCCEEDED, "interrupted": INTERRUPTED, "engine": ERROR}.get(reason, FAILED)
+            reason, message = OutcomeReason.OUTPUTS, str(exc)
+    status = {OutcomeReason.OK: SUCCEEDED, OutcomeReason.INTERRUPTED: INTERRUPTED,
+              OutcomeReason.ENGINE: ERROR}.get(reason, FAILED)
     manifest_text = plan.capture.text
     if manifest_text is not None:
         # The raw probe, kept with the run (the job saw this folder read-only): it holds the
@@ -259,7 +262,7 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
                         if log.lost else ""))
     if log.seen > log.cap:
         notes.append(f"the log was capped at {log.cap} bytes; the job printed {log.seen}")
-    if reason == "ok":
+    if reason == OutcomeReason.OK:
         notes += [f"the artifact pattern {pattern!r} matched no file, so nothing it was meant "
                   "to name is compared" for pattern in unmatched_patterns(spec.outputs.artifacts,
                                                                           artifacts)]

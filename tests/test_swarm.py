@@ -24,7 +24,8 @@ import pytest
 from conftest import REPO, REPRUN, WRITE_METRICS, containers
 from orchestrator.execution.job import RemoteResults, ResultsToCollect
 from orchestrator.execution.handback import OutputSplitter, WrapperPlan, parse_block, wrapper_script
-from orchestrator.execution.config import load_config, open_backend
+from orchestrator.execution.backend import open_backend
+from orchestrator.execution.config import load_config
 from orchestrator.errors import UsageError
 from orchestrator.execution.swarm import SwarmBackend
 from orchestrator.execution.config import SwarmSettings

@@ -14,6 +14,8 @@ import typer.main
 
 from orchestrator import __version__
 from orchestrator.cli import check, maintenance, runs, specs, train
+from orchestrator.cli.crash_report import write_crash_report
+from orchestrator.cli.shared import say
 from orchestrator.errors import ExitCode, ReprunError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -106,7 +108,7 @@ def main() -> None:
     try:
         code = command().main(prog_name="reprun", standalone_mode=False)
     except ReprunError as error:
-        typer.echo(f"reprun: {error.render()}", err=True)
+        say(f"reprun: {error.render()}", err=True)
         code = int(error.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         code = INTERRUPTED_EXIT
@@ -115,10 +117,11 @@ def main() -> None:
         show() if show else typer.echo(f"reprun: {error.format_message()}", err=True)
         code = error.exit_code
     except Exception as error:  # a bug: one paragraph for the user, the details in a file
-        crash = Path("/tmp") / "reprun-crash.txt"
-        crash.write_text(traceback.format_exc())
-        typer.echo(f"reprun: internal error ({type(error).__name__}: {error}). This is a bug in "
-                   f"reprun; the traceback is in {crash}.", err=True)
+        crash, why_not = write_crash_report(traceback.format_exc())
+        where = (f"the traceback is in {crash}" if crash else
+                 f"its traceback could not be written ({why_not})")
+        say(f"reprun: internal error ({type(error).__name__}: {error}). This is a bug in "
+            f"reprun; {where}.", err=True)
         code = int(ExitCode.INFRASTRUCTURE)
     if code == INTERRUPTED_EXIT:
         typer.echo("reprun: interrupted; runs under way were stopped and recorded as interrupted.",

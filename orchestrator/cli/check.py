@@ -6,7 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from orchestrator.cli.shared import backend_option, observer, open_backend, open_store, tabulate
+from orchestrator.cli.shared import (backend_option, observer, open_backend, open_store, say,
+                                     tabulate)
 
 
 def check(ctx: typer.Context,
@@ -26,12 +27,12 @@ def check(ctx: typer.Context,
                                  observer=observer(quiet, parallel=True), jobs=jobs)
     for result in results:
         if result.drift:
-            typer.echo(f"\n{result.spec_name}: the rebuilt image's environment drifted")
-            typer.echo(tabulate(workflow.drift_rows(result),
+            say(f"\n{result.spec_name}: the rebuilt image's environment drifted")
+            say(tabulate(workflow.drift_rows(result),
                                 headers=["section", "name", "pinned", "rebuilt"]))
     workflow.save_reports(results, store=store, report_dir=report_dir, junit_path=junit_path)
-    typer.echo("")
-    typer.echo(tabulate(workflow.summary_rows(results),
+    say("")
+    say(tabulate(workflow.summary_rows(results),
                         headers=["spec", "environment drift", "results", "compared with", "exit",
                                  "first cause"]))
     raise typer.Exit(workflow.overall_exit(results))

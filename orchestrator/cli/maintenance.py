@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from orchestrator.cli.shared import local_engine, observer, open_store
+from orchestrator.cli.shared import local_engine, observer, open_store, say
 
 
 def archive(ctx: typer.Context, run_id: str,
@@ -16,7 +16,7 @@ def archive(ctx: typer.Context, run_id: str,
     shown = observer()
     path = write_archive(open_store(ctx), run_id, output, client=local_engine().client,
                          progress=lambda phase, done, total: shown.progress("archive", phase, done, total))
-    typer.echo(f"archive written: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    say(f"archive written: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
 def gc(ctx: typer.Context) -> None:
@@ -27,6 +27,6 @@ def gc(ctx: typer.Context) -> None:
     for line in collect_garbage(open_store(ctx, repair=False),
                                 lambda: local_engine().client):
         said = True
-        typer.echo(line)
+        say(line)
     if not said:
-        typer.echo("nothing to remove: reprun left nothing behind")
+        say("nothing to remove: reprun left nothing behind")

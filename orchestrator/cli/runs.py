@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli.shared import open_store, tabulate
+from orchestrator.cli.shared import open_store, say, tabulate
 from orchestrator.errors import ExitCode
 
 runs_app = typer.Typer(help="List and show recorded runs (for audits).", no_args_is_help=False)
@@ -23,24 +23,28 @@ def runs_list(ctx: typer.Context,
     """List recorded runs, newest first."""
     if ctx.invoked_subcommand is not None:
         return
+    from orchestrator.store.baselines import baseline_ids
     from orchestrator.workflows.runs import run_filter
     wanted = run_filter(spec=spec, status=status, since=since, until=until)
     store = open_store(ctx)
     summaries = store.list(spec=wanted.spec, status=wanted.status, limit=limit,
                            since=wanted.since, until=wanted.until)
+    baselines = baseline_ids(store)
     if as_json:
-        typer.echo(json.dumps([s.__dict__ for s in summaries], indent=2))
+        say(json.dumps([{**s.__dict__, "baseline": s.id in baselines} for s in summaries],
+                       indent=2))
         return
     rows = [(s.id, s.spec, s.status, s.started_at[:19].replace("T", " "),
              "" if s.duration_s is None else f"{s.duration_s:.1f}s",
-             (s.image_id or "")[7:19], s.note or "") for s in summaries]
+             (s.image_id or "")[7:19], "approved" if s.id in baselines else "", s.note or "")
+            for s in summaries]
     if rows:
-        typer.echo(tabulate(rows, headers=["run", "spec", "status", "started (UTC)", "took",
-                                           "image", "note"]))
+        say(tabulate(rows, headers=["run", "spec", "status", "started (UTC)", "took",
+                                    "image", "baseline", "note"]))
     elif wanted.narrows and store.list(limit=1):
-        typer.echo("no runs match these filters; `reprun runs` lists them all")
+        say("no runs match these filters; `reprun runs` lists them all")
     else:
-        typer.echo("no runs recorded")
+        say("no runs recorded")
 
 
 @runs_app.command("approve")
@@ -50,7 +54,7 @@ def runs_approve(ctx: typer.Context, run_id: str,
     """Mark a run as the accepted baseline of its spec (who, when, why are kept)."""
     from orchestrator.store.baselines import approve
     approval = approve(open_store(ctx), run_id, reason=reason, by=by)
-    typer.echo(f"run {approval.run_id} is now the baseline of {approval.spec} "
+    say(f"run {approval.run_id} is now the baseline of {approval.spec} "
                f"(approved by {approval.approved_by} at {approval.approved_at})")
 
 
@@ -63,9 +67,9 @@ def runs_show(ctx: typer.Context, run_id: str,
     store = open_store(ctx)
     record = store.get(run_id)
     if as_json:
-        typer.echo(record.to_json())
+        say(record.to_standard_json())
         return
-    typer.echo(render_record(record, baseline=baseline_of(store, record.inputs.spec_name)))
+    say(render_record(record, baseline=baseline_of(store, record.inputs.spec_name)))
 
 
 @runs_app.command("verify")
@@ -77,7 +81,7 @@ def runs_verify(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
     repaired = store.repair()
     audit = audit_store(store)
     if as_json:
-        typer.echo(json.dumps(audit_as_dict(audit, repaired), indent=2))
+        say(json.dumps(audit_as_dict(audit, repaired), indent=2))
     else:
         _print_audit(audit, repaired)
     if not audit.intact:
@@ -86,19 +90,19 @@ def runs_verify(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
 
 def _print_audit(audit, repaired) -> None:
     for line in repaired:
-        typer.echo(f"repaired {line}")
-    typer.echo(f"store {audit.root}: {audit.records} records in the chain"
+        say(f"repaired {line}")
+    say(f"store {audit.root}: {audit.records} records in the chain"
                + (f", newest #{audit.head_seq} (run {audit.head_run}) sha256:{audit.head_sha256}"
                   if audit.records else ""))
     if audit.unrecorded:
-        typer.echo(f"{len(audit.unrecorded)} runs were interrupted before a record was written: "
+        say(f"{len(audit.unrecorded)} runs were interrupted before a record was written: "
                    + ", ".join(audit.unrecorded))
     if audit.running:
-        typer.echo(f"{len(audit.running)} runs are still going: {', '.join(audit.running)}")
+        say(f"{len(audit.running)} runs are still going: {', '.join(audit.running)}")
     if audit.intact:
-        typer.echo(f"re-hashed {audit.records} records, {audit.logs} logs and "
+        say(f"re-hashed {audit.records} records, {audit.logs} logs and "
                    f"{audit.artifacts} artifacts: nothing was altered or removed.")
     else:
-        typer.echo(f"{len(audit.problems)} problems: the store was altered after the fact", err=True)
+        say(f"{len(audit.problems)} problems: the store was altered after the fact", err=True)
         for problem in audit.problems:
-            typer.echo(f"  {problem}", err=True)
+            say(f"  {problem}", err=True)

@@ -7,6 +7,12 @@ from typing import Optional
 import typer
 
 
+def say(text: str = "", *, err: bool = False) -> None:
+    """Print a line reprun itself writes, its control characters escaped (orchestrator.printing)."""
+    from orchestrator.printing import escape_controls
+    typer.echo(escape_controls(text), err=err)
+
+
 def tabulate(*args, **kwargs) -> str:
     # Imported when a table is printed: the import costs about 40 ms, a good part of what a
     # one-shot `reprun run` adds to the job, which prints no table.
@@ -30,6 +36,7 @@ def open_store(ctx: typer.Context, *, repair: bool = True):
 
 
 def observer(quiet: bool = False, parallel: bool = False):
+    """Progress on stderr (none when quiet); `parallel`: several runs, each output line says whose."""
     from orchestrator.events import RunObserver, TerminalObserver
     return RunObserver() if quiet else TerminalObserver(prefix_output=parallel)
 
@@ -40,13 +47,22 @@ def backend_option():
 
 
 def open_backend(name: Optional[str]):
-    from orchestrator.execution.config import open_backend as open_named
-    return open_named(name)
+    """The backend asked for, checked now, opened (and the Docker SDK loaded) when first used."""
+    from orchestrator.execution.backend import OpenedOnFirstUse, open_backend as open_named
+    from orchestrator.execution.config import chosen_backend, load_config
+    config = load_config()
+    chosen = chosen_backend(name, config)      # a wrong name or reprun.toml: refused at once
+    return OpenedOnFirstUse(lambda: open_named(chosen, config))
 
 
 def local_engine():
-    from orchestrator.execution.local import LocalEngine
-    return LocalEngine()
+    """The local engine, opened when first used."""
+    from orchestrator.execution.backend import OpenedOnFirstUse
+
+    def open_local():
+        from orchestrator.execution.local import LocalEngine
+        return LocalEngine()
+    return OpenedOnFirstUse(open_local)
 
 
 def quiet_option():

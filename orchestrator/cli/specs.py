@@ -6,7 +6,7 @@ from typing import List
 
 import typer
 
-from orchestrator.cli.shared import local_engine, open_store
+from orchestrator.cli.shared import local_engine, open_store, say
 from orchestrator.errors import ExitCode
 
 
@@ -16,9 +16,9 @@ def validate(specs: List[Path] = typer.Argument(..., help="Spec files to check."
     worst = ExitCode.OK
     for path, error in validate_specs(specs):
         if error is None:
-            typer.echo(f"{path}: valid")
+            say(f"{path}: valid")
         else:
-            typer.echo(error.render(), err=True)
+            say(error.render(), err=True)
             worst = max(worst, error.exit_code)
     raise typer.Exit(int(worst))
 
@@ -33,7 +33,7 @@ def lock(ctx: typer.Context, specs: List[Path],
                                     write=not check):
         for change in changes:
             if not quiet or check:
-                typer.echo(f"{path}: {'stale, lock would set ' if check else ''}{change}", err=True)
+                say(f"{path}: {'stale, lock would set ' if check else ''}{change}", err=True)
         if changes:
             stale.append(path)
     if check and stale:

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from orchestrator.cli.shared import (backend_option, observer, open_backend, open_store,
-                                     quiet_option, report_option, tabulate)
+                                     quiet_option, report_option, say, tabulate)
 from orchestrator.errors import UsageError
 
 
@@ -32,12 +32,12 @@ def run(ctx: typer.Context, spec: Path,
 def _print_run_summary(record) -> None:
     from orchestrator.records import SUCCEEDED
     outputs = record.outputs
-    typer.echo(f"run {record.id}: {record.status} in {outputs.duration_s:.1f}s")
+    say(f"run {record.id}: {record.status} in {outputs.duration_s:.1f}s")
     if outputs.metrics:
         rows = [(k, f"{v:.6g}") for k, v in sorted(outputs.metrics.items())]
-        typer.echo(tabulate(rows, headers=["metric", "value"], tablefmt="simple"))
+        say(tabulate(rows, headers=["metric", "value"], tablefmt="simple"))
     if record.status == SUCCEEDED and outputs.message:     # a capped log, an unmatched pattern
-        typer.echo(f"reprun: note: {outputs.message}", err=True)
+        say(f"reprun: note: {outputs.message}", err=True)
 
 
 def verify(ctx: typer.Context, spec: Path,
@@ -60,7 +60,9 @@ def verify(ctx: typer.Context, spec: Path,
     names = workflow.vary_names(vary, vary_seed, times)
     outcome = workflow.verify(
         spec_value, store=open_store(ctx), engine=open_backend(backend),
-        observer_for=lambda parallel: observer(quiet, parallel=parallel), times=times,
+        # Each line of job output says which run printed it ([run 1/2] | ...), in parallel or
+        # not: with --vary, too ([control], [varied], [search 1]).
+        observer=observer(quiet, parallel=True), times=times,
         sequential=sequential, report_paths=report, use_cache=not no_cache, vary=names,
         vary_seed=vary_seed, repeat=f"reprun verify {shlex.quote(str(spec))}")
     _print_reports(outcome)
@@ -70,10 +72,11 @@ def _print_reports(outcome) -> None:
     from orchestrator.reports import render
     color = bool(sys.stdout and sys.stdout.isatty())
     for written in outcome.reports:
+        # The report escapes what it shows itself, and may colour it.
         typer.echo(render(written.comparison, "terminal", color=color))
         for path in written.files:
-            typer.echo(f"report written: {path}", err=True)
-        typer.echo(f"report saved in the store: {written.saved}", err=True)
+            say(f"report written: {path}", err=True)
+        say(f"report saved in the store: {written.saved}", err=True)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -99,7 +102,7 @@ def report(path: Path, fmt: str = typer.Option("terminal", "--format", "-f",
     if output:
         write_text(output, text, "report")
     else:
-        typer.echo(text)
+        say(text)
 
 
 def rerun(ctx: typer.Context,
@@ -118,7 +121,7 @@ def rerun(ctx: typer.Context,
     if (run_id is None) == (from_archive is None):
         raise UsageError("give either a RUN_ID or --from-archive FILE (not both).")
     workflow.check_report_paths(report)
-    outcome = workflow.rerun(open_store(ctx), lambda: open_backend(backend), observer(quiet),
+    outcome = workflow.rerun(open_store(ctx), open_backend(backend), observer(quiet),
                              run_id=run_id, from_archive=from_archive, dataset=dataset,
                              allow=allow, env_from_caller=env_from_caller, report_paths=report)
     _print_reports(outcome)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from orchestrator.errors import UsageError
-from orchestrator.execution.job import Executor
 from orchestrator.spec.units import parse_duration
 
 CONFIG_FILE = "reprun.toml"
@@ -115,14 +114,3 @@ def chosen_backend(option: str | None, config: Config) -> str:
     from_environment = option is not None and os.environ.get("REPRUN_BACKEND") == option
     _check_backend_name(name, "REPRUN_BACKEND" if from_environment else "--backend")
     return name
-
-
-def open_backend(option: str | None = None, config: Config | None = None) -> Executor:
-    """The executor a command uses; nothing is contacted until it is first used."""
-    config = config if config is not None else load_config()
-    name = chosen_backend(option, config)
-    if name == "swarm":
-        from orchestrator.execution.swarm import SwarmBackend
-        return SwarmBackend(config.swarm)
-    from orchestrator.execution.local import LocalEngine
-    return LocalEngine()

@@ -8,13 +8,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import docker.errors
 import yaml
 
 from orchestrator.execution.job import Executor
 from orchestrator.dataset.tree import HashCache, hash_dataset
 from orchestrator.errors import InfrastructureError, SpecError
-from orchestrator.images import resolve_image
 from orchestrator.spec.load import MAX_SPEC_BYTES, load_spec, read_spec_bytes
 
 
@@ -65,6 +63,7 @@ def resolve_tag(client, ref: str) -> str | None:
     repository, _, tag = name.rpartition(":")
     if not tag or "/" in tag:
         return None
+    import docker.errors    # only where a tag is resolved: lock --check of a digest needs no engine
     try:
         image = client.images.pull(repository, tag=tag)
     except docker.errors.APIError as exc:
@@ -117,6 +116,7 @@ def lock_spec(path: Path, *, engine: Executor, write: bool = True,
     pin(("dataset", "sha256"), hash_dataset(spec.dataset.path, cache=cache).sha256,
         lambda old, new: old.removeprefix("sha256:") == new)
     if spec.image.build is not None:
+        from orchestrator.images import resolve_image    # it loads the Docker SDK
         image = resolve_image(engine.client, _unpinned(spec.image), spec_name=spec.name)
         pin(("image", "digest"), image.id, str.__eq__)
     if changes and write:

@@ -21,7 +21,6 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable
 
-import docker.errors
 import zstandard
 
 from orchestrator.dataset.tree import hash_dataset
@@ -61,6 +60,7 @@ def _sha256_stream(chunks, sink) -> tuple[str, int]:
 
 def write_archive(store: Store, run_id: str, output: Path, *, client,
                   progress: Progress | None = None) -> Path:
+    import docker.errors    # the Docker SDK loads only where an archive meets the engine
     progress = progress or (lambda *_: None)
     refuse_output(output)
     record = store.get(run_id)
@@ -222,6 +222,7 @@ def load_archive(path: Path, store: Store, *, client, accept: Accept,
     The extracted dataset stays under the store (the replayed record points at it); a refused
     archive leaves nothing behind, in the store or in the engine.
     """
+    import docker.errors
     if not path.is_file():      # a wrong name is a bad invocation, not a damaged archive
         raise UsageError(f"there is no archive file at {path}"
                          + (" (it is a folder)" if path.is_dir() else "") + ".")
@@ -440,6 +441,7 @@ def _index_without_names(data: bytes) -> bytes:
 
 def _load_image(path: Path, image_tar: Path, expected_id: str, client,
                 loaded: list[str]) -> str:
+    import docker.errors
     stripped = _image_tar_without_tags(path, image_tar, expected_id)
     try:
         had_it = _engine_has(client, expected_id)
@@ -460,6 +462,7 @@ def _load_image(path: Path, image_tar: Path, expected_id: str, client,
 
 
 def _engine_has(client, image_id: str) -> bool:
+    import docker.errors
     try:
         client.images.get(image_id)
         return True

@@ -28,7 +28,8 @@ from pathlib import Path
 from orchestrator.clock import utc_now, utc_text  # noqa: F401  (utc_text: the store's time format)
 from orchestrator.errors import InfrastructureError, UsageError
 from orchestrator.execution.owners import process_alive
-from orchestrator.records import FINAL_STATUSES, INTERRUPTED, RUNNING, RunRecord
+from orchestrator.records import (FINAL_STATUSES, INTERRUPTED, RUNNING, NewerRecord, RunRecord,
+                                  unknown_record_field)
 from orchestrator.store.schema import LEDGER_COLUMNS, LEDGER_SCHEMA, SCHEMA, connect
 
 CHAIN_HEAD = "chain-head"
@@ -94,35 +95,11 @@ def parse_record(text: str, source: str) -> RunRecord:
                          "reprun to read it.")
     try:
         return RunRecord.from_dict(data)
+    except NewerRecord as exc:
+        raise UsageError(f"{source}: {exc.message}") from None
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise UsageError(f"{source} is not a complete run record (missing or malformed "
                          f"{exc}).") from None
-
-
-def unknown_record_field(data) -> str | None:
-    """The dotted name of the first field this reprun does not know, if any."""
-    from orchestrator import records
-    shapes = {"": records.RunRecord, "inputs": records.Inputs, "inputs.image": records.ImageFacts,
-              "inputs.dataset": records.DatasetFacts, "outputs": records.Outputs,
-              "environment": records.EnvironmentManifest}
-    for where, kind in shapes.items():
-        value = data
-        for part in filter(None, where.split(".")):
-            value = value.get(part) if isinstance(value, dict) else None
-        if not isinstance(value, dict):
-            continue
-        known = {f.name for f in dataclasses.fields(kind)}
-        for key in sorted(value, key=str):
-            if key not in known:
-                return f"{where}.{key}" if where else str(key)
-    artifacts = (data.get("outputs") or {}).get("artifacts") if isinstance(data, dict) else None
-    if isinstance(artifacts, dict):
-        known = {f.name for f in dataclasses.fields(records.Artifact)}
-        for name, artifact in artifacts.items():
-            extra = sorted(set(artifact) - known) if isinstance(artifact, dict) else []
-            if extra:
-                return f"outputs.artifacts.{name}.{extra[0]}"
-    return None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import docker.errors
 
 from orchestrator.execution.job import Executor
 from orchestrator.store.baselines import baseline_of
@@ -72,20 +71,14 @@ def capture_manifest(spec, image_id: str, engine: Executor, host: dict) -> Envir
 
 def environment_drift(spec, prepared: PreparedRun, *, engine: Executor,
                       observer: RunObserver, label: str) -> tuple[EnvironmentRow, ...]:
+    import docker.errors
+    from orchestrator.images import build_image
     observer.stage(label, f"rebuilding {spec.image.build.context} without cache")
     client = engine.client
-    build = spec.image.build
-    events = client.api.build(path=str(build.context), dockerfile=build.dockerfile,
-                              buildargs=dict(build.args), nocache=True, rm=True, forcerm=True,
-                              decode=True, network_mode="host")
-    fresh_id, tail = None, []
-    for event in events:
-        if "error" in event:
-            raise ReprunError(f"rebuilding {build.context} failed: {event['error'].strip()}",
-                              details=tail[-10:])
-        if event.get("stream", "").strip():
-            tail.append(event["stream"].strip())
-        fresh_id = event.get("aux", {}).get("ID", fresh_id)
+    # Without the cache: what the Dockerfile gives today, not what it gave when it was pinned.
+    fresh_id = build_image(client, spec.image.build, nocache=True,
+                           progress=lambda phase, done, total, text:
+                           observer.progress(label, phase, done, total, text))
     try:
         pinned = capture_manifest(spec, prepared.image.id, engine, prepared.host)
         fresh = capture_manifest(spec, fresh_id, engine, prepared.host)

@@ -6,7 +6,6 @@ made, where each report goes and which exit code the verdict gives are decided h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 from pathlib import Path
 
 from orchestrator.errors import InfrastructureError, PinMismatch, UsageError
@@ -109,25 +108,22 @@ def vary_names(vary: str | None, vary_seed: int | None, times: int) -> tuple:
     return parse_vary(vary)
 
 
-def verify(spec, *, store: Store, engine: Executor, observer_for, times: int = 2,
+def verify(spec, *, store: Store, engine: Executor, observer: RunObserver, times: int = 2,
            sequential: bool = False, report_paths=(), use_cache: bool = True,
            vary: tuple = (), vary_seed: int | None = None, repeat: str = "") -> Outcome:
     """`reprun verify`: train `times` times (or a control and a varied run), compare, report.
 
-    `observer_for(parallel)` gives the observer: a parallel run's output is prefixed by its run.
     The report paths were checked by the caller, before anything was opened.
     """
     from orchestrator.parallel import RunPlan, fits_in_parallel, run_all
     from orchestrator.runner import prepare
-    prepared = prepare(spec, store=store, engine=engine, observer=observer_for(False),
+    prepared = prepare(spec, store=store, engine=engine, observer=observer,
                        use_cache=use_cache)
     if vary:
         return _verify_varied(prepared, vary, vary_seed, store=store, engine=engine,
-                              observer=observer_for(False), report_paths=report_paths,
-                              repeat=repeat)
+                              observer=observer, report_paths=report_paths, repeat=repeat)
     parallel = not sequential and fits_in_parallel(
         spec.resources.cpus, times, prepared.host.get("host_cpus"))
-    observer = observer_for(parallel)
     observer.stage("verify", f"{times} runs, {'in parallel' if parallel else 'one after another'}")
     plans = [RunPlan(label=f"run {i + 1}/{times}") for i in range(times)]
     records = run_all(prepared, plans, store=store, engine=engine, observer=observer,
@@ -157,23 +153,23 @@ def diff(store: Store, run_a: str, run_b: str, report_paths=()) -> Outcome:
     return compare_and_report(store, [store.get(run_a), store.get(run_b)], report_paths)
 
 
-def rerun(store: Store, open_engine: Callable[[], Executor], observer: RunObserver, *,
+def rerun(store: Store, engine: Executor, observer: RunObserver, *,
           run_id: str | None = None, from_archive: Path | None = None,
           dataset: Path | None = None, allow=(), env_from_caller=(),
           report_paths=()) -> Outcome:
     """`reprun rerun`: replay a recorded run (from the store or an archive) and compare.
 
-    The engine is opened once it is needed: a wrong run ID or archive name is refused (exit 2)
-    even where no engine answers.
+    The engine's client is reached only once the archive is found: a wrong archive name is a
+    bad invocation (exit 2) even where no engine answers.
     """
+    from orchestrator.execution.backend import ClientOnFirstUse
     from orchestrator.rerun import spec_from_record
     from orchestrator.runner import execute, prepare
     if (run_id is None) == (from_archive is None):
         raise UsageError("give either a RUN_ID or --from-archive FILE (not both).")
-    engine = _OpenedOnUse(open_engine)
     if from_archive is not None:
         from orchestrator.rerun import replay_from_archive, trust_from_flags
-        loaded = replay_from_archive(from_archive, store, client=engine.client_on_use(),
+        loaded = replay_from_archive(from_archive, store, client=ClientOnFirstUse(lambda: engine.client),
                                      trust=trust_from_flags(allow, env_from_caller),
                                      dataset_path=dataset,
                                      progress=lambda phase, done, total:
@@ -182,32 +178,10 @@ def rerun(store: Store, open_engine: Callable[[], Executor], observer: RunObserv
     else:
         original = store.get(run_id)
         spec = spec_from_record(original, dataset_path=dataset)
-    prepared = prepare(spec, store=store, engine=engine.opened(), observer=observer)
+    prepared = prepare(spec, store=store, engine=engine, observer=observer)
     if prepared.image.id != original.inputs.image.id:
         raise PinMismatch(f"the image resolved to {prepared.image.id}, but run {original.id} ran "
                           f"{original.inputs.image.id}; refusing to replay on a different image.")
-    record = execute(prepared, store=store, engine=engine.opened(), observer=observer,
-                     label="rerun")
+    record = execute(prepared, store=store, engine=engine, observer=observer, label="rerun")
     raise_for_failed([record], store)
     return compare_and_report(store, [original, record], report_paths)
-
-
-class _OpenedOnUse:
-    """An executor opened at its first use, once."""
-
-    def __init__(self, open_engine: Callable[[], Executor]):
-        self._open = open_engine
-        self._engine: Executor | None = None
-
-    def opened(self) -> Executor:
-        if self._engine is None:
-            self._engine = self._open()
-        return self._engine
-
-    def client_on_use(self):
-        opened = self.opened
-
-        class Client:
-            def __getattr__(self, name):
-                return getattr(opened().client, name)
-        return Client()

@@ -10,6 +10,7 @@ containers stay with the real-engine tests.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,9 @@ class FakeExecutor:
         scripted = scripted or self._script(job)
         if scripted.raises is not None:
             raise scripted.raises
+        # As the entrypoint does: the probe's manifest (none here) leads stdout, then its end
+        # line, then the job's own output.
+        on_output(f"{_marker(job)} end\n".encode(), "stdout")
         if scripted.output:
             on_output(scripted.output, "stdout")
         outputs = _outputs_folder(job)
@@ -110,6 +114,14 @@ class FakeExecutor:
 
     def facts_scope(self) -> str | None:
         return None
+
+
+def _marker(job: ContainerJob) -> str:
+    """The run's random marker, read from the entrypoint reprun wrote for this job."""
+    meta = next(Path(m.source) for m in job.mounts if m.target == META_MOUNT)
+    found = re.search(r"@@reprun-[0-9a-f]+", (meta / "wrap.sh").read_text())
+    assert found, "the entrypoint names no marker"
+    return found[0]
 
 
 def _outputs_folder(job: ContainerJob) -> Path:

@@ -5,7 +5,7 @@ import pytest
 
 from unit.fake_executor import FakeExecutor, Job
 from orchestrator.errors import InfrastructureError, PinMismatch
-from orchestrator.records import ERROR, FAILED, INTERRUPTED, SUCCEEDED
+from orchestrator.records import ERROR, FAILED, INTERRUPTED, RUNNING, SUCCEEDED
 from orchestrator.runner import execute, prepare
 
 
@@ -46,6 +46,14 @@ def test_the_engine_going_away_is_an_error_record_not_a_job_failure(unit, quiet)
     record = run_once(unit, FakeExecutor([Job(raises=gone)]), quiet)
     assert record.status == ERROR and record.outputs.reason == "engine"
     assert "stopped answering" in record.outputs.message
+
+
+def test_a_bug_in_reprun_stays_a_bug_and_is_not_blamed_on_the_engine(unit, quiet):
+    with pytest.raises(ZeroDivisionError):
+        run_once(unit, FakeExecutor([Job(raises=ZeroDivisionError("a bug"))]), quiet)
+    (summary,) = unit.store.list()
+    # Not an `error` record: left running, for the repair of the next reprun to mark it.
+    assert summary.status == RUNNING
 
 
 def test_an_interrupt_is_recorded_interrupted_and_goes_on(unit, quiet):

@@ -20,7 +20,7 @@ from orchestrator.workflows import verify as workflow
 
 def verify(unit, executor, quiet, **kwargs):
     return workflow.verify(unit.spec(), store=unit.store, engine=executor,
-                           observer_for=lambda parallel: quiet, **kwargs)
+                           observer=quiet, **kwargs)
 
 
 # --- parallel runs ----------------------------------------------------------------------------
@@ -140,7 +140,7 @@ def test_a_job_that_differs_even_with_every_factor_fixed_is_called_nondeterminis
 
 def test_a_rerun_replays_the_recorded_seed_and_command_and_compares(unit, fake, quiet):
     first = workflow.run_once(unit.spec(), store=unit.store, engine=fake, observer=quiet, seed=5)
-    outcome = workflow.rerun(unit.store, lambda: fake, quiet, run_id=first.id)
+    outcome = workflow.rerun(unit.store, fake, quiet, run_id=first.id)
     assert fake.jobs[-1].command == ("train", "5")
     assert outcome.exit_code == 0
     assert [r.id for r in outcome.records][0] == first.id
@@ -151,7 +151,7 @@ def test_a_rerun_that_resolves_to_another_image_is_refused_before_running(unit, 
     first = workflow.run_once(unit.spec(), store=unit.store, engine=fake, observer=quiet)
     elsewhere = FakeExecutor(client=FakeClient(image_id="sha256:" + "9" * 64))
     with pytest.raises(PinMismatch):
-        workflow.rerun(unit.store, lambda: elsewhere, quiet, run_id=first.id)
+        workflow.rerun(unit.store, elsewhere, quiet, run_id=first.id)
     assert elsewhere.jobs == []
 
 
