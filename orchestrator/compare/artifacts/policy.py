@@ -27,6 +27,14 @@ HOW_TO_WRITE = ("Write bitwise, ignore, {abs: 1.0e-6}, {rel: 0.01}, predictions,
 PREDICTION_KEYS = ("id", "predicted", "truth", "churn", "abs")
 
 
+class PolicyError(ValueError):
+    """What is wrong with a policy, and how to write it (a spec shows both at the key's line)."""
+
+    def __init__(self, what: str, how: str = HOW_TO_WRITE):
+        super().__init__(f"{what}. {how}")
+        self.what, self.how = what, how
+
+
 @dataclass(frozen=True)
 class PredictionColumns:
     id: str = "id"
@@ -71,22 +79,22 @@ def parse_policies(raw: Any) -> ArtifactPolicies:
         return ArtifactPolicies()
     if isinstance(raw, str):
         if raw not in (BITWISE, IGNORE):
-            raise ValueError(f"compare.artifacts is {raw!r}; alone it is bitwise or ignore, or "
+            raise PolicyError(f"compare.artifacts is {raw!r}; alone it is bitwise or ignore, or "
                              "a mapping of artifact pattern to policy")
         return ArtifactPolicies(default=ArtifactPolicy(raw))
     if not isinstance(raw, dict):
-        raise ValueError(f"compare.artifacts must be bitwise, ignore or a mapping of pattern to "
+        raise PolicyError(f"compare.artifacts must be bitwise, ignore or a mapping of pattern to "
                          f"policy, not {type(raw).__name__}")
     patterns = []
     for pattern, value in raw.items():
         if not isinstance(pattern, str) or not pattern:
-            raise ValueError(f"compare.artifacts has a pattern {pattern!r} that is not text")
+            raise PolicyError(f"compare.artifacts has a pattern {pattern!r} that is not text")
         patterns.append((pattern, parse_policy(value, pattern)))
     return ArtifactPolicies(by_pattern=tuple(patterns))
 
 
 def parse_policy(value: Any, pattern: str = "") -> ArtifactPolicy:
-    where = f"the policy for {pattern!r}" if pattern else "the policy"
+    where = f"the policy for {pattern!r}" if pattern else ""
     if value in (BITWISE, IGNORE):
         return ArtifactPolicy(value)
     if value == PREDICTIONS:
@@ -96,30 +104,30 @@ def parse_policy(value: Any, pattern: str = "") -> ArtifactPolicy:
         return ArtifactPolicy(TOLERANCE, **{kind: _bound(bound, f"{where}: {kind}")})
     if isinstance(value, dict) and set(value) == {PREDICTIONS}:
         return _predictions(value[PREDICTIONS], where)
-    raise ValueError(f"{where} is {value!r}, which is not a policy. {HOW_TO_WRITE}")
+    raise PolicyError(f"{where} is {value!r}, which is not a policy")
 
 
 def _predictions(value: Any, where: str) -> ArtifactPolicy:
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        raise ValueError(f"{where}: predictions takes a mapping of {', '.join(PREDICTION_KEYS)}")
+        raise PolicyError(f"{where}: predictions takes a mapping of {', '.join(PREDICTION_KEYS)}")
     unknown = sorted(set(map(str, value)) - set(PREDICTION_KEYS))
     if unknown:
-        raise ValueError(f"{where}: predictions has no key {unknown[0]!r}; it takes "
+        raise PolicyError(f"{where}: predictions has no key {unknown[0]!r}; it takes "
                          f"{', '.join(PREDICTION_KEYS)}")
     names = {}
     for key in ("id", "predicted", "truth"):
         if key in value:
             if not isinstance(value[key], str) or not value[key]:
-                raise ValueError(f"{where}: predictions.{key} must name a column")
+                raise PolicyError(f"{where}: predictions.{key} must name a column")
             names[key] = value[key]
     columns = PredictionColumns(**names)
     if columns.id == columns.predicted:
-        raise ValueError(f"{where}: the id and predicted columns are both {columns.id!r}")
+        raise PolicyError(f"{where}: the id and predicted columns are both {columns.id!r}")
     churn = _bound(value.get("churn", 0.0), f"{where}: predictions.churn")
     if churn > 1:
-        raise ValueError(f"{where}: predictions.churn is a share of examples, at most 1")
+        raise PolicyError(f"{where}: predictions.churn is a share of examples, at most 1")
     value_bound = value.get("abs")
     return ArtifactPolicy(PREDICTIONS, columns=columns, churn=churn,
                           abs=None if value_bound is None
@@ -129,6 +137,6 @@ def _predictions(value: Any, where: str) -> ArtifactPolicy:
 def _bound(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or value < 0:
-        raise ValueError(f"{where} must be a number of at least 0, not {value!r}")
+        raise PolicyError(f"{where} must be a number of at least 0, not {value!r}")
     return float(value)
 
