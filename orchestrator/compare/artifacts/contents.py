@@ -16,6 +16,8 @@ from orchestrator.compare.artifacts.in_image import InImageComparator
 from orchestrator.compare.artifacts.policy import (
     BITWISE, PREDICTIONS, ArtifactPolicies, ArtifactPolicy, parse_policies)
 from orchestrator.errors import ReprunError
+from orchestrator.execution.hermetic import RunPaths
+from orchestrator.execution.job import Executor
 from orchestrator.records import RunRecord
 
 HostCompare = Callable[[Path, Path, ArtifactPolicy], ContentFindings]
@@ -125,3 +127,14 @@ class ArtifactContents:
         detail = "the bytes differ" + (f"; {missing}" if missing and kind == "bytes" else "")
         return ContentFindings(kind, DIFFERS, detail, excerpt=excerpt(lines),
                                fallback=reason)
+
+
+def contents_in_store(store, open_executor: Callable[[], Executor] | None = None
+                      ) -> ArtifactContents:
+    """Artifacts read from the store's run folders; model files compared in their image on the
+    local engine (where the store's folders can be mounted), opened when first needed."""
+    def local_engine() -> Executor:
+        from orchestrator.execution.local import LocalEngine
+        return LocalEngine()
+    return ArtifactContents(lambda run_id: RunPaths(store.run_dir(run_id)).outputs,
+                            InImageComparator(open_executor or local_engine))

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from orchestrator.compare.artifacts.findings import (
     PART_MISSING_A, PART_MISSING_B, CannotCompare, ContentFindings, PartFigures,
@@ -32,10 +33,18 @@ PARTS_KEPT = 10_000
 
 
 class InImageComparator:
-    """Runs the comparator script through an Executor, the one that runs jobs."""
+    """Runs the comparator script through an Executor, opened only when a model file needs it
+    (most comparisons have none, and `diff` should not wait for an engine it does not use)."""
 
-    def __init__(self, executor: Executor):
-        self.executor = executor
+    def __init__(self, open_executor: Callable[[], Executor]):
+        self.open_executor = open_executor
+        self._executor: Executor | None = None
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            self._executor = self.open_executor()
+        return self._executor
 
     def compare(self, kind: str, name: str, path_a: Path, path_b: Path, a: RunRecord,
                 b: RunRecord, policy: ArtifactPolicy) -> ContentFindings:

@@ -30,8 +30,9 @@ def parameters(value, prefix, into, depth=0):
         return
     if isinstance(value, bool):
         into[prefix] = np.asarray(value)
-    elif isinstance(value, (int, float)):
-        into[prefix] = np.asarray(value)
+    elif isinstance(value, (int, float, np.generic)):
+        if np.asarray(value).dtype.kind in "biufc":
+            into[prefix] = np.asarray(value)
     elif isinstance(value, np.ndarray):
         if value.dtype.kind in "biufc":
             into[prefix] = value

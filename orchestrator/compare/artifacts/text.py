@@ -95,11 +95,15 @@ def _structured(kind: str, a: Any, b: Any, policy: ArtifactPolicy) -> ContentFin
     if total == 0:
         return ContentFindings(kind, SAME, "the same content, written differently")
     status = DIFFERS if beyond else EQUIVALENT
-    detail = (f"{total:,} value{'s' if total != 1 else ''} differ"
+    detail = (_counted(total, "value")
               + (f", {beyond:,} beyond the tolerance" if beyond and beyond != total else "")
               + (", all within the tolerance" if not beyond else "")
               + f"; first at {lines[0].split(':', 1)[0]}")
     return ContentFindings(kind, status, detail, excerpt=excerpt(lines, total - len(lines)))
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"1 {noun} differs" if n == 1 else f"{n:,} {noun}s differ"
 
 
 def _short(value: Any) -> str:
@@ -167,7 +171,7 @@ def compare_csv(path_a: Path, path_b: Path, policy: ArtifactPolicy) -> ContentFi
         lines.append(f"run a has {len(a):,} lines, run b {len(b):,}")
     if total == 0:
         return ContentFindings("csv", SAME, "the same rows and fields, written differently")
-    detail = (f"{total:,} field{'s' if total != 1 else ''} differ"
+    detail = (_counted(total, "field")
               + (", all within the tolerance" if not beyond else "")
               + f"; first at {lines[0].split(':', 1)[0]}")
     return ContentFindings("csv", DIFFERS if beyond else EQUIVALENT, detail,
