@@ -286,7 +286,8 @@ def test_a_spec_with_a_policy_that_is_no_policy_is_refused_at_its_line(project):
     spec = project.spec(compare='{artifacts: {"*.npz": {abs: -1}, "p.csv": '
                                 '{predictions: {idd: x}}}}')
     done = project.reprun("validate", str(spec))
+    said = done.stdout + done.stderr
     assert done.returncode == 2
-    assert "compare.artifacts.*.npz abs must be a number of at least 0, not -1" in done.stdout
-    assert "predictions has no key 'idd'" in done.stdout
+    assert "compare.artifacts.*.npz abs must be a number of at least 0, not -1" in said
+    assert "predictions has no key 'idd'" in said
     assert "Traceback" not in done.stdout + done.stderr
