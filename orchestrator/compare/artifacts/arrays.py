@@ -63,10 +63,11 @@ def _figures_of(name: str, a: _Array, b: _Array, policy: ArtifactPolicy) -> Part
     if a.dtype.hasobject or a.dtype.kind not in "biufc":
         return PartFigures(name, PART_UNREADABLE, **shapes)
     figures = Figures(policy.abs, policy.rel)
-    for block_a, block_b in zip(_blocks(a), _blocks(b)):
-        if block_a.tobytes() == block_b.tobytes():
-            figures.elements += block_a.size
+    for raw_a, raw_b in zip(_blocks(a), _blocks(b)):
+        if raw_a == raw_b:
+            figures.elements += len(raw_a) // a.dtype.itemsize
             continue
+        block_a, block_b = np.frombuffer(raw_a, a.dtype), np.frombuffer(raw_b, b.dtype)
         if a.bfloat16:
             block_a, block_b = _widen_bfloat16(block_a), _widen_bfloat16(block_b)
         for start in range(0, block_a.size, CHUNK_ELEMENTS):
@@ -76,13 +77,12 @@ def _figures_of(name: str, a: _Array, b: _Array, policy: ArtifactPolicy) -> Part
     return part_from_figures(name, found, tolerant=policy.abs is not None or policy.rel is not None)
 
 
-def _blocks(array: _Array) -> Iterator[np.ndarray]:
+def _blocks(array: _Array) -> Iterator[bytes]:
     per_block = max(1, BLOCK_BYTES // max(1, array.dtype.itemsize))
     left = array.count
     while left > 0:
         take = min(per_block, left)
-        raw = _read_exactly(array.stream, take * array.dtype.itemsize)
-        yield np.frombuffer(raw, dtype=array.dtype)
+        yield _read_exactly(array.stream, take * array.dtype.itemsize)
         left -= take
 
 

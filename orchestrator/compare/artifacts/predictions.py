@@ -4,10 +4,12 @@ true label is there, and the largest differences of predicted values for a regre
 """
 from __future__ import annotations
 
+import collections
 import csv
 import io
+import itertools
 import json
-import math
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +42,32 @@ def _read_bytes(path: Path, side: str) -> str:
         raise CannotCompare(f"run {side}'s predictions are not UTF-8 ({exc.reason})") from None
 
 
+def _from_plain_csv(text: str, columns: PredictionColumns, side: str) -> _Predictions | None:
+    """Without quotes a CSV file is lines of fields split at commas: one split of the whole
+    text, then every column a slice of it (a million rows in a fraction of a second, where a
+    row-by-row reader takes seconds). None when the file needs the full reader."""
+    if '"' in text or "\r" in text:
+        return None
+    lines = text.rstrip("\n").split("\n")
+    header = lines[0].split(",")
+    commas = set(map(str.count, lines, itertools.repeat(",")))
+    if commas != {len(header) - 1} or "" in lines:
+        return None
+    wanted = [columns.id, columns.predicted] + ([columns.truth] if columns.truth else [])
+    missing = [name for name in wanted if name not in header]
+    if missing:
+        raise CannotCompare(f"run {side}'s predictions have no column {missing[0]!r} (the "
+                            f"header is {', '.join(header[:10])})")
+    fields = ",".join(lines[1:]).split(",") if len(lines) > 1 else []
+    width = len(header)
+    pick = [fields[header.index(name)::width] for name in wanted]
+    return _Predictions(pick[0], pick[1], pick[2] if columns.truth else None)
+
+
 def _from_csv(text: str, columns: PredictionColumns, side: str) -> _Predictions:
+    plain = _from_plain_csv(text, columns, side)
+    if plain is not None:
+        return plain
     rows = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(rows)
@@ -96,21 +123,30 @@ def _as_text(value: object) -> str:
 def read_predictions(path: Path, columns: PredictionColumns, side: str) -> _Predictions:
     text = _read_bytes(path, side)
     json_lines = path.suffix.lower() in (".jsonl", ".ndjson") or text.lstrip()[:1] == "{"
-    found = (_from_json_lines if json_lines else _from_csv)(text, columns, side)
-    if len(set(found.ids)) != len(found.ids):
+    return (_from_json_lines if json_lines else _from_csv)(text, columns, side)
+
+
+def _refuse_repeated_ids(predictions: _Predictions, side: str) -> None:
+    """Paired by id, an id named twice is ambiguous (in the same order on both sides, pairing
+    by position is not, and this check is skipped: it costs a set of every id)."""
+    if len(set(predictions.ids)) != len(predictions.ids):
         seen: set[str] = set()
-        twice = next(i for i in found.ids if i in seen or seen.add(i))
+        twice = next(i for i in predictions.ids if i in seen or seen.add(i))
         raise CannotCompare(f"run {side}'s predictions name the example {twice!r} more than "
                             "once, so they cannot be paired by id")
-    return found
 
 
-def _as_numbers(values: list[str]) -> np.ndarray | None:
+def _regression_values(values: list[str]) -> np.ndarray | None:
+    """The predicted values as numbers when they are a regression's (some not whole numbers),
+    None for class labels; a sample decides before the whole column is converted."""
+    sample = values[:1000]
+    if not any(("." in v or "e" in v or "E" in v) for v in sample):
+        return None
     try:
         numbers = np.array(values, dtype=np.float64)
     except ValueError:
         return None
-    return numbers
+    return None if np.all(numbers == np.round(numbers)) else numbers
 
 
 def compare_predictions(path_a: Path, path_b: Path, policy: ArtifactPolicy) -> ContentFindings:
@@ -121,6 +157,8 @@ def compare_predictions(path_a: Path, path_b: Path, policy: ArtifactPolicy) -> C
         shared, pa, pb, truth = a.ids, a.predicted, b.predicted, a.truth
         only_a = only_b = 0
     else:
+        _refuse_repeated_ids(a, "a")
+        _refuse_repeated_ids(b, "b")
         where_b = {id_: i for i, id_ in enumerate(b.ids)}
         pairs = [(i, where_b[id_]) for i, id_ in enumerate(a.ids) if id_ in where_b]
         shared = [a.ids[i] for i, _ in pairs]
@@ -130,9 +168,11 @@ def compare_predictions(path_a: Path, path_b: Path, policy: ArtifactPolicy) -> C
         only_a, only_b = len(a.ids) - len(pairs), len(b.ids) - len(pairs)
     figures: dict = {"examples": len(shared), "only_a": only_a, "only_b": only_b}
     lines: list[str] = []
-    na, nb = _as_numbers(pa), _as_numbers(pb)
-    regression = (na is not None and nb is not None and truth is None
-                  and not (np.all(na == np.round(na)) and np.all(nb == np.round(nb))))
+    na = _regression_values(pa) if truth is None else None
+    nb = _regression_values(pb) if na is not None else None
+    if na is not None and nb is None:
+        nb = _as_numbers(pb)
+    regression = na is not None and nb is not None
     if regression:
         delta = np.abs(na - nb)
         delta = np.where(np.isnan(delta) & ~(np.isnan(na) & np.isnan(nb)), np.inf,
@@ -146,7 +186,7 @@ def compare_predictions(path_a: Path, path_b: Path, policy: ArtifactPolicy) -> C
         lines += [f"example {row['id']}: {row['a']:.6g} vs {row['b']:.6g} "
                   f"(Δ {row['delta']:+.3g})" for row in figures["largest"]]
     else:
-        churn = sum(1 for x, y in zip(pa, pb) if x != y)
+        churn = sum(map(operator.ne, pa, pb))
     figures["churn"] = churn
     figures["churn_share"] = churn / len(shared) if shared else 0.0
     if truth is not None:
@@ -170,15 +210,23 @@ def compare_predictions(path_a: Path, path_b: Path, policy: ArtifactPolicy) -> C
                            figures=figures)
 
 
+def _as_numbers(values: list[str]) -> np.ndarray | None:
+    try:
+        return np.array(values, dtype=np.float64)
+    except ValueError:
+        return None
+
+
 def _per_class(truth: list[str], pa: list[str], pb: list[str]) -> list[dict]:
+    # Counter counts in C: (class, a right, b right) for each example.
+    tallies = collections.Counter(zip(truth, map(operator.eq, pa, truth),
+                                      map(operator.eq, pb, truth)))
     counts: dict[str, list[int]] = {}
-    for t, x, y in zip(truth, pa, pb):
-        tally = counts.get(t)
-        if tally is None:
-            tally = counts[t] = [0, 0, 0]
-        tally[0] += 1
-        tally[1] += x == t
-        tally[2] += y == t
+    for (label, right_a, right_b), n in tallies.items():
+        tally = counts.setdefault(label, [0, 0, 0])
+        tally[0] += n
+        tally[1] += n * right_a
+        tally[2] += n * right_b
     classes = []
     for label in sorted(counts, key=_natural)[:CLASSES_KEPT]:
         n, right_a, right_b = counts[label]
