@@ -291,3 +291,53 @@ def test_a_spec_with_a_policy_that_is_no_policy_is_refused_at_its_line(project):
     assert "compare.artifacts.*.npz abs must be a number of at least 0, not -1" in said
     assert "predictions has no key 'idd'" in said
     assert "Traceback" not in done.stdout + done.stderr
+
+
+# --- PyTorch, inside an image that has it -----------------------------------------------------
+
+TORCH_IMAGE = "reprun/torch:latest"
+
+WRITE_STATE_DICT = """
+import json, os, torch
+d = float(json.loads(os.environ["REPRUN_PARAMS"])["delta"])
+w = torch.arange(8, dtype=torch.float32).reshape(2, 4)
+w[1, 3] += d
+torch.save({"layer.weight": w, "layer.bias": torch.zeros(4)}, "/out/model.pt")
+json.dump({"score": 1.0}, open("/out/metrics.json", "w"))
+"""
+
+
+@pytest.fixture(scope="session")
+def torch_ref(docker_client) -> str:
+    from conftest import REGISTRY
+    try:
+        image = docker_client.images.get(f"{REGISTRY}/{TORCH_IMAGE}")
+    except Exception:  # pragma: no cover - the suite needs `make images`
+        pytest.fail(f"no {TORCH_IMAGE} in the local registry; run `make images` first")
+    return next(d for d in image.attrs["RepoDigests"] if d.startswith(f"{REGISTRY}/"))
+
+
+@pytest.mark.engine
+def test_a_state_dict_is_compared_inside_the_image_that_has_torch(project, torch_ref):
+    project.dataset()
+    compare = '{metrics: {default: exact}, artifacts: {"model.pt": {abs: 0.1}}}'
+
+    def spec(delta: float) -> Path:
+        path = artifacts_spec(project, WRITE_STATE_DICT, ["*.pt"], compare, {"delta": delta})
+        path.write_text(path.read_text().replace(project.image_ref, torch_ref))
+        return path
+
+    base, near, far = (run(project, spec(d)) for d in (0, 0.05, 0.5))
+    done, reports = diff(project, base, near, "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert artifact(json.loads(reports["json"]), "model.pt")["status"] == "equivalent"
+
+    done, reports = diff(project, base, far, "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    model = artifact(json.loads(reports["json"]), "model.pt")
+    assert (model["kind"], model["fallback"]) == ("torch", None)
+    assert "inside the job's image" in model["detail"]
+    weight = part(model, "layer.weight")
+    assert (weight["max_abs"], weight["differing"], weight["elements"], weight["shape_a"]) == (
+        0.5, 1, 8, "2x4")
+    assert part(model, "layer.bias")["status"] == "identical"
