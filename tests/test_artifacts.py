@@ -341,3 +341,83 @@ def test_a_state_dict_is_compared_inside_the_image_that_has_torch(project, torch
     assert (weight["max_abs"], weight["differing"], weight["elements"], weight["shape_a"]) == (
         0.5, 1, 8, "2x4")
     assert part(model, "layer.bias")["status"] == "identical"
+
+
+# --- readable differences --------------------------------------------------------------------
+
+def test_json_yaml_and_text_say_where_they_first_differ_within_a_bounded_excerpt(tmp_path):
+    a = {"loss": 0.25, "layers": [{"units": 64}, {"units": 32}], "name": "m"}
+    b = {"loss": 0.2500001, "layers": [{"units": 64}, {"units": 16}], "name": "m"}
+    contents, ra, rb = _two_runs(tmp_path, "summary.json", json.dumps(a).encode(),
+                                 json.dumps(b).encode())
+    found = contents.compare("summary.json", ra, rb, parse_policy({"abs": 1e-3}))
+    assert (found.kind, found.status) == ("json", "differs")
+    assert found.excerpt == ("$.loss: 0.25 vs 0.2500001 (within tolerance)",
+                             "$.layers[1].units: 32 vs 16")
+
+    (tmp_path / "y").mkdir()
+    contents, ra, rb = _two_runs(tmp_path / "y", "config.yaml", b"lr: 0.1\nsteps: 10\n",
+                                 b"lr: 0.1\nsteps: 10\n# rewritten\n")
+    found = contents.compare("config.yaml", ra, rb, parse_policy({"abs": 0.0}))
+    assert (found.kind, found.status) == ("yaml", "identical")
+
+    (tmp_path / "t").mkdir()
+    long_a = "".join(f"line {i}\n" for i in range(1000))
+    long_b = long_a.replace("line 500\n", "line five hundred\n").replace("line 9", "LINE 9")
+    contents, ra, rb = _two_runs(tmp_path / "t", "train.log", long_a.encode(), long_b.encode())
+    found = contents.compare("train.log", ra, rb, parse_policy("bitwise"))
+    assert found.detail.startswith("first differ at line 10 of 1,000")
+    assert "-line 9" in found.excerpt and "+LINE 9" in found.excerpt
+    assert found.detail.endswith("; 112 lines differ by position")   # 9, 90-99, 500, 900-999
+    assert len(found.excerpt) <= 13
+
+
+def test_anything_else_is_bitwise_with_diffoscope_text_when_it_is_installed(tmp_path):
+    import shutil
+    if shutil.which("diffoscope") is None:
+        pytest.fail("diffoscope is missing; `make test-deps` installs it")
+    contents, ra, rb = _two_runs(tmp_path, "model.bin", b"\x00" * 64 + b"A" + b"\x00" * 64,
+                                 b"\x00" * 64 + b"B" + b"\x00" * 64)
+    found = contents.compare("model.bin", ra, rb, parse_policy({"abs": 1.0}))
+    assert (found.kind, found.status) == ("bytes", "differs")
+    assert found.fallback == "no comparator reads this kind of file"
+    assert any("41" in line for line in found.excerpt)
+    assert any("42" in line for line in found.excerpt)
+
+
+class _ScriptedEngine:
+    """Answers as a comparator in an image would; what it says is the test's."""
+
+    def __init__(self, stdout: bytes):
+        self.stdout = stdout
+        self.jobs = []
+
+    def run(self, job, on_output, on_event=None):
+        from orchestrator.execution.job import ContainerOutcome
+        self.jobs.append(job)
+        on_output(self.stdout, "stdout")
+        return ContainerOutcome(exit_code=0, reason="ok", duration_s=0.1)
+
+
+@pytest.mark.parametrize("answer, reason", [
+    (b"no answer at all\n", "gave no answer"),
+    (b"REPRUN-ANSWER [1, 2]\n", "could not be read"),
+    (b'REPRUN-ANSWER {"parts": {"w": {"shape_a": "3", "shape_b": [3], "dtype_a": "<f8", '
+     b'"dtype_b": "<f8", "elements": 3, "differing": 1, "beyond": 0, "max_abs": 1.0, '
+     b'"max_rel": 1.0}}}\n', "figures for 'w' could not be read"),
+    (b'REPRUN-ANSWER {"parts": {"w": {"shape_a": [3], "shape_b": [3], "dtype_a": "<f8", '
+     b'"dtype_b": "<f8", "elements": 3, "differing": -1, "beyond": 0, "max_abs": 1.0, '
+     b'"max_rel": 1.0}}}\n', "figures for 'w' could not be read"),
+    (b'REPRUN-ANSWER {"unavailable": "xgboost"}\n', "has no xgboost"),
+])
+def test_a_forged_answer_from_the_image_is_compared_bitwise_with_the_reason(tmp_path, answer,
+                                                                            reason):
+    from orchestrator.compare.artifacts.in_image import InImageComparator
+    engine = _ScriptedEngine(answer)
+    contents, ra, rb = _two_runs(tmp_path, "model.ubj", b"a", b"b")
+    contents.in_image = InImageComparator(lambda: engine)
+    found = contents.compare("model.ubj", ra, rb, parse_policy({"abs": 1.0}))
+    assert found.status == "differs" and reason in found.fallback, found.fallback
+    [job] = engine.jobs
+    assert (job.network, job.read_only_root, job.cap_drop) == ("none", True, ("ALL",))
+    assert all(m.read_only for m in job.mounts)

@@ -10,6 +10,7 @@ import difflib
 import io
 import json
 import math
+import operator
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -187,5 +188,7 @@ def compare_text(path_a: Path, path_b: Path, policy: ArtifactPolicy) -> ContentF
     # A window around the first difference: difflib over whole large files is quadratic.
     window = slice(max(0, first - 2), first + 4 * EXCERPT_LINES)
     diff = list(difflib.unified_diff(a[window], b[window], "run a", "run b", lineterm="", n=2))
-    detail = (f"first differ at line {first + 1} of {len(a):,} (run a) and {len(b):,} (run b)")
+    by_position = sum(map(operator.ne, a, b)) + abs(len(a) - len(b))
+    detail = (f"first differ at line {first + 1} of {len(a):,} (run a) and {len(b):,} (run b); "
+              f"{by_position:,} line{'s' if by_position != 1 else ''} differ by position")
     return ContentFindings("text", DIFFERS, detail, excerpt=excerpt(diff[2:]))
