@@ -122,7 +122,8 @@ def applied_settings(job: ContainerJob) -> dict:
 
 def helper_job(*, name: str, image_id: str, entrypoint: tuple[str, ...],
                command: tuple[str, ...], mounts: tuple[Mount, ...],
-               user: str, memory_bytes: int, timeout_s: float, labels: dict[str, str]) -> ContainerJob:
+               user: str, memory_bytes: int, timeout_s: float,
+               labels: dict[str, str]) -> ContainerJob:
     """A short tool reprun runs in a job's own image (comparing two of its artifacts), with the
     hermetic defaults whatever the spec relaxed: what it reads was written by the job."""
     return ContainerJob(

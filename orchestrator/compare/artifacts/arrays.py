@@ -71,7 +71,8 @@ def _figures_of(name: str, a: _Array, b: _Array, policy: ArtifactPolicy) -> Part
         if a.bfloat16:
             block_a, block_b = _widen_bfloat16(block_a), _widen_bfloat16(block_b)
         for start in range(0, block_a.size, CHUNK_ELEMENTS):
-            figures.add(block_a[start:start + CHUNK_ELEMENTS], block_b[start:start + CHUNK_ELEMENTS])
+            end = start + CHUNK_ELEMENTS
+            figures.add(block_a[start:end], block_b[start:end])
     found = {"shape_a": a.shape, "shape_b": b.shape, "dtype_a": shapes["dtype_a"],
              "dtype_b": shapes["dtype_b"], **figures.as_dict()}
     return part_from_figures(name, found, tolerant=policy.abs is not None or policy.rel is not None)
@@ -141,7 +142,8 @@ def _npz_members(archive: zipfile.ZipFile, where: str) -> dict[str, zipfile.ZipI
 def compare_npz(path_a: Path, path_b: Path, policy: ArtifactPolicy) -> ContentFindings:
     try:
         with zipfile.ZipFile(path_a) as za, zipfile.ZipFile(path_b) as zb:
-            members_a, members_b = _npz_members(za, "run a's file"), _npz_members(zb, "run b's file")
+            members_a = _npz_members(za, "run a's file")
+            members_b = _npz_members(zb, "run b's file")
             parts = []
             for name in sorted(set(members_a) | set(members_b)):
                 if name not in members_a or name not in members_b:

@@ -13,8 +13,7 @@ from orchestrator.compare.artifacts.diffoscope import readable_diff
 from orchestrator.compare.artifacts.findings import (
     DIFFERS, CannotCompare, ContentFindings, excerpt)
 from orchestrator.compare.artifacts.in_image import InImageComparator
-from orchestrator.compare.artifacts.policy import (
-    BITWISE, PREDICTIONS, ArtifactPolicies, ArtifactPolicy, parse_policies)
+from orchestrator.compare.artifacts.policy import BITWISE, PREDICTIONS, ArtifactPolicy
 from orchestrator.errors import ReprunError
 from orchestrator.execution.hermetic import RunPaths
 from orchestrator.execution.job import Executor

@@ -109,7 +109,8 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, abs_tolerance: float | None = N
     figures = Figures(abs_tolerance, rel_tolerance)
     flat_a, flat_b = a.reshape(-1), b.reshape(-1)
     for start in range(0, flat_a.size, CHUNK_ELEMENTS):
-        chunk_a, chunk_b = flat_a[start:start + CHUNK_ELEMENTS], flat_b[start:start + CHUNK_ELEMENTS]
+        end = start + CHUNK_ELEMENTS
+        chunk_a, chunk_b = flat_a[start:end], flat_b[start:end]
         if chunk_a.tobytes() != chunk_b.tobytes():
             figures.add(chunk_a, chunk_b)
         else:
