@@ -15,4 +15,6 @@ build_and_push() {
 }
 
 build_and_push reprun/sklearn:latest images/sklearn
+# PyTorch (Debian's, CPU only): the image whose state dicts are compared inside it.
+build_and_push reprun/torch:latest images/torch
 .venv/bin/reprun lock --quiet specs/*.yaml specs/nondeterministic/*.yaml

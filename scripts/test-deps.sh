@@ -10,6 +10,7 @@ PACKAGES=(
   chromium        # the HTML report is opened in a real headless browser
   busybox-static  # a tiny image without Python, imported for tests that remove or damage images
   shellcheck      # every shell template the containers run is checked (tests/test_containment.py)
+  diffoscope-minimal  # a readable diff of artifacts no comparator of reprun reads
 )
 PACKAGES+=("$@")
 LOCK=${REPRUN_APT_LOCK:-/var/lib/reprun-engine.apt.lock}

@@ -522,7 +522,7 @@ def test_tolerances_are_read_in_the_record_form_and_the_spec_form():
     assert parsed.for_metric("b").text == "ignore"
     assert parsed.for_metric("c").text == "rel 0.01"
     assert parsed.for_metric("other").text == "exact"
-    assert parsed.artifacts == "bitwise"
+    assert parsed.artifacts.default.how == "bitwise"
 
 
 @pytest.mark.parametrize("bad", [

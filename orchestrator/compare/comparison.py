@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 import shlex
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from orchestrator.compare.artifacts.findings import EQUIVALENT as CONTENT_EQUIVALENT
+from orchestrator.compare.artifacts.findings import PARTS_KEPT, SAME
+from orchestrator.compare.artifacts.policy import IGNORE, ArtifactPolicies
 from orchestrator.compare.causes import failure_text, likely_causes
 from orchestrator.compare.environment import compare_environments
 from orchestrator.compare.tolerance import Tolerances, parse_tolerances
-from orchestrator.compare.value import (ABSENT, A_DIFFERS, A_IDENTICAL, A_IGNORED,
+from orchestrator.compare.value import (ABSENT, A_DIFFERS, A_EQUIVALENT, A_IDENTICAL, A_IGNORED,
                                         ARTIFACT_STATUSES, DIFFERS, EQUIVALENT, IDENTICAL,
                                         INCOMPLETE, METRIC_STATUSES, MISSING_A, MISSING_B,
                                         M_BEYOND, M_IDENTICAL, M_IGNORED, M_WITHIN, ArtifactRow,
@@ -23,6 +26,9 @@ from orchestrator.clock import utc_now
 from orchestrator.errors import UsageError
 from orchestrator.records import SUCCEEDED, RunRecord
 
+if TYPE_CHECKING:
+    from orchestrator.compare.artifacts.contents import ArtifactContents
+
 def compare_records(
     a: RunRecord,
     b: RunRecord,
@@ -31,11 +37,13 @@ def compare_records(
     baseline_id: str | None = None,
     created_at: str | None = None,
     extra: dict[str, Any] | None = None,
+    contents: "ArtifactContents | None" = None,
 ) -> Comparison:
     """Compare run `a` with run `b`.
 
     Tolerances are `a.compare` unless given (same shape). The baseline is the run whose id is
-    `baseline_id`, or `a` when none is given.
+    `baseline_id`, or `a` when none is given. With `contents`, artifacts whose bytes differ are
+    also compared by what they hold (compare/artifacts/); without, by their hashes alone.
     """
     if baseline_id is not None and baseline_id not in (a.id, b.id):
         raise UsageError(f"the baseline {baseline_id!r} is neither run {a.id} nor run {b.id}")
@@ -51,7 +59,7 @@ def compare_records(
     notes.extend(env_notes)
     metrics, metric_notes = compare_metrics(_metrics_of(a), _metrics_of(b), parsed_tolerances)
     notes.extend(metric_notes)
-    artifacts = compare_artifacts(_artifacts_of(a), _artifacts_of(b), parsed_tolerances.artifacts)
+    artifacts = compare_artifacts(a, b, parsed_tolerances.artifacts, contents)
 
     unsuccessful = [r for r in (a, b) if r.status != SUCCEEDED]
     verdict = INCOMPLETE if unsuccessful else results_verdict(metrics, artifacts)
@@ -104,9 +112,9 @@ def combined_verdict(comparisons: Iterable[Comparison]) -> Verdict:
 def results_verdict(metrics: Sequence[MetricRow], artifacts: Sequence[ArtifactRow]) -> str:
     metric_statuses = {row.status for row in metrics}
     artifact_statuses = {row.status for row in artifacts}
-    if not artifact_statuses <= {A_IDENTICAL, A_IGNORED}:
+    if not artifact_statuses <= {A_IDENTICAL, A_EQUIVALENT, A_IGNORED}:
         return DIFFERS
-    if metric_statuses <= {M_IDENTICAL, M_IGNORED}:
+    if metric_statuses <= {M_IDENTICAL, M_IGNORED} and A_EQUIVALENT not in artifact_statuses:
         return IDENTICAL
     if metric_statuses <= {M_IDENTICAL, M_WITHIN, M_IGNORED}:
         return EQUIVALENT
@@ -182,23 +190,36 @@ def _artifacts_of(record: RunRecord) -> dict[str, Any]:
     return {} if record.outputs is None else dict(record.outputs.artifacts or {})
 
 
-def compare_artifacts(a: dict[str, Any], b: dict[str, Any], mode: str) -> tuple[ArtifactRow, ...]:
+def compare_artifacts(ra: RunRecord, rb: RunRecord, policies: ArtifactPolicies,
+                      contents: "ArtifactContents | None" = None) -> tuple[ArtifactRow, ...]:
+    a, b = _artifacts_of(ra), _artifacts_of(rb)
     rows = []
     for name in sorted(set(a) | set(b)):
         fa, fb = a.get(name), b.get(name)
-        if mode == "ignore":
+        policy = policies.for_artifact(name)
+        found = None
+        if policy.how == IGNORE:
             status = A_IGNORED
         elif fa is None:
             status = MISSING_A
         elif fb is None:
             status = MISSING_B
+        elif fa.sha256 == fb.sha256:
+            status = A_IDENTICAL
+        elif contents is None:
+            status = A_DIFFERS
         else:
-            status = A_IDENTICAL if fa.sha256 == fb.sha256 else A_DIFFERS
+            found = contents.compare(name, ra, rb, policy)
+            status = {SAME: A_EQUIVALENT, CONTENT_EQUIVALENT: A_EQUIVALENT}.get(found.status,
+                                                                                A_DIFFERS)
         rows.append(ArtifactRow(
             name=name,
             a_sha256=fa.sha256 if fa else None, b_sha256=fb.sha256 if fb else None,
             a_size=fa.size if fa else None, b_size=fb.size if fb else None,
-            status=status))
+            status=status, policy=policy.text,
+            **({} if found is None else dict(
+                kind=found.kind, detail=found.detail, fallback=found.fallback,
+                parts=found.parts[:PARTS_KEPT], excerpt=found.excerpt, figures=found.figures))))
     return tuple(rows)
 
 

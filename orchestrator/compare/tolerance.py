@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.compare.artifacts.policy import ArtifactPolicies, parse_policies
 from orchestrator.errors import UsageError
 
 TOLERANCE_KINDS = ("exact", "abs", "rel", "ignore")
@@ -41,7 +42,7 @@ class Tolerance:
 class Tolerances:
     default: Tolerance = Tolerance()
     metrics: dict[str, Tolerance] = field(default_factory=dict)
-    artifacts: str = "bitwise"
+    artifacts: ArtifactPolicies = ArtifactPolicies()
 
     def for_metric(self, name: str) -> Tolerance:
         return self.metrics.get(name, self.default)
@@ -63,10 +64,10 @@ def parse_tolerances(compare: dict[str, Any] | None) -> Tolerances:
             default = tolerance
         else:
             metrics[name] = tolerance
-    artifacts = compare.get("artifacts", "bitwise") or "bitwise"
-    if artifacts not in ARTIFACT_MODES:
-        raise UsageError(
-            f"compare.artifacts is {artifacts!r}; use one of {', '.join(ARTIFACT_MODES)}")
+    try:
+        artifacts = parse_policies(compare.get("artifacts"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return Tolerances(default=default, metrics=metrics, artifacts=artifacts)
 
 

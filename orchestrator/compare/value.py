@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from orchestrator.compare.artifacts.findings import PartFigures
 from orchestrator.errors import ExitCode, UsageError
 
 REPORT_SCHEMA = "reprun.report/1"
@@ -57,8 +58,9 @@ METRIC_STATUSES = (M_IDENTICAL, M_WITHIN, M_BEYOND, M_IGNORED, MISSING_A, MISSIN
 # Artifact statuses.
 A_IDENTICAL = "identical"
 A_DIFFERS = "differs"
+A_EQUIVALENT = "equivalent"       # the bytes differ, the contents agree within the policy
 A_IGNORED = "ignored"
-ARTIFACT_STATUSES = (A_IDENTICAL, A_DIFFERS, A_IGNORED, MISSING_A, MISSING_B)
+ARTIFACT_STATUSES = (A_IDENTICAL, A_EQUIVALENT, A_DIFFERS, A_IGNORED, MISSING_A, MISSING_B)
 
 # Environment changes.
 ADDED = "added"
@@ -151,6 +153,15 @@ class ArtifactRow:
     a_size: int | None
     b_size: int | None
     status: str                      # one of ARTIFACT_STATUSES
+    # What the contents say, when the bytes differ (compare/artifacts/): the comparator's kind,
+    # the policy applied, one sentence, per-array figures and a bounded readable excerpt.
+    kind: str | None = None
+    policy: str = "bitwise"
+    detail: str | None = None
+    fallback: str | None = None      # why the contents were compared bitwise instead
+    parts: tuple[PartFigures, ...] = ()
+    excerpt: tuple[str, ...] = ()
+    figures: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -209,7 +220,7 @@ class Comparison:
                     MetricRow(**{**row, **{k: _decode_float(row.get(k))
                                            for k in ("a", "b", "delta")}})
                     for row in sections.get("metrics", ())),
-                artifacts=tuple(ArtifactRow(**row) for row in sections.get("artifacts", ())),
+                artifacts=tuple(_artifact_row(row) for row in sections.get("artifacts", ())),
             ),
             verdict=Verdict(data["verdict"]),
             summary=data.get("summary", ""),
@@ -249,3 +260,10 @@ def _encode_non_finite(value: Any) -> Any:
         return [_encode_non_finite(v) for v in value]
     return value
 
+
+
+def _artifact_row(row: dict[str, Any]) -> ArtifactRow:
+    parts = tuple(PartFigures(**{**part, **{k: _decode_float(part.get(k))
+                                            for k in ("max_abs", "max_rel")}})
+                  for part in row.get("parts", ()))
+    return ArtifactRow(**{**row, "parts": parts, "excerpt": tuple(row.get("excerpt", ()))})

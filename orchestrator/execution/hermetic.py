@@ -118,3 +118,20 @@ def applied_settings(job: ContainerJob) -> dict:
         **({"variations": json.loads(job.labels[LABEL_VARIATIONS])}
            if LABEL_VARIATIONS in job.labels else {}),
     }
+
+
+def helper_job(*, name: str, image_id: str, entrypoint: tuple[str, ...],
+               command: tuple[str, ...], mounts: tuple[Mount, ...],
+               user: str, memory_bytes: int, timeout_s: float,
+               labels: dict[str, str]) -> ContainerJob:
+    """A short tool reprun runs in a job's own image (comparing two of its artifacts), with the
+    hermetic defaults whatever the spec relaxed: what it reads was written by the job."""
+    return ContainerJob(
+        name=name, image_id=image_id, entrypoint=entrypoint, command=command,
+        env={"PYTHONHASHSEED": "0", "TZ": "UTC", "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8",
+             "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
+             **{variable: "1" for variable in THREAD_VARIABLES}},
+        mounts=mounts, hostname=HOSTNAME, user=user, network="none", read_only_root=True,
+        tmpfs={"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"}, cap_drop=("ALL",),
+        security_opt=("no-new-privileges",), nano_cpus=int(1e9), memory_bytes=memory_bytes,
+        pids=256, timeout_s=timeout_s, labels=labels)

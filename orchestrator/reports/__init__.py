@@ -195,7 +195,41 @@ def tables(
               for row in env_rows),
         tuple(row.change for row in env_rows), more=len(s.environment) - len(env_rows),
         empty="no environment changes")
-    return [runs, metrics, artifacts, inputs, environment, *extra_tables(comparison.extra)]
+    return [runs, metrics, artifacts, *artifact_content_tables(s.artifacts), inputs, environment,
+            *extra_tables(comparison.extra)]
+
+
+def artifact_content_tables(artifacts) -> list[Table]:
+    """What the contents of artifacts whose bytes differ say: one sentence each, the arrays or
+    parameters that differ with their figures, and the readable excerpts. None when no
+    artifact was read (a report from before, or only hashes compared)."""
+    read = [f for f in artifacts if f.kind is not None]
+    if not read:
+        return []
+    contents = Table(
+        "artifact-contents", "Artifact contents", ("artifact", "kind", "policy", "what differs",
+                                                    "status"),
+        tuple((f.name, f.kind, f.policy, (f.detail or "") + (
+            f"; compared bitwise: {f.fallback}" if f.fallback else ""), f.status) for f in read),
+        tuple(f.status for f in read))
+    parts = [(f.name, p) for f in read for p in f.parts if p.status != "identical"]
+    figures = Table(
+        "artifact-parts", "Arrays and parameters that differ",
+        ("artifact", "part", "shape", "dtype", "max |Δ|", "max rel Δ", "differing", "status"),
+        tuple((name, p.name, _pair(p.shape_a, p.shape_b), _pair(p.dtype_a, p.dtype_b),
+               number(p.max_abs), number(p.max_rel),
+               MISSING if p.differing is None else
+               f"{p.differing:,} of {p.elements:,} ({p.share_differing:.2%})", p.status)
+              for name, p in parts),
+        tuple(p.status for _, p in parts))
+    lines = [(f.name, line) for f in read for line in f.excerpt]
+    excerpts = Table("artifact-excerpts", "Where the artifacts differ", ("artifact", "excerpt"),
+                     tuple(lines))
+    return [contents, *([figures] if parts else []), *([excerpts] if lines else [])]
+
+
+def _pair(a: str | None, b: str | None) -> str:
+    return text(a) if a == b else f"{text(a)} vs {text(b)}"
 
 
 def extra_tables(extra: dict[str, Any]) -> list[Table]:

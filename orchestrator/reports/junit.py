@@ -97,8 +97,11 @@ def render(comparison: Comparison) -> str:
     for f in comparison.sections.artifacts:
         detail = (f"a={text(f.a_sha256)} ({size(f.a_size)} bytes) "
                   f"b={text(f.b_sha256)} ({size(f.b_size)} bytes)")
+        message = f"{f.status}: {f.detail or detail}"
+        if f.detail:
+            detail = "\n".join([f"{f.kind}: {f.detail}", *f.excerpt, detail])
         if f.status in _FAILING_ARTIFACT:
-            case("artifacts", f.name, failure=(f.status, f"{f.status}: {detail}", detail))
+            case("artifacts", f.name, failure=(f.status, message, detail))
         elif f.status == "ignored":
             case("artifacts", f.name, skipped="artifacts ignored by the spec")
         else:

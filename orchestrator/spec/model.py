@@ -50,7 +50,8 @@ class OutputsSpec:
 @dataclass(frozen=True)
 class CompareSpec:
     metrics: dict[str, Tolerance]   # always contains "default"
-    artifacts: str = "bitwise"      # or "ignore"
+    # "bitwise", "ignore", or {pattern: policy} as written (compare/artifacts/policy.py)
+    artifacts: str | dict[str, Any] = "bitwise"
 
     def tolerance_for(self, metric: str) -> Tolerance:
         return self.metrics.get(metric) or self.metrics.get("default", Tolerance("exact"))

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from orchestrator.compare.artifacts.policy import BITWISE, IGNORE, PolicyError, parse_policy
+from orchestrator.compare.artifacts.policy import HOW_TO_WRITE as POLICY_HOW
 from orchestrator.spec.model import (SPEC_VERSION, CompareSpec, DatasetSpec, Hermetic, ImageBuild,
                                      ImageSpec, OutputsSpec, Resources, Tolerance,
                                      substitute_placeholders)
@@ -227,8 +229,37 @@ def _read_tolerance(reader: Reader, node: yaml.Node, where: str) -> Tolerance:
     return Tolerance(node.value)
 
 
+def _plain(reader: Reader, node: yaml.Node, where: str) -> Any:
+    """A small policy value as plain data: scalars and mappings of them."""
+    if isinstance(node, yaml.MappingNode):
+        return complete({name: reader.value(value, _plain, f"{where}.{name}")
+                         for name, _, value in reader.pairs(node, where)})
+    return scalar(node, SCALAR)
+
+
+def _read_artifact_policies(reader: Reader, node: yaml.Node, where: str) -> str | dict:
+    """`bitwise`/`ignore` for all artifacts, or a mapping of pattern to policy, kept as written
+    (the record carries it; compare/artifacts/policy.py reads it for every comparison)."""
+    if isinstance(node, yaml.ScalarNode):
+        return leaf(STRING, one_of(BITWISE, IGNORE))(reader, node, where)
+    if not isinstance(node, yaml.MappingNode):
+        raise Problem(f"must be bitwise, ignore or a mapping of artifact pattern to policy, "
+                      f"not {describe(node)}", POLICY_HOW)
+
+    def read_policy(reader: Reader, value: yaml.Node, at: str) -> Any:
+        plain = _plain(reader, value, at)
+        try:
+            parse_policy(plain)
+        except PolicyError as exc:
+            # Without a pattern the sentence starts at its verb: the key path names the policy.
+            raise Problem(exc.what.lstrip(": "), exc.how) from None
+        return plain
+    return named(leaf(STRING, matching(".+", "is empty", "Write a file name or glob")),
+                 read_policy)(reader, node, where)
+
+
 def _build_compare(metrics: dict[str, Tolerance] | None = None,
-                   artifacts: str = "bitwise") -> CompareSpec:
+                   artifacts: str | dict = "bitwise") -> CompareSpec:
     return CompareSpec(metrics={"default": Tolerance("exact"), **(metrics or {})},
                        artifacts=artifacts)
 
@@ -236,7 +267,7 @@ def _build_compare(metrics: dict[str, Tolerance] | None = None,
 _COMPARE_KEYS = {
     "metrics": Key(named(leaf(STRING, matching(".+", "is empty", "Name the metric")),
                            _read_tolerance)),
-    "artifacts": Key(leaf(STRING, one_of("bitwise", "ignore"))),
+    "artifacts": Key(_read_artifact_policies),
 }
 
 _RESOURCES_KEYS = {

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from orchestrator.execution.job import Executor
 from orchestrator.store.baselines import baseline_of
+from orchestrator.compare.artifacts.contents import contents_in_store
 from orchestrator.compare.comparison import compare_records
 from orchestrator.compare.environment import compare_environments
 from orchestrator.compare.value import Comparison, EnvironmentRow
@@ -124,7 +125,8 @@ def check_spec(path: Path, *, store: Store, engine: Executor,
                               store=store, engine=engine, observer=observer, parallel=parallel)
             compared_with = "second run"
         comparison = compare_records(records[0], records[1], baseline_id=records[0].id,
-                                     tolerances=records[1].compare)
+                                     tolerances=records[1].compare,
+                                     contents=contents_in_store(store))
         failed = records[-1].status != SUCCEEDED
         code = (ExitCode.JOB_FAILED if failed else
                 ExitCode.DIFFERS if (drift or comparison.verdict == "differs") else ExitCode.OK)

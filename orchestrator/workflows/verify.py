@@ -73,7 +73,10 @@ def compare_and_report(store: Store, records, report_paths, *,
     from orchestrator.store.baselines import approved_note
     extra = approved_note(store, [r.id for r in records])
     first = records[0]
-    comparisons = comparisons or [compare_records(first, other, baseline_id=first.id, extra=extra)
+    from orchestrator.compare.artifacts.contents import contents_in_store
+    contents = contents_in_store(store)
+    comparisons = comparisons or [compare_records(first, other, baseline_id=first.id, extra=extra,
+                                                  contents=contents)
                                   for other in records[1:]]
     written = []
     for comparison in comparisons:
