@@ -33,6 +33,13 @@ def engine_unreachable(exc: Exception) -> InfrastructureError:
         "Start one with `make engine`, or point DOCKER_HOST at a running engine.")
 
 
+def malformed_engine_address(exc: Exception) -> InfrastructureError:
+    return InfrastructureError(
+        f"DOCKER_HOST={os.environ.get('DOCKER_HOST', '')!r} is not an engine address reprun can "
+        f"read ({exc}); set it to unix:///path/to/docker.sock or tcp://HOST:PORT, or unset it "
+        "for the local socket.")
+
+
 def connect() -> tuple[docker.DockerClient, dict[str, Any]]:
     """A client speaking the engine's own API version, and the engine's version facts.
 
@@ -47,6 +54,9 @@ def connect() -> tuple[docker.DockerClient, dict[str, Any]]:
         finally:
             probe.close()
         return docker.from_env(version=version["ApiVersion"], timeout=120), version
+    except ValueError as exc:
+        # The SDK parses DOCKER_HOST with urllib, whose errors say nothing of where they came from.
+        raise malformed_engine_address(exc) from None
     except (docker.errors.DockerException, requests.exceptions.RequestException, KeyError) as exc:
         raise engine_unreachable(exc) from None
 
