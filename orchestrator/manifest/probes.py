@@ -113,7 +113,11 @@ def parse_cgroup(text: str) -> dict[str, Any]:
     pids = raw.get("pids.max")
     if pids and pids.isdigit():
         limits["pids"] = int(pids)
-    return {"limits": limits}
+    fields: dict[str, Any] = {"limits": limits}
+    if raw.get("cpuset"):
+        # Which CPUs the run was placed on: a fact of where it ran, the count is the pin.
+        fields["cpu"] = {"cpuset": raw["cpuset"]}
+    return fields
 
 
 _ID = re.compile(r"uid=(?P<uid>\d+)(?:\((?P<name>[^)]*)\))? gid=(?P<gid>\d+)")
