@@ -11,7 +11,10 @@ import threading
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
+import jsonschema
 import pytest
+
+from conftest import REPO
 
 from orchestrator.compare.comparison import compare_records
 from orchestrator.execution.cpus import parse_cpuset
@@ -425,6 +428,8 @@ def test_parallel_runs_get_distinct_cpusets_and_the_diff_shows_them(project, doc
     diff = project.reprun("diff", runs[0]["id"], runs[1]["id"], f"--report={report}")
     assert diff.returncode == 0, diff.stderr
     shown = json.loads(report.read_text())
+    schema = REPO / "orchestrator" / "reports" / "report-v1.schema.json"
+    jsonschema.validate(shown, json.loads(schema.read_text()))
     rows = shown["sections"]["environment"]
     assert [(r["section"], r["name"]) for r in rows] == [("cpuset", "cpuset")], rows
     # Incidental: the runs are still identical, and no input is said to differ.
