@@ -40,6 +40,15 @@ def _cpu_flags(cpu: Any) -> dict[str, Any]:
     return {flag: "present" for flag in flags}
 
 
+def _gpu_facts(gpu: Any) -> dict[str, Any]:
+    facts = {k: v for k, v in _flat(gpu).items() if k != "devices"}
+    for device in _flat(gpu).get("devices") or []:
+        if isinstance(device, dict):
+            facts.update({f"gpu {device.get('index', '?')} {k}": v
+                          for k, v in device.items() if k != "index"})
+    return facts
+
+
 def _blas_facts(libraries: Any) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     for lib in libraries or []:
@@ -86,6 +95,7 @@ ENVIRONMENT_SECTIONS = (
     _EnvironmentSection("cpu", "cpu", _cpu_facts, "CPU"),
     _EnvironmentSection("cpu-flag", "cpu", _cpu_flags, "CPU flag"),
     _EnvironmentSection("cpuset", "cpu", _cpuset, "CPU set", material=False),
+    _EnvironmentSection("gpu", "gpu", _gpu_facts, "GPU"),
     _EnvironmentSection("kernel", "kernel", _scalar("release"), "kernel"),
     _EnvironmentSection("os", "os", _flat, "OS release"),
     _EnvironmentSection("limits", "limits", _flat, "container limit"),
