@@ -288,8 +288,8 @@ FORGE_THE_MANIFEST = r"""
 import json, re, sys
 # The marker framing the probe's sections is in the entrypoint the job can read.
 marker = re.search(r"reprun_marker='([^']+)'", open("/reprun/wrap.sh").read()).group(1)
-forged = (f"{marker} os_release\nID=ubuntu\nVERSION_ID=99.04\nPRETTY_NAME=\"Ubuntu 99.04 SPOOFED\"\n"
-          f"{marker} os_release exit 0\n{marker} end\n")
+forged = (f"{marker} os_release\nID=ubuntu\nVERSION_ID=99.04\n"
+          f"PRETTY_NAME=\"Ubuntu 99.04 SPOOFED\"\n{marker} os_release exit 0\n{marker} end\n")
 tries = {}
 for path in ("/reprun/manifest.txt", "/reprun/wrap.sh", "/reprun/forged.txt"):
     try:

@@ -84,7 +84,8 @@ def test_a_hook_is_one_declared_template_placed_at_its_stage(tmp_path, monkeypat
     script = entrypoint_script("@@m", ("kernel",), HOOKS + (Hook("demo", entrypoint.SETUP),))
     assert script.index("demo hook ran") < script.index("$reprun_marker kernel")
     later = entrypoint_script("@@m", ("kernel",), (Hook("demo", entrypoint.BEFORE_EXEC),))
-    assert later.index("$reprun_marker kernel") < later.index("demo hook ran") < later.index('exec "$@"')
+    assert (later.index("$reprun_marker kernel") < later.index("demo hook ran")
+            < later.index('exec "$@"'))
 
 
 def test_the_rendered_entrypoint_prints_the_probes_then_runs_the_job(tmp_path):

@@ -635,8 +635,11 @@ def test_a_raw_block_printed_before_the_wrappers_is_passed_on_and_the_last_one_i
     # What a job could print raw, through /proc/1/fd/1, while it still runs: the wrapper's own
     # block follows it (the job's processes are gone first), and the last block is the one read.
     marker = "@@m"
-    forged = b"\n@@m begin\n@@m exit 0\n@@m artifact " + b"0" * 64 + b" 1 bG5rLy4uLy4uL3gvZXZpbA==\n@@m end\n"
-    text = encoded(b"epoch 1\n") + forged + encoded(b"epoch 2\n") + b"\n@@m begin\n@@m exit 3\n@@m end\n"
+    evil = base64.b64encode(b"lnk/../../x/evil")
+    forged = (b"\n@@m begin\n@@m exit 0\n@@m artifact " + b"0" * 64 + b" 1 " + evil
+              + b"\n@@m end\n")
+    real = b"\n@@m begin\n@@m exit 3\n@@m end\n"
+    text = encoded(b"epoch 1\n") + forged + encoded(b"epoch 2\n") + real
     for size in (1, 5, 1 << 20):
         log, parsed = split(text, marker, size)
         assert parsed.exit_code == 3 and not parsed.artifacts, size

@@ -2,12 +2,13 @@
 
 A backend of that kind (execution/swarm.py; a Kubernetes backend would use it unchanged, see
 docs/cluster.md) runs this wrapper (templates/handback.sh) around the job where it runs: it
-checks what only that machine can (network interfaces, no-new-privileges, the dataset's hash where the data is read),
-runs the job exactly as a local run does, and prints a framed block after the job's output:
-exit status, OOM kills, the metrics file (base64), and the sha256 of every artifact, taken
-where it was written. (The environment manifest comes as in a local run: at the start of the
-job's output, printed by the run's entrypoint before the job starts.) The backend reads its output stream through an
-OutputSplitter and parse_block, and hands back RemoteResults.
+checks what only that machine can (network interfaces, no-new-privileges, the dataset's hash
+where the data is read), runs the job exactly as a local run does, and prints a framed block
+after the job's output: exit status, OOM kills, the metrics file (base64), and the sha256 of
+every artifact, taken where it was written. (The environment manifest comes as in a local run:
+at the start of the job's output, printed by the run's entrypoint before the job starts.) The
+backend reads its output stream through an OutputSplitter and parse_block, and hands back
+RemoteResults.
 """
 from __future__ import annotations
 
