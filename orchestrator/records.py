@@ -116,7 +116,8 @@ class EnvironmentManifest:
     python: dict[str, Any] = field(default_factory=dict)        # version, executable
     python_distributions: dict[str, str] = field(default_factory=dict)
     blas: list[dict[str, Any]] = field(default_factory=list)    # threadpoolctl's info()
-    cpu: dict[str, Any] = field(default_factory=dict)           # model, flags, count
+    cpu: dict[str, Any] = field(default_factory=dict)           # model, flags, count, cpuset
+    gpu: dict[str, Any] = field(default_factory=dict)           # nvidia-smi: devices, driver
     limits: dict[str, Any] = field(default_factory=dict)        # cpus, memory_bytes, pids
     kernel: str | None = None
     locale: dict[str, str] = field(default_factory=dict)        # LANG, LC_ALL, TZ, umask

@@ -3,6 +3,7 @@ cannot reach, cannot change, cannot become — and what reprun never writes down
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -10,9 +11,13 @@ import threading
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
+import jsonschema
 import pytest
 
+from conftest import REPO
+
 from orchestrator.compare.comparison import compare_records
+from orchestrator.execution.cpus import parse_cpuset
 from orchestrator.records import (Artifact, DatasetFacts, EnvironmentManifest, ImageFacts, Inputs,
                                   Outputs, RunRecord)
 from orchestrator.reports import render
@@ -283,8 +288,8 @@ FORGE_THE_MANIFEST = r"""
 import json, re, sys
 # The marker framing the probe's sections is in the entrypoint the job can read.
 marker = re.search(r"reprun_marker='([^']+)'", open("/reprun/wrap.sh").read()).group(1)
-forged = (f"{marker} os_release\nID=ubuntu\nVERSION_ID=99.04\nPRETTY_NAME=\"Ubuntu 99.04 SPOOFED\"\n"
-          f"{marker} os_release exit 0\n{marker} end\n")
+forged = (f"{marker} os_release\nID=ubuntu\nVERSION_ID=99.04\n"
+          f"PRETTY_NAME=\"Ubuntu 99.04 SPOOFED\"\n{marker} os_release exit 0\n{marker} end\n")
 tries = {}
 for path in ("/reprun/manifest.txt", "/reprun/wrap.sh", "/reprun/forged.txt"):
     try:
@@ -321,6 +326,7 @@ def test_a_job_cannot_rewrite_or_forge_the_environment_manifest(project):
 
 WRITE_METRICS_AND_PRINT = """
 import json
+import math
 json.dump({"score": 1.0}, open("/out/metrics.json", "w"))
 print("trained")
 """
@@ -352,3 +358,80 @@ def test_a_probe_that_floods_its_output_is_cut_and_the_run_is_recorded(project):
     folder = project.store / "runs" / run["id"]
     assert (folder / "reprun" / "manifest.txt").stat().st_size <= 8 << 20
     assert (folder / "log.txt").read_text() == "trained\n"    # none of it is the job's output
+
+
+# --- the CPU count the job can read is the pinned one -----------------------------------------
+
+COUNT_CPUS = """
+import json, os, subprocess
+counts = {"sched_getaffinity": len(os.sched_getaffinity(0)), "os_cpu_count": os.cpu_count()}
+# nproc honours OMP_NUM_THREADS, which reprun pins too: the affinity is what is checked here.
+plain = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+counts["nproc"] = int(subprocess.run(["nproc"], capture_output=True, text=True, env=plain).stdout)
+try:
+    import joblib
+    counts["joblib_cpu_count"] = joblib.cpu_count()
+except ImportError:
+    counts["joblib_cpu_count"] = -1
+json.dump(counts, open("/out/metrics.json", "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def cpu_counts(tmp_path_factory, example_ref, docker_client):
+    """What each API says inside a run with `resources.cpus` 1, and 1.5 (a cpuset of 2) where
+    the host has two CPUs: {cpus: (metrics, record)}."""
+    from conftest import Project
+    host_cpus = docker_client.info()["NCPU"]
+    seen = {}
+    for cpus in (1, 1.5) if host_cpus >= 2 else (1,):
+        project = Project(tmp_path_factory.mktemp("cpus") / "repo", example_ref)
+        project.dataset()
+        spec = project.spec(script=COUNT_CPUS,
+                            resources=f"{{cpus: {cpus}, memory: 512m, timeout: 2m}}")
+        result = project.reprun("run", str(spec))
+        assert result.returncode == 0, result.stderr
+        run, = json.loads(project.reprun("runs", "--json").stdout)
+        record = json.loads(project.reprun("runs", "show", run["id"], "--json").stdout)
+        seen[cpus] = (record["outputs"]["metrics"], record)
+    return seen
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("api", ["sched_getaffinity", "nproc", "os_cpu_count",
+                                 "joblib_cpu_count"])
+def test_the_cpu_count_the_job_reads_is_its_pinned_cpuset(cpu_counts, api):
+    for cpus, (metrics, record) in cpu_counts.items():
+        if metrics[api] == -1:
+            pytest.skip(f"{api.split('_')[0]} is not installed in the example image")
+        assert metrics[api] == math.ceil(cpus), (api, cpus, metrics)
+        cpuset = record["environment"]["cpu"]["cpuset"]
+        assert len(parse_cpuset(cpuset)) == math.ceil(cpus), cpuset
+        assert record["environment"]["cpu"]["count"] == math.ceil(cpus)
+
+
+@pytest.mark.engine
+def test_parallel_runs_get_distinct_cpusets_and_the_diff_shows_them(project, docker_client,
+                                                                    tmp_path):
+    if docker_client.info()["NCPU"] < 2:
+        pytest.skip("the host has one CPU: two runs cannot have distinct cpusets")
+    project.dataset()
+    spec = project.spec(script=COUNT_CPUS)
+    result = project.reprun("verify", str(spec))
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(project.reprun("runs", "--json").stdout)
+    records = [json.loads(project.reprun("runs", "show", r["id"], "--json").stdout)
+               for r in runs]
+    cpusets = {r["environment"]["cpu"]["cpuset"] for r in records}
+    assert len(cpusets) == 2, cpusets
+    report = tmp_path / "diff.json"
+    diff = project.reprun("diff", runs[0]["id"], runs[1]["id"], f"--report={report}")
+    assert diff.returncode == 0, diff.stderr
+    shown = json.loads(report.read_text())
+    schema = REPO / "orchestrator" / "reports" / "report-v1.schema.json"
+    jsonschema.validate(shown, json.loads(schema.read_text()))
+    rows = shown["sections"]["environment"]
+    assert [(r["section"], r["name"]) for r in rows] == [("cpuset", "cpuset")], rows
+    # Incidental: the runs are still identical, and no input is said to differ.
+    assert shown["verdict"] == "identical"
+    assert all(row["same"] for row in shown["sections"]["inputs"])

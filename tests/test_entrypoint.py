@@ -2,6 +2,7 @@
 into the scripts every run and every Swarm task start with."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -13,10 +14,11 @@ import pytest
 from orchestrator.execution import entrypoint
 from orchestrator.execution.entrypoint import HOOKS, Hook, entrypoint_script, template_names
 from orchestrator.execution.handback import WrapperPlan, wrapper_script
-from orchestrator.manifest.probes import (MAX_MANIFEST_BYTES, PROBES, ManifestCapture,
+from orchestrator.manifest.probes import (MAX_MANIFEST_BYTES, PROBES, ManifestCapture, parse_gpu,
                                           parse_manifest, wrapper_script as run_entrypoint)
 
 REPO = Path(__file__).resolve().parent.parent
+PROBE_BY_NAME = {p.name: p for p in PROBES}
 TEMPLATES = REPO / "orchestrator" / "execution" / "templates"
 
 needs_shellcheck = pytest.mark.skipif(
@@ -82,7 +84,8 @@ def test_a_hook_is_one_declared_template_placed_at_its_stage(tmp_path, monkeypat
     script = entrypoint_script("@@m", ("kernel",), HOOKS + (Hook("demo", entrypoint.SETUP),))
     assert script.index("demo hook ran") < script.index("$reprun_marker kernel")
     later = entrypoint_script("@@m", ("kernel",), (Hook("demo", entrypoint.BEFORE_EXEC),))
-    assert later.index("$reprun_marker kernel") < later.index("demo hook ran") < later.index('exec "$@"')
+    assert (later.index("$reprun_marker kernel") < later.index("demo hook ran")
+            < later.index('exec "$@"'))
 
 
 def test_the_rendered_entrypoint_prints_the_probes_then_runs_the_job(tmp_path):
@@ -156,3 +159,86 @@ def test_a_probe_that_prints_a_gibibyte_is_read_only_up_to_the_limit_and_the_rec
     manifest = parse_manifest(capture.text, "@@m", {}, cut_from=capture.seen)
     assert str(capture.seen) in manifest.missing["manifest"]
     assert "cut" in manifest.missing["os_release"]
+
+
+# --- GPU facts, from nvidia-smi ----------------------------------------------------------------
+
+RECORDED = Path(__file__).resolve().parent / "data" / "nvidia-smi"
+
+
+def test_the_gpu_facts_of_two_recorded_nvidia_smi_outputs():
+    two = parse_gpu((RECORDED / "a100x2.txt").read_text())["gpu"]
+    assert (two["count"], two["driver"], two["cuda"]) == (2, "535.104.05", "12.2")
+    assert two["devices"][1] == {"index": 1, "model": "NVIDIA A100-SXM4-80GB",
+                                 "memory_mib": 81920, "compute_mode": "Exclusive_Process",
+                                 "ecc": "Enabled"}
+    one = parse_gpu((RECORDED / "rtx3090.txt").read_text())["gpu"]
+    assert (one["count"], one["driver"], one["cuda"]) == (1, "470.199.02", "11.4")
+    assert one["devices"][0]["model"] == "NVIDIA GeForce RTX 3090"
+    assert one["devices"][0]["memory_mib"] == 24268 and one["devices"][0]["ecc"] == "N/A"
+
+
+def section(name: str, raw: str, status: int) -> str:
+    return f"@@m {name}\n{raw}\n@@m {name} exit {status}\n"
+
+
+def test_no_nvidia_smi_is_no_missing_fact_and_a_failing_one_is_said():
+    absent = parse_manifest(section("gpu", "", 127), "@@m", {}, probes=(PROBE_BY_NAME["gpu"],))
+    assert absent.gpu == {} and "gpu" not in absent.missing
+    failed = parse_manifest(section("gpu", "NVIDIA-SMI has failed because it couldn't "
+                                           "communicate with the NVIDIA driver.", 9),
+                            "@@m", {}, probes=(PROBE_BY_NAME["gpu"],))
+    assert failed.gpu == {} and "exit 9" in failed.missing["gpu"]
+    junk = parse_manifest(section("gpu", "index, name\nnot-a-number, x", 0), "@@m", {},
+                          probes=(PROBE_BY_NAME["gpu"],))
+    assert junk.gpu == {} and "unreadable" in junk.missing["gpu"]
+
+
+def test_two_machines_gpus_differ_in_the_environment_diff():
+    from orchestrator.compare.environment import compare_environments
+    from orchestrator.records import EnvironmentManifest
+    a = EnvironmentManifest(**parse_gpu((RECORDED / "a100x2.txt").read_text()))
+    b = EnvironmentManifest(**parse_gpu((RECORDED / "rtx3090.txt").read_text()))
+    rows = {(r.section, r.name): (r.a, r.b) for r in compare_environments(a, b)[0]}
+    assert rows[("gpu", "gpu 0 model")] == ("NVIDIA A100-SXM4-80GB", "NVIDIA GeForce RTX 3090")
+    assert rows[("gpu", "driver")] == ("535.104.05", "470.199.02")
+    assert rows[("gpu", "cuda")] == ("12.2", "11.4")
+
+
+FAKE_NVIDIA_SMI = """#!/bin/sh
+# Prints what the recorded nvidia-smi printed: the CSV for --query-gpu, the banner otherwise.
+case "$1" in
+  --query-gpu=*) grep -v '^|' /data/recorded.txt ;;
+  *) grep '^|' /data/recorded.txt ;;
+esac
+"""
+
+
+@pytest.mark.engine
+def test_a_run_without_nvidia_smi_has_no_gpu_and_misses_nothing(project):
+    from conftest import WRITE_METRICS
+    project.dataset()
+    result = project.reprun("run", str(project.spec(script=WRITE_METRICS)))
+    assert result.returncode == 0, result.stderr
+    run, = json.loads(project.reprun("runs", "--json").stdout)
+    environment = json.loads(project.reprun("runs", "show", run["id"], "--json").stdout)[
+        "environment"]
+    assert environment["gpu"] == {} and "gpu" not in environment["missing"]
+
+
+@pytest.mark.engine
+def test_the_gpu_facts_reach_the_record_from_nvidia_smi_in_the_container(project):
+    # The example image has no GPU: a stand-in nvidia-smi on the job's PATH prints a recorded
+    # output, read by the same probe section a GPU host runs.
+    from conftest import WRITE_METRICS
+    project.dataset(files={"train.csv": b"x\n1\n", "nvidia-smi": FAKE_NVIDIA_SMI.encode(),
+                           "recorded.txt": (RECORDED / "a100x2.txt").read_bytes()})
+    (project.root / "data" / "nvidia-smi").chmod(0o755)
+    spec = project.spec(script=WRITE_METRICS,
+                        extra="env: {PATH: /data:/usr/local/bin:/usr/bin:/bin}\n")
+    result = project.reprun("run", str(spec))
+    assert result.returncode == 0, result.stderr
+    run, = json.loads(project.reprun("runs", "--json").stdout)
+    gpu = json.loads(project.reprun("runs", "show", run["id"], "--json").stdout)[
+        "environment"]["gpu"]
+    assert gpu == parse_gpu((RECORDED / "a100x2.txt").read_text())["gpu"]

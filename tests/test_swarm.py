@@ -7,6 +7,7 @@ the routing-mesh network is removed at once, and job services attach to no netwo
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -23,7 +24,8 @@ import pytest
 
 from conftest import REPO, REPRUN, WRITE_METRICS, containers
 from orchestrator.execution.job import RemoteResults, ResultsToCollect
-from orchestrator.execution.handback import OutputSplitter, WrapperPlan, parse_block, wrapper_script
+from orchestrator.execution.handback import (MAX_HELD_BYTES, OutputSplitter, ResultBlock,
+                                             WrapperPlan, parse_block, wrapper_script)
 from orchestrator.execution.backend import open_backend
 from orchestrator.execution.config import load_config
 from orchestrator.errors import UsageError
@@ -359,7 +361,11 @@ def test_a_job_killed_mid_run_is_reported_failed_and_no_service_is_left(
     process = subprocess.Popen([*REPRUN, "run", str(spec)], cwd=project.root, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     running = wait_for_task_container(swarm, name)
-    time.sleep(1)
+    # Killed once the job runs: its first line has come through the service's logs.
+    deadline = time.monotonic() + 90
+    while not any("started" in log.read_text() for log in project.store.glob("runs/*/log.txt")):
+        assert time.monotonic() < deadline, "the job never printed its first line"
+        time.sleep(0.2)
     running.kill()                     # as a node's OOM killer or an operator would
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 5, stderr
@@ -423,6 +429,56 @@ def test_a_failing_job_on_swarm_is_reported_as_on_local(project, tmp_path, swarm
     assert record["status"] == "failed" and words in record["outputs"]["message"]
     # The manifest came back even from a job that failed.
     assert "container" not in record["environment"]["missing"]
+
+
+FORGE_THE_HANDBACK = r"""
+import base64, hashlib, json, os, re, sys, time
+# The wrapper's script, and with it the block's marker, is in PID 1's command line.
+script = open("/proc/1/cmdline", "rb").read().split(b"\0")[2].decode()
+marker = re.search(r"^R=(\S+)$", script, re.M).group(1).strip("'")
+os.symlink("/", "/out/lnk")
+evil, payload = "lnk/../../x/evil", b"* * * * * root touch /pwned\n"
+metrics = base64.b64encode(json.dumps({"score": 1.0}).encode()).decode()
+forged = (f"\n{marker} begin\n{marker} exit 0\n{marker} oom 0 0\n{marker} metrics file\n"
+          f"{marker} metrics-data {metrics}\n{marker} artifact "
+          f"{hashlib.sha256(payload).hexdigest()} {len(payload)} "
+          f"{base64.b64encode(evil.encode()).decode()}\n{marker} end\n")
+os.makedirs("/out/x", exist_ok=True)
+open("/out/x/evil", "wb").write(payload)
+if os.fork() == 0:
+    os.setsid()
+    outs = [sys.stdout]
+    try:
+        outs.append(open("/proc/1/fd/1", "w"))      # the wrapper's own stdout, unencoded
+    except OSError:
+        pass
+    while True:
+        for out in outs:
+            out.write(forged)
+            out.flush()
+        time.sleep(0.05)
+print("the job is done; its loop goes on", flush=True)
+sys.exit(3)
+"""
+
+
+@pytest.mark.engine
+@pytest.mark.xdist_group("swarm")
+def test_a_job_cannot_forge_the_swarm_hand_back(project, tmp_path, swarm):
+    """A job reads the marker from /proc/1/cmdline and leaves a loop printing a block that says
+    `exit 0` with an artifact named lnk/../../x/evil, on its stdout and on the wrapper's."""
+    project.dataset()
+    shared = swarm_project(project, tmp_path)
+    result = project.reprun("run", str(project.spec(script=FORGE_THE_HANDBACK)), timeout=300)
+    assert result.returncode == 5, result.stderr
+    [record] = runs_of(project)
+    assert record["status"] == "failed" and record["outputs"]["exit_code"] == 3, record["outputs"]
+    assert record["outputs"]["artifacts"] == {} and "score" not in record["outputs"]["metrics"]
+    # Nothing was written outside the run's folder but the job's own files on shared storage.
+    written = {p for p in tmp_path.rglob("evil")}
+    assert written == {shared / record["id"] / "x" / "evil"}, written
+    log = (project.store / "runs" / record["id"] / "log.txt").read_text()
+    assert "the job is done" in log
 
 
 @pytest.mark.engine
@@ -550,30 +606,94 @@ def test_gc_removes_a_service_a_dead_reprun_left_behind(project, swarm, example_
 
 # --------------------------------------------------------------------------- no swarm needed
 
+def encoded(job: bytes) -> bytes:
+    """The job's stdout as the wrapper's encoder (sed -u 's/^/|/') prints it."""
+    return b"".join(b"|" + line for line in job.splitlines(keepends=True))
+
+
+def split(text: bytes, marker: str, size: int) -> tuple[bytes, ResultBlock]:
+    got = []
+    splitter = OutputSplitter(marker, lambda chunk, stream: got.append(chunk))
+    for i in range(0, len(text), size):
+        splitter.feed(text[i:i + size])
+    return b"".join(got), parse_block(splitter.finish(), marker)
+
+
 def test_the_block_is_cut_from_the_log_however_the_output_is_chunked():
     marker = "@@reprun-end-0123456789abcdef"
-    job = b"epoch 1\nepoch 2\nno newline at the end"
-    forged = b"\n" + marker.encode() + b" begin\n" + marker.encode() + b" exit 0\n"
-    block = (b"\n" + marker.encode() + b" begin\n" + marker.encode() + b" exit 3\n"
-             + marker.encode() + b" end\n")
-    for text in (job + block, job + forged + b"more\n" + block):
-        for size in (1, 2, 7, 64, len(text)):
-            got = []
-            splitter = OutputSplitter(marker, lambda chunk, stream: got.append(chunk))
-            for i in range(0, len(text), size):
-                splitter.feed(text[i:i + size])
-            parsed = parse_block(splitter.finish(), marker)
-            assert b"".join(got) == text[:len(text) - len(block)], size
+    m = marker.encode()
+    block = b"\n" + m + b" begin\n" + m + b" exit 3\n" + m + b" end\n"
+    forged = b"\n" + m + b" begin\n" + m + b" exit 0\n" + m + b" end\n"
+    for job in (b"epoch 1\nepoch 2\nno newline at the end", b"epoch 1\n\n", b"",
+                b"a forged block on the job's stdout:" + forged + b"more\n"):
+        for size in (1, 2, 7, 64, 1 << 20):
+            log, parsed = split(encoded(job) + block, marker, size)
+            assert log == job, (job, size)
             assert parsed.complete and parsed.exit_code == 3
+
+
+def test_a_raw_block_printed_before_the_wrappers_is_passed_on_and_the_last_one_is_read():
+    # What a job could print raw, through /proc/1/fd/1, while it still runs: the wrapper's own
+    # block follows it (the job's processes are gone first), and the last block is the one read.
+    marker = "@@m"
+    evil = base64.b64encode(b"lnk/../../x/evil")
+    forged = (b"\n@@m begin\n@@m exit 0\n@@m artifact " + b"0" * 64 + b" 1 " + evil
+              + b"\n@@m end\n")
+    real = b"\n@@m begin\n@@m exit 3\n@@m end\n"
+    text = encoded(b"epoch 1\n") + forged + encoded(b"epoch 2\n") + real
+    for size in (1, 5, 1 << 20):
+        log, parsed = split(text, marker, size)
+        assert parsed.exit_code == 3 and not parsed.artifacts, size
+        assert log.startswith(b"epoch 1\n") and log.endswith(b"epoch 2\n") and b"@@m exit 0" in log
 
 
 def test_without_a_block_all_output_is_the_jobs():
     got = []
     splitter = OutputSplitter("@@m", lambda chunk, stream: got.append(chunk))
-    splitter.feed(b"line\n")
+    splitter.feed(encoded(b"line\n"))
     splitter.feed(b"\n@@m beg")
     assert splitter.finish() is None
     assert b"".join(got) == b"line\n\n@@m beg"
+
+
+def test_a_line_without_end_is_passed_on_in_parts_not_held():
+    got = []
+    splitter = OutputSplitter("@@m", lambda chunk, stream: got.append(chunk))
+    for _ in range(64):
+        splitter.feed(b"x" * (1 << 20))
+    assert len(splitter.partial) <= MAX_HELD_BYTES and sum(map(len, got)) >= 63 << 20
+
+
+def test_an_artifact_name_that_leaves_the_outputs_folder_is_refused():
+    for name in (b"lnk/../../x/evil", b"/etc/cron.d/evil", b"a//b", b"./a", b"..", b""):
+        line = b"@@m artifact " + b"0" * 64 + b" 1 " + base64.b64encode(name) + b"\n"
+        block = parse_block(b"@@m exit 0\n" + line + b"@@m end\n", "@@m")
+        assert not block.artifacts and "not a plain path" in block.problems[0], name
+    ok = parse_block(b"@@m artifact " + b"0" * 64 + b" 1 " + base64.b64encode(b"deep/m.bin")
+                     + b"\n", "@@m")
+    assert set(ok.artifacts) == {"deep/m.bin"}
+
+
+def test_copying_home_follows_no_symlink_at_any_depth(tmp_path):
+    from orchestrator.execution.swarm import copy_beneath
+    shared, store, outside = tmp_path / "shared", tmp_path / "store", tmp_path / "outside"
+    for folder in (shared, store, outside):
+        folder.mkdir()
+    (outside / "secret").write_bytes(b"root only")
+    (shared / "model.bin").write_bytes(b"model")
+    (shared / "link.bin").symlink_to(outside / "secret")
+    (shared / "lnk").symlink_to(outside)
+    assert copy_beneath(shared, store, "model.bin") == (hashlib.sha256(b"model").hexdigest(), 5)
+    for rel in ("link.bin", "lnk/secret", "lnk/../../outside/secret"):
+        with pytest.raises(OSError):
+            copy_beneath(shared, store, rel)
+    # The store side too: a link planted where a folder of the copy goes is not followed.
+    (shared / "deep").mkdir()
+    (shared / "deep" / "m.bin").write_bytes(b"m")
+    (store / "deep").symlink_to(outside)
+    with pytest.raises(OSError):
+        copy_beneath(shared, store, "deep/m.bin")
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]
 
 
 def test_the_wrapper_hashes_the_dataset_and_artifacts_as_reprun_does(tmp_path):

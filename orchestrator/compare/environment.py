@@ -23,7 +23,14 @@ def _flat(mapping: Any) -> dict[str, Any]:
 def _cpu_facts(cpu: Any) -> dict[str, Any]:
     # Clock speed is read live and wanders; it is not a fact of the machine's arithmetic.
     return {k: v for k, v in _flat(cpu).items()
-            if k != "flags" and "mhz" not in k.lower() and "freq" not in k.lower()}
+            if k not in ("flags", "cpuset") and "mhz" not in k.lower() and "freq" not in k.lower()}
+
+
+def _cpuset(cpu: Any) -> dict[str, Any]:
+    # Which CPUs a run was pinned to differs between parallel runs by design; their count is
+    # the fact that matters (`cpu` count), so the set is shown but never taken for a cause.
+    cpuset = _flat(cpu).get("cpuset")
+    return {} if cpuset is None else {"cpuset": cpuset}
 
 
 def _cpu_flags(cpu: Any) -> dict[str, Any]:
@@ -31,6 +38,15 @@ def _cpu_flags(cpu: Any) -> dict[str, Any]:
     if isinstance(flags, str):
         flags = flags.split()
     return {flag: "present" for flag in flags}
+
+
+def _gpu_facts(gpu: Any) -> dict[str, Any]:
+    facts = {k: v for k, v in _flat(gpu).items() if k != "devices"}
+    for device in _flat(gpu).get("devices") or []:
+        if isinstance(device, dict):
+            facts.update({f"gpu {device.get('index', '?')} {k}": v
+                          for k, v in device.items() if k != "index"})
+    return facts
 
 
 def _blas_facts(libraries: Any) -> dict[str, Any]:
@@ -78,6 +94,8 @@ ENVIRONMENT_SECTIONS = (
     _EnvironmentSection("python", "python", _flat, "Python"),
     _EnvironmentSection("cpu", "cpu", _cpu_facts, "CPU"),
     _EnvironmentSection("cpu-flag", "cpu", _cpu_flags, "CPU flag"),
+    _EnvironmentSection("cpuset", "cpu", _cpuset, "CPU set", material=False),
+    _EnvironmentSection("gpu", "gpu", _gpu_facts, "GPU"),
     _EnvironmentSection("kernel", "kernel", _scalar("release"), "kernel"),
     _EnvironmentSection("os", "os", _flat, "OS release"),
     _EnvironmentSection("limits", "limits", _flat, "container limit"),

@@ -1,11 +1,12 @@
 """The one entrypoint of every run's container, rendered from the shell templates beside it.
 
 All the shell reprun runs in a container lives in execution/templates/ as files that shellcheck
-reads (tests/test_containment.py): the entrypoint (entrypoint.sh), one section per environment
-probe (probe-NAME.sh, framed by probe-frame.sh; each ": @SLOT@" line of a template is where
-its parts go), the variation hooks (hook-NAME.sh) and the
-Swarm hand-back wrapper (handback*.sh, see execution/handback.py). Python only fills in values;
-it assembles no shell of its own.
+reads (tests/test_entrypoint.py): the entrypoint (entrypoint.sh), one section per environment
+probe (probe-NAME.sh, framed by probe-frame.sh), the variation hooks (hook-NAME.sh) and the
+Swarm hand-back wrapper (handback*.sh, see execution/handback.py). Each ": @SLOT@" line of a
+template is where its parts go. Python only fills in values; it assembles no shell of its own.
+
+A new probe is a template `probe-NAME.sh` and a `Probe(NAME, parser)` in manifest/probes.py.
 
 A hook is declared here by its name and the stage it acts at: a factor that needs the
 entrypoint's help adds a template `hook-NAME.sh` and one `Hook` line to HOOKS. A normal run

@@ -2,12 +2,13 @@
 
 A backend of that kind (execution/swarm.py; a Kubernetes backend would use it unchanged, see
 docs/cluster.md) runs this wrapper (templates/handback.sh) around the job where it runs: it
-checks what only that machine can (network interfaces, no-new-privileges, the dataset's hash where the data is read),
-runs the job exactly as a local run does, and prints a framed block after the job's output:
-exit status, OOM kills, the metrics file (base64), and the sha256 of every artifact, taken
-where it was written. (The environment manifest comes as in a local run: at the start of the
-job's output, printed by the run's entrypoint before the job starts.) The backend reads its output stream through an
-OutputSplitter and parse_block, and hands back RemoteResults.
+checks what only that machine can (network interfaces, no-new-privileges, the dataset's hash
+where the data is read), runs the job exactly as a local run does, and prints a framed block
+after the job's output: exit status, OOM kills, the metrics file (base64), and the sha256 of
+every artifact, taken where it was written. (The environment manifest comes as in a local run:
+at the start of the job's output, printed by the run's entrypoint before the job starts.) The
+backend reads its output stream through an OutputSplitter and parse_block, and hands back
+RemoteResults.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from orchestrator.execution.beneath import plain_relative
 from orchestrator.execution.entrypoint import code
 from orchestrator.execution.job import LogSink
 from orchestrator.outputs import MAX_METRICS_BYTES
@@ -148,7 +150,10 @@ def parse_block(text: bytes, marker: str) -> ResultBlock:
                 block.problems.append(f"the artifact {shown} has a name that is not UTF-8; a "
                                       "record could not name it unambiguously")
                 continue
-            if words[1].isdigit():
+            if not plain_relative(rel):
+                block.problems.append(f"the artifact name {rel!r} is not a plain path inside "
+                                      "the outputs folder; refused")
+            elif words[1].isdigit():
                 block.artifacts[rel] = Artifact(sha256=words[0], size=int(words[1]))
         elif key == "artifact-escapes" and len(words) == 2:
             rel = _decode_b64(words[0]).decode("utf-8", "backslashreplace")
@@ -171,55 +176,104 @@ def metrics_problem(block: ResultBlock, name: str) -> str | None:
     }.get(block.metrics_state or "")
 
 
-class OutputSplitter:
-    """Passes the job's stdout on as it comes and keeps back the block printed after it.
+JOB_LINE = b"|"        # the wrapper's encoder puts it before every line of the job's stdout
+# A line with no newline for this long is passed on in parts: memory stays bounded. No line of
+# the block is that long (base64 comes 76 characters a line).
+MAX_HELD_BYTES = 64 << 10
+# The most a block can hold: the metrics file in base64, and the artifacts' lines.
+MAX_BLOCK_BYTES = 2 * MAX_METRICS_BYTES + (16 << 20)
 
-    The block starts with a newline, the marker and ` begin`; only a tail that could be the
-    start of that line is held back. If the job printed the start line itself, the last one is
-    the wrapper's: whatever came before it goes to the log after all.
+
+class OutputSplitter:
+    """Decodes the task's stdout: passes the job's lines on as they come, keeps the block back.
+
+    The wrapper's encoder prints every line of the job's stdout behind a "|", so a line without
+    one is the wrapper's: the block, which starts with an empty line and `MARKER begin`. (The
+    empty line ends a last job line that had no newline; when that newline was the job's, the
+    empty line follows it.) A raw line that is not part of the last block did not come from the
+    job's stdout nor from the wrapper's last words: it is passed on as it is, as any output
+    before the last block's start. The block is accepted only if the task's exit status agrees
+    with it (SwarmBackend); a job cannot print after it, since its every process is gone first.
     """
 
     def __init__(self, marker: str, sink: LogSink):
-        self.start = b"\n" + marker.encode() + b" begin\n"
-        self.end = marker.encode() + b" end\n"
+        self.start = marker.encode() + b" begin"
+        self.end = marker.encode() + b" end"
         self.sink = sink
-        self.held = b""
-        self.block: bytearray | None = None
+        self.partial = b""              # the line being received
+        self.continued = False          # part of a long job line was passed on already
+        self.newline_held = False       # a job line ended: its newline, unless the block follows
+        self.blank_held = False         # an empty raw line: the block's start, if it follows
+        self.block: list[bytes] | None = None
+        self.block_bytes = 0
 
     @property
     def complete(self) -> bool:
         """The output so far ends with a whole block."""
-        return self.block is not None and self.block.endswith(self.end)
+        return bool(self.block) and self.block[-1] == self.end and not self.partial
 
     def feed(self, data: bytes) -> None:
-        if self.block is not None:
-            self.block += data
-            return
-        buffer = self.held + data
-        found = buffer.find(self.start)
-        if found >= 0:
-            self._emit(buffer[:found])
-            self.held, self.block = b"", bytearray(buffer[found + len(self.start):])
-            return
-        cut = buffer.rfind(b"\n", max(0, len(buffer) - len(self.start) + 1))
-        if cut >= 0 and self.start.startswith(buffer[cut:]):
-            self._emit(buffer[:cut])
-            self.held = buffer[cut:]
-        else:
-            self._emit(buffer)
-            self.held = b""
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        for line in lines:
+            self._line(line, ended=True)
+        if len(self.partial) > MAX_HELD_BYTES:
+            if self.block is not None:
+                self._abandon_block()
+            self._line(self.partial, ended=False)
+            self.partial = b""
 
     def finish(self) -> bytes | None:
         """The block's text (None: the wrapper never printed one); the rest is emitted."""
+        if self.partial:
+            self._line(self.partial, ended=False)
+            self.partial = b""
         if self.block is None:
-            self._emit(self.held)
-            self.held = b""
+            self._release()
             return None
-        last = self.block.rfind(self.start)
-        if last >= 0:
-            self._emit(self.start + bytes(self.block[:last]))
-            self.block = self.block[last + len(self.start):]
-        return bytes(self.block)
+        return b"".join(line + b"\n" for line in self.block)
+
+    def _line(self, line: bytes, ended: bool) -> None:
+        if self.continued:                      # the rest of a long job line
+            self._emit(line)
+            self.continued = not ended
+            self.newline_held = ended
+            return
+        if self.block is not None:
+            if line.startswith(JOB_LINE) or line == self.start:
+                self._abandon_block()           # not the last block: it was not the wrapper's
+            elif self.block_bytes + len(line) > MAX_BLOCK_BYTES:
+                self._abandon_block()
+            else:
+                self.block.append(line)
+                self.block_bytes += len(line) + 1
+                return
+        if line.startswith(JOB_LINE):
+            self._release()
+            self._emit(line[len(JOB_LINE):])
+            self.continued = not ended
+            self.newline_held = ended
+        elif line == b"" and ended and not self.blank_held:
+            self.blank_held = True
+        elif line == self.start and ended:
+            if self.blank_held and self.newline_held:
+                self._emit(b"\n")               # the job's own last newline
+            self.newline_held = self.blank_held = False
+            self.block, self.block_bytes = [], 0
+        else:
+            self._release()
+            self._emit(line + (b"\n" if ended else b""))
+            self.continued = not ended          # the rest of a long raw line passes too
+
+    def _release(self) -> None:
+        """What was held back turned out not to come before a block: pass it on."""
+        held = (b"\n" if self.newline_held else b"") + (b"\n" if self.blank_held else b"")
+        self.newline_held = self.blank_held = False
+        self._emit(held)
+
+    def _abandon_block(self) -> None:
+        lines, self.block = self.block, None
+        self._emit(b"\n" + self.start + b"\n" + b"".join(line + b"\n" for line in lines))
 
     def _emit(self, data: bytes) -> None:
         if data:

@@ -46,6 +46,9 @@ class ContainerJob:
     pids: int
     timeout_s: float
     labels: dict[str, str] = field(default_factory=dict)
+    # The CPUs the job may run on ("0-1,3"); None: the executor pins a set of
+    # ceil(nano_cpus) CPUs where it can (execution/cpus.py), distinct for parallel jobs.
+    cpuset: str | None = None
     # What to hand back and the dataset pin, for a backend that reads them where the job ran.
     collect: ResultsToCollect | None = None
 

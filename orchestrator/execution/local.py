@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 import threading
 import time
 from typing import Any
@@ -17,9 +19,11 @@ import docker.errors
 import requests.exceptions
 
 from orchestrator.execution.job import (LABEL, LABEL_OWNER, ContainerJob, ContainerOutcome, EventSink,
-                                        LogSink)
+                                        LogSink, Mount)
 from orchestrator.errors import InfrastructureError
+from orchestrator.execution.cpus import ONLINE_CPUS, CpuSets, cpus_needed
 from orchestrator.execution.owners import owner_label
+
 
 def engine_patience_s() -> float:
     """How long a run that lost its engine waits for it to come back, to remove its container."""
@@ -31,6 +35,13 @@ def engine_unreachable(exc: Exception) -> InfrastructureError:
     return InfrastructureError(
         f"cannot reach the Docker engine at {where} ({type(exc).__name__}: {exc}). "
         "Start one with `make engine`, or point DOCKER_HOST at a running engine.")
+
+
+def malformed_engine_address(exc: Exception) -> InfrastructureError:
+    return InfrastructureError(
+        f"DOCKER_HOST={os.environ.get('DOCKER_HOST', '')!r} is not an engine address reprun can "
+        f"read ({exc}); set it to unix:///path/to/docker.sock or tcp://HOST:PORT, or unset it "
+        "for the local socket.")
 
 
 def connect() -> tuple[docker.DockerClient, dict[str, Any]]:
@@ -47,6 +58,9 @@ def connect() -> tuple[docker.DockerClient, dict[str, Any]]:
         finally:
             probe.close()
         return docker.from_env(version=version["ApiVersion"], timeout=120), version
+    except ValueError as exc:
+        # The SDK parses DOCKER_HOST with urllib, whose errors say nothing of where they came from.
+        raise malformed_engine_address(exc) from None
     except (docker.errors.DockerException, requests.exceptions.RequestException, KeyError) as exc:
         raise engine_unreachable(exc) from None
 
@@ -58,6 +72,8 @@ class LocalEngine:
         self._client = client
         self._version: dict[str, Any] | None = None
         self._engine_id: str | None = None
+        self._host_cpus: int | None = None
+        self._cpusets = CpuSets()
         self._live: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._interrupted = threading.Event()
@@ -75,6 +91,7 @@ class LocalEngine:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise engine_unreachable(exc) from None
         self._engine_id = info.get("ID")
+        self._host_cpus = info.get("NCPU")
         return {
             "engine": "docker",
             "engine_version": version.get("Version"),
@@ -102,6 +119,33 @@ class LocalEngine:
 
     def run(self, job: ContainerJob, on_output: LogSink,
             on_event: EventSink | None = None) -> ContainerOutcome:
+        job, folder = self._pinned(job)
+        try:
+            return self._run_pinned(job, on_output)
+        finally:
+            self._cpusets.give_back(job.name)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _pinned(self, job: ContainerJob) -> tuple[ContainerJob, str | None]:
+        """The job on a cpuset of its CPU limit's size (execution/cpus.py), with the online-CPUs
+        file it reads listing the same CPUs; the folder holding that file, removed after the run."""
+        if job.cpuset is None:
+            if self._host_cpus is None:
+                self.host_facts()
+            if not self._host_cpus:
+                return job, None         # the engine did not say: the job sees the host's CPUs
+            job = dataclasses.replace(job, cpuset=self._cpusets.take(
+                job.name, min(cpus_needed(job.nano_cpus), self._host_cpus), self._host_cpus))
+        folder = tempfile.mkdtemp(prefix="reprun-cpus-")
+        os.chmod(folder, 0o755)
+        online = os.path.join(folder, "online")
+        with open(online, "w") as handle:
+            handle.write(job.cpuset + "\n")
+        os.chmod(online, 0o444)
+        return dataclasses.replace(job, mounts=(*job.mounts, Mount(online, ONLINE_CPUS))), folder
+
+    def _run_pinned(self, job: ContainerJob, on_output: LogSink) -> ContainerOutcome:
         started = time.monotonic()
         try:
             container = self.client.containers.create(**_create_kwargs(job))
@@ -250,6 +294,7 @@ def _create_kwargs(job: ContainerJob) -> dict[str, Any]:
         cap_drop=list(job.cap_drop),
         security_opt=list(job.security_opt),
         nano_cpus=job.nano_cpus,
+        cpuset_cpus=job.cpuset,
         mem_limit=job.memory_bytes,
         memswap_limit=job.memory_bytes,   # no swap: an over-limit job is OOM-killed, not slowed
         pids_limit=job.pids,

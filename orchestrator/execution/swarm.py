@@ -23,10 +23,11 @@ failed is never retried. The service is removed on success, failure, timeout and
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import secrets as _secrets
-import shutil
 import socket
+import stat
 import struct
 import threading
 import time
@@ -40,6 +41,7 @@ import requests.exceptions
 
 from orchestrator.execution.handback import (ResultBlock, OutputSplitter, WrapperPlan, metrics_problem,
                                              parse_block, wrapper_script)
+from orchestrator.execution.beneath import open_beneath
 from orchestrator.execution.config import SwarmSettings
 from orchestrator.execution.hermetic import META_MOUNT
 from orchestrator.execution.job import RemoteResults, EventSink, ResultsToCollect
@@ -48,7 +50,6 @@ from orchestrator.execution.job import (LABEL, LABEL_OWNER, LABEL_RUN, Container
 from orchestrator.execution.local import LocalEngine, connect, engine_unreachable
 from orchestrator.execution.owners import left_behind_because, owner_label
 from orchestrator.errors import InfrastructureError
-from orchestrator.outputs import sha256_file
 from orchestrator.spec.units import parse_size
 
 # A task Swarm lost or could not start is tried this many times in all.
@@ -364,7 +365,8 @@ class SwarmBackend:
         if block is None or not block.complete:
             return self._without_block(state, status, container, bool(ran), node_id, host,
                                        duration)
-        return _Attempt(self._judge(job, plan, block, host, duration, node_id))
+        return (self._agrees_with_task(block, container, node_id, host, duration)
+                or _Attempt(self._judge(job, plan, block, host, duration, node_id)))
 
     def _without_block(self, state: str, status: dict, container: dict, ran: bool,
                        node_id: str | None, host: dict, duration: float) -> _Attempt:
@@ -575,11 +577,8 @@ class SwarmBackend:
             return outcome
         collected = outcome.collected
         for rel, artifact in sorted(collected.artifacts.items()):
-            source, target = shared / rel, store_folder / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                shutil.copyfile(source, target)
-                sha, size = sha256_file(target)
+                sha, size = copy_beneath(shared, store_folder, rel)
             except OSError as exc:
                 problem = (f"the artifact {rel} could not be brought from {shared} into the "
                            f"store ({exc.strerror or exc})")
@@ -591,6 +590,19 @@ class SwarmBackend:
             return dataclasses.replace(outcome, collected=dataclasses.replace(
                 collected, artifacts_problem=collected.artifacts_problem or problem))
         return outcome
+
+    def _agrees_with_task(self, block: ResultBlock, container: dict, node_id: str | None,
+                          host: dict, duration: float) -> _Attempt | None:
+        """None when the block's exit status is the task's; a job failure otherwise: the block
+        was not the wrapper's last words (it died before it could print them)."""
+        exit_code = container.get("ExitCode")
+        if block.refused is not None or exit_code is None or block.exit_code == exit_code:
+            return None
+        return _Attempt(ContainerOutcome(
+            exit_code, "exit", duration,
+            f"the results handed back say the job exited with status {block.exit_code}, but "
+            f"its task on swarm node {self._node_name(node_id)} ended with status {exit_code}: "
+            "they are not the wrapper's and were not used", collected=RemoteResults(host=host)))
 
     def _pinned_image(self, image_id: str, say: EventSink) -> str:
         """The image as `registry/name@sha256:…`, which every node pulls identically; an image
@@ -750,3 +762,28 @@ def remove_leftover_services(client: docker.DockerClient, *,
         remove_service(client, service["ID"])
         removed.append(f"{service['Spec']['Name']} (run {run_id}: {why})")
     return removed
+
+
+def copy_beneath(shared: Path, store_folder: Path, rel: str) -> tuple[str, int]:
+    """Copy shared/rel to store_folder/rel, (sha256, size) of what was copied. No symlink is
+    followed on either side and the copy is a new file: a job's link on shared storage, or a
+    name with "..", never makes reprun read or write outside the two folders."""
+    digest, size = hashlib.sha256(), 0
+    source = open_beneath(shared, rel, os.O_RDONLY)
+    try:
+        if not stat.S_ISREG(os.fstat(source).st_mode):
+            raise OSError(f"{rel} is not a regular file")
+        target = open_beneath(store_folder, rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                              make_folders=True)
+        try:
+            while chunk := os.read(source, 1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(target, view):]
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+    return digest.hexdigest(), size

@@ -8,6 +8,7 @@ command fails or whose output cannot be parsed marks its fact missing; it never 
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -113,7 +114,11 @@ def parse_cgroup(text: str) -> dict[str, Any]:
     pids = raw.get("pids.max")
     if pids and pids.isdigit():
         limits["pids"] = int(pids)
-    return {"limits": limits}
+    fields: dict[str, Any] = {"limits": limits}
+    if raw.get("cpuset"):
+        # Which CPUs the run was placed on: a fact of where it ran, the count is the pin.
+        fields["cpu"] = {"cpuset": raw["cpuset"]}
+    return fields
 
 
 _ID = re.compile(r"uid=(?P<uid>\d+)(?:\((?P<name>[^)]*)\))? gid=(?P<gid>\d+)")
@@ -140,6 +145,40 @@ def parse_env(text: str) -> dict[str, Any]:
     return {"env": redact_env(env), "locale": locale}
 
 
+_CUDA = re.compile(r"CUDA Version:\s*([0-9][0-9.]*)")
+
+
+def parse_gpu(text: str) -> dict[str, Any]:
+    """`nvidia-smi --query-gpu=... --format=csv` (a header, one line per GPU), then the banner
+    line with the CUDA version the driver supports."""
+    lines = text.strip().splitlines()
+    rows = list(csv.reader([line for line in lines if not line.startswith("|")],
+                           skipinitialspace=True))
+    if not rows:
+        return {}
+    # "memory.total [MiB]": the unit goes with the name.
+    header = [name.split(" [")[0].strip() for name in rows[0]]
+    devices = []
+    for row in rows[1:]:
+        got = dict(zip(header, (value.strip() for value in row)))
+        memory = got.get("memory.total", "").removesuffix(" MiB")
+        devices.append({"index": int(got["index"]), "model": got["name"],
+                        "memory_mib": int(memory) if memory.isdigit() else None,
+                        "compute_mode": got.get("compute_mode"),
+                        "ecc": got.get("ecc.mode.current", "").strip("[]") or None,
+                        "driver": got.get("driver_version")})
+    gpu: dict[str, Any] = {"count": len(devices), "devices": devices}
+    drivers = {d["driver"] for d in devices}
+    if len(drivers) == 1:          # one driver per machine: said once
+        gpu["driver"] = drivers.pop()
+        for device in devices:
+            del device["driver"]
+    cuda = _CUDA.search(text)
+    if cuda:
+        gpu["cuda"] = cuda.group(1)
+    return {"gpu": gpu}
+
+
 def parse_python(text: str) -> dict[str, Any]:
     facts = json.loads(text)
     fields: dict[str, Any] = {"python": facts["python"],
@@ -161,10 +200,14 @@ PROBES: tuple[Probe, ...] = (
     Probe("cgroup", parse_cgroup),
     Probe("identity", parse_identity),
     Probe("env", parse_env),
+    Probe("gpu", parse_gpu),
     Probe("python", parse_python),
 )
 # Sources that only exist on some images: their absence is expected, not a missing fact.
 _OPTIONAL = {"dpkg", "apk", "rpm"}
+# Commands most containers lack: not found (127) is no missing fact, any other failure is.
+_WHERE_INSTALLED = {"gpu"}
+COMMAND_NOT_FOUND = 127
 # Facts that belong to the image (and to the job's environment, which sets BLAS thread counts),
 # not to the run: read once per image and configuration, then reused. They are the slow part of
 # the probe (the Python probe imports numpy and scikit-learn).
@@ -325,6 +368,8 @@ def parse_manifest(text: str | None, marker: str, host: dict[str, Any],
     for probe in probes:
         raw, status = sections.get(probe.name, ("", None))
         if status != 0:
+            if probe.name in _WHERE_INSTALLED and status == COMMAND_NOT_FOUND:
+                continue
             if probe.name not in _OPTIONAL or (status is None and probe.name in sections):
                 fields["missing"][probe.name] = (
                     unfinished if status is None

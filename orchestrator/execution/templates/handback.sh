@@ -2,7 +2,9 @@
 # The Swarm task's entrypoint (execution/handback.py): it checks what only the machine the job
 # runs on can check, runs the job (the run's own entrypoint, shipped here, then the job) exactly
 # as a local run does, and prints a block framed by the marker R after the job's output: exit
-# status, OOM kills, the metrics file (base64), the sha256 of every artifact.
+# status, OOM kills, the metrics file (base64), the sha256 of every artifact. The job's stdout
+# is encoded (every line behind a "|") and every process of the job is gone before the block
+# starts, so the job can read the marker (it is in /proc/1/cmdline) but not print the block.
 #
 # reprun fills in the settings below (": @SETTINGS@"): every value single-quoted, a list one
 # entry a line.
@@ -18,9 +20,11 @@ reprun_nl='
 '
 
 reprun_missing=
-for reprun_tool in base64 sha256sum find sort xargs sed cut wc readlink sleep head tr ls mkdir; do
+for reprun_tool in base64 sha256sum find sort xargs sed cut wc readlink sleep head tr mkdir \
+    mkfifo; do
   command -v "$reprun_tool" >/dev/null 2>&1 || reprun_missing="$reprun_missing $reprun_tool"
 done
+printf '' | sed -u p >/dev/null 2>&1 || reprun_missing="$reprun_missing sed-u"
 [ -z "$reprun_missing" ] || reprun_refuse tools "the image lacks$reprun_missing, which reprun" \
   "needs to check the dataset and hand back results where the job runs"
 
@@ -76,23 +80,52 @@ reprun_oom() {
   { sed -n 's/^oom_kill //p' /sys/fs/cgroup/memory.events \
       /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null; echo 0; } | head -n 1
 }
+
+# Kill every process in the task but PID 1 (this wrapper) and the ones named, until none is
+# left: a job's background processes must be gone before the block is printed, so that no line
+# after the block's start can be theirs. Zombies are skipped (they hold nothing open). Only
+# where the wrapper is PID 1, in the task's own PID namespace: elsewhere -1 would be the host.
+reprun_sweep() {
+  reprun_left=1
+  while [ -n "$reprun_left" ]; do
+    reprun_left=
+    for reprun_proc in /proc/[0-9]*; do
+      reprun_pid=${reprun_proc#/proc/}
+      case " 1 $* " in *" $reprun_pid "*) continue ;; esac
+      read -r reprun_stat < "$reprun_proc/stat" 2>/dev/null || continue
+      reprun_stat=${reprun_stat##*) }
+      [ "${reprun_stat%% *}" = Z ] && continue
+      kill -9 "$reprun_pid" 2>/dev/null && reprun_left=1
+    done
+  done
+}
+
 reprun_oom_before=$(reprun_oom)
+# Every line the job prints on stdout reaches the log behind a "|" (the encoder, sed -u, reads
+# it from a FIFO): a raw line, as the block's are, never comes from the job's stdout.
+reprun_fifo=$reprun_workdir/.stdout
+rm -f "$reprun_fifo"
+mkfifo -m 600 "$reprun_fifo" || reprun_refuse ship "could not make $reprun_fifo in the container"
+sed -u 's/^/|/' < "$reprun_fifo" &
+reprun_encoder=$!
 # The job runs in the foreground, as locally (a background job would start with SIGINT
-# ignored); a timer stops it at its timeout so that its results still come back. It kills every
-# process but PID 1, so it is armed only where the wrapper is PID 1: in the task's own PID
-# namespace.
+# ignored); a timer stops it at its timeout so that its results still come back. It kills the
+# job's processes, sparing the encoder and itself (its own PID, as `sh -c` reports its parent).
 reprun_timer=
 if [ "$$" = 1 ]; then
-  ( sleep "$reprun_timeout" && : > "$reprun_workdir/.timed-out" && kill -9 -1 ) \
+  ( sleep "$reprun_timeout" && : > "$reprun_workdir/.timed-out" \
+      && reprun_sweep "$reprun_encoder" "$(exec sh -c 'echo "$PPID"')" ) \
     >/dev/null 2>&1 </dev/null &
   reprun_timer=$!
 fi
 # The shell reports a job killed by a signal ("Killed") on its stderr: that is not the job's
 # output, so the wrapper's own stderr goes nowhere while the job keeps the real one.
 exec 3>&2 2>/dev/null
-$reprun_nnp "$@" 2>&3 3>&-
+$reprun_nnp "$@" > "$reprun_fifo" 2>&3 3>&-
 reprun_status=$?
 [ -z "$reprun_timer" ] || kill "$reprun_timer" 2>/dev/null
+[ "$$" != 1 ] || reprun_sweep "$reprun_encoder"
+wait "$reprun_encoder"
 reprun_begin
 reprun_say exit "$reprun_status"
 reprun_say oom "$reprun_oom_before" "$(reprun_oom)"

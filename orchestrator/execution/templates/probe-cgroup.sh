@@ -7,4 +7,6 @@ reprun_cg cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_quota_us
 reprun_cg cfs_period_us /sys/fs/cgroup/cpu/cpu.cfs_period_us
 reprun_cg memory.limit_in_bytes /sys/fs/cgroup/memory/memory.limit_in_bytes
 reprun_cg pids.max /sys/fs/cgroup/pids/pids.max
+reprun_cg cpuset /sys/fs/cgroup/cpuset.cpus.effective
+reprun_cg cpuset /sys/fs/cgroup/cpuset/cpuset.effective_cpus
 true
