@@ -60,10 +60,11 @@ def runs_show(ctx: typer.Context, run_id: str,
     """Print one run record readably (or as JSON)."""
     from orchestrator.reports.record import render_record
     from orchestrator.store.baselines import baseline_of
+    from orchestrator.store.db import record_json
     store = open_store(ctx)
     record = store.get(run_id)
     if as_json:
-        typer.echo(record.to_json())
+        typer.echo(record_json(record))
         return
     typer.echo(render_record(record, baseline=baseline_of(store, record.inputs.spec_name)))
 
