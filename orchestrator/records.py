@@ -74,6 +74,9 @@ class Outputs:
     log_bytes: int
     log_truncated: bool
     message: str | None = None       # a one-paragraph explanation when something went wrong
+    # Every other file the run left in its folder (manifest.txt, files in out/ that are no
+    # artifact), hashed by the store when it seals the record, so `runs verify` covers them too.
+    kept_files: dict[str, Artifact] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,8 @@ class RunRecord:
         if outputs is not None:
             outputs = dict(outputs)
             outputs["artifacts"] = {k: Artifact(**v) for k, v in outputs["artifacts"].items()}
+            outputs["kept_files"] = {k: Artifact(**v)
+                                     for k, v in (outputs.get("kept_files") or {}).items()}
             outputs = Outputs(**outputs)
         return cls(
             id=data["id"], status=data["status"], started_at=data["started_at"],

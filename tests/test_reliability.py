@@ -33,6 +33,9 @@ def write_run(store: Store, *, spec: str = "job", score: float = 0.5, log: bytes
     run_id, run_dir, started_at = store.new_run(spec)
     (run_dir / "out").mkdir()
     (run_dir / "out" / "model.bin").write_bytes(artifact)
+    (run_dir / "out" / "notes.txt").write_text("written by the job, no artifact\n")
+    (run_dir / "meta").mkdir()
+    (run_dir / "meta" / "manifest.txt").write_text("os: Debian GNU/Linux 12\n")
     (run_dir / "log.txt").write_bytes(log)
     log_sha, log_size = sha256_file(run_dir / "log.txt")
     art_sha, art_size = sha256_file(run_dir / "out" / "model.bin")
@@ -204,6 +207,22 @@ def edit_image_facts(store, runs):
     return runs[2].id, "the image facts it read (record #4) was altered"
 
 
+def tamper_manifest(store, runs):
+    path = store.run_dir(runs[1].id) / "meta" / "manifest.txt"
+    path.write_text(path.read_text().replace("Debian", "Ubuntu 99.04 SPOOFED"))
+    return runs[1].id, "file meta/manifest.txt was altered"
+
+
+def add_a_file_to_out(store, runs):
+    (store.run_dir(runs[0].id) / "out" / "backdoor.pkl").write_bytes(b"cos\nsystem\n")
+    return runs[0].id, "holds out/backdoor.pkl, which no hash of its record covers"
+
+
+def tamper_an_extra_output(store, runs):
+    (store.run_dir(runs[2].id) / "out" / "notes.txt").write_text("rewritten\n")
+    return runs[2].id, "file out/notes.txt was altered"
+
+
 def rewind_chain_head(store, runs):
     db = sqlite3.connect(store.db_path)
     sha = db.execute("SELECT record_sha256 FROM runs WHERE id = ?", (runs[1].id,)).fetchone()[0]
@@ -215,7 +234,7 @@ def rewind_chain_head(store, runs):
     tamper_record_in_db, tamper_record_and_its_hash, tamper_record_file, tamper_log, remove_log,
     tamper_artifact, remove_artifact, remove_middle_record, remove_newest_record,
     remove_row_keep_folder, edit_an_approval, edit_an_approval_and_its_hash, edit_image_facts,
-    rewind_chain_head,
+    rewind_chain_head, tamper_manifest, add_a_file_to_out, tamper_an_extra_output,
 ], ids=lambda f: f.__name__.replace("_", "-"))
 def test_runs_verify_names_whatever_was_altered_or_removed(tmp_path, tamper):
     store = Store(tmp_path / "store")

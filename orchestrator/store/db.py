@@ -247,6 +247,9 @@ class Store:
         if record.status not in FINAL_STATUSES:
             raise ValueError(f"cannot finish a run with status {record.status!r}")
         _return_to_caller(self.run_dir(record.id))
+        if record.outputs is not None:
+            record = dataclasses.replace(record, outputs=dataclasses.replace(
+                record.outputs, kept_files=kept_files(self.run_dir(record.id), record)))
         return self._seal(record)
 
     def _seal(self, record: RunRecord) -> RunRecord:
@@ -569,6 +572,31 @@ def _chain_older_rows(db: sqlite3.Connection) -> None:
         db.execute("UPDATE image_facts SET seq = ?, entry_sha256 = ?, previous_sha256 = ? "
                    "WHERE key = ?", (head_seq + 1, image_facts_sha256(*row, previous), previous,
                                      row[0]))
+
+
+# Written by the store itself, or covered by the record's own hashes.
+_COVERED_ELSEWHERE = {"record.json", "log.txt", RESERVE_FILE}
+
+
+def kept_files(run_dir: Path, record: RunRecord) -> dict:
+    """Every regular file of the run folder that no other hash of the record covers, by its path
+    in the folder: what the job left besides its artifacts, and the probe's manifest.txt."""
+    from orchestrator.outputs import sha256_file
+    from orchestrator.records import Artifact
+    artifacts = {f"out/{name}" for name in (record.outputs.artifacts if record.outputs else {})}
+    kept = {}
+    for folder, dirs, files in os.walk(run_dir, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder, name)
+            rel = path.relative_to(run_dir).as_posix()
+            if rel in _COVERED_ELSEWHERE or rel in artifacts or path.is_symlink() \
+                    or not path.is_file():
+                continue
+            with contextlib.suppress(OSError):
+                sha, size = sha256_file(path)
+                kept[rel] = Artifact(sha, size)
+    return kept
 
 
 def _return_to_caller(run_dir: Path) -> None:
