@@ -104,6 +104,9 @@ class Outputs:
     log_bytes: int
     log_truncated: bool
     message: str | None = None       # a one-paragraph explanation when something went wrong
+    # Every other file the run left in its folder (manifest.txt, files in out/ that are no
+    # artifact), hashed by the store when it seals the record, so `runs verify` covers them too.
+    kept_files: dict[str, Artifact] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,8 @@ class RunRecord:
     def to_standard_json(self) -> str:
         """JSON any reader takes (`runs show --json`): a non-finite metric is the string "NaN",
         "Infinity" or "-Infinity", as in the JSON report, not a bare token outside the standard.
-        The store keeps `to_json`, whose text its hash chain was sealed over."""
+        The store writes records this way too (records of older reprun kept `to_json`'s text,
+        which their hash chain was sealed over)."""
         return json.dumps(_finite(self.to_dict()), sort_keys=True, indent=2, allow_nan=False)
 
     def content_sha256(self) -> str:
@@ -177,6 +181,8 @@ class RunRecord:
         if outputs is not None:
             outputs = dict(outputs)
             outputs["artifacts"] = {k: Artifact(**v) for k, v in outputs["artifacts"].items()}
+            outputs["kept_files"] = {k: Artifact(**v)
+                                     for k, v in (outputs.get("kept_files") or {}).items()}
             outputs = Outputs(**outputs)
         return cls(
             id=data["id"], status=RunStatus(data["status"]), started_at=data["started_at"],

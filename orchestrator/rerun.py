@@ -106,8 +106,9 @@ def _document(record: RunRecord, dataset: Path, redacted: tuple[str, ...]) -> di
         "dataset": {"path": dataset.name, "sha256": inputs.dataset.sha256,
                     "mount": inputs.dataset.mount},
         "seed": inputs.seed,
-        "command": [_literal(a) if isinstance(a, str) else a for a in inputs.command]
-        if isinstance(inputs.command, list) else inputs.command,
+        # Anything but a list of strings is left as it is, for the reader to name.
+        "command": ([_literal(a) if isinstance(a, str) else a for a in inputs.command]
+                    if isinstance(inputs.command, list) else inputs.command),
         "params": inputs.params,
         "env": {k: v for k, v in _mapping(inputs.env).items() if v != REDACTED},
         "secrets": list(redacted),
@@ -129,8 +130,8 @@ def _read_as_spec(record: RunRecord, dataset: Path, redacted: tuple[str, ...]) -
                               allow_unicode=False, width=1 << 16)
     except yaml.YAMLError as exc:
         raise UsageError(f"{label} holds values no spec can hold ({exc}).") from None
-    # The dataset was found already; its folder stands for the repository the spec lived in.
-    reader = Reader(label, dataset.parent, dataset.parent, True)
+    # The dataset was found already, wherever it is now (--dataset): no repository to stay in.
+    reader = Reader(label, dataset.parent, Path("/"), True)
     fields = FAILED
     try:
         node = reader.compose(text.encode())

@@ -33,6 +33,9 @@ def write_run(store: Store, *, spec: str = "job", score: float = 0.5, log: bytes
     run_id, run_dir, started_at = store.new_run(spec)
     (run_dir / "out").mkdir()
     (run_dir / "out" / "model.bin").write_bytes(artifact)
+    (run_dir / "out" / "notes.txt").write_text("written by the job, no artifact\n")
+    (run_dir / "meta").mkdir()
+    (run_dir / "meta" / "manifest.txt").write_text("os: Debian GNU/Linux 12\n")
     (run_dir / "log.txt").write_bytes(log)
     log_sha, log_size = sha256_file(run_dir / "log.txt")
     art_sha, art_size = sha256_file(run_dir / "out" / "model.bin")
@@ -204,6 +207,22 @@ def edit_image_facts(store, runs):
     return runs[2].id, "the image facts it read (record #4) was altered"
 
 
+def tamper_manifest(store, runs):
+    path = store.run_dir(runs[1].id) / "meta" / "manifest.txt"
+    path.write_text(path.read_text().replace("Debian", "Ubuntu 99.04 SPOOFED"))
+    return runs[1].id, "file meta/manifest.txt was altered"
+
+
+def add_a_file_to_out(store, runs):
+    (store.run_dir(runs[0].id) / "out" / "backdoor.pkl").write_bytes(b"cos\nsystem\n")
+    return runs[0].id, "holds out/backdoor.pkl, which no hash of its record covers"
+
+
+def tamper_an_extra_output(store, runs):
+    (store.run_dir(runs[2].id) / "out" / "notes.txt").write_text("rewritten\n")
+    return runs[2].id, "file out/notes.txt was altered"
+
+
 def rewind_chain_head(store, runs):
     db = sqlite3.connect(store.db_path)
     sha = db.execute("SELECT record_sha256 FROM runs WHERE id = ?", (runs[1].id,)).fetchone()[0]
@@ -215,7 +234,7 @@ def rewind_chain_head(store, runs):
     tamper_record_in_db, tamper_record_and_its_hash, tamper_record_file, tamper_log, remove_log,
     tamper_artifact, remove_artifact, remove_middle_record, remove_newest_record,
     remove_row_keep_folder, edit_an_approval, edit_an_approval_and_its_hash, edit_image_facts,
-    rewind_chain_head,
+    rewind_chain_head, tamper_manifest, add_a_file_to_out, tamper_an_extra_output,
 ], ids=lambda f: f.__name__.replace("_", "-"))
 def test_runs_verify_names_whatever_was_altered_or_removed(tmp_path, tamper):
     store = Store(tmp_path / "store")
@@ -267,6 +286,64 @@ def test_run_ids_that_run_out_are_an_infrastructure_error_not_a_usage_error(tmp_
     store.new_run("job")
     with pytest.raises(InfrastructureError, match="no unique run ID"):
         store.new_run("job")
+
+
+def test_a_nan_metric_is_stored_as_standard_json_and_read_back_as_nan(tmp_path):
+    import math
+    store = Store(tmp_path / "store")
+    run = write_run(store, score=float("nan"))
+
+    def refuse(token):
+        raise ValueError(f"bare {token} is not JSON")
+    on_disk = json.loads((store.run_dir(run.id) / "record.json").read_text(), parse_constant=refuse)
+    assert on_disk["outputs"]["metrics"]["score"] == "NaN"
+    shown = reprun_in(store.root, "runs", "show", run.id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout, parse_constant=refuse)["outputs"]["metrics"]["score"] == "NaN"
+    assert math.isnan(store.get(run.id).outputs.metrics["score"])
+    assert reprun_in(store.root, "runs", "verify").returncode == 0
+
+
+@pytest.mark.parametrize("break_it", ["a-file", "not-a-database"])
+def test_a_store_reprun_cannot_open_is_one_sentence_with_exit_4(tmp_path, break_it):
+    root = tmp_path / "store"
+    if break_it == "a-file":
+        root.write_text("not a folder\n")
+    else:
+        root.mkdir()
+        (root / "store.db").write_bytes(b"\x00garbage" * 512)
+    for command in (["runs"], ["runs", "verify"]):
+        result = reprun_in(root, *command)
+        assert result.returncode == 4, result.stderr
+        assert "cannot be opened" in result.stderr
+        assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+
+
+def test_a_store_below_its_disk_reserve_refuses_a_run_and_still_answers_read_only_commands(project):
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS)
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    [run] = json.loads(project.reprun("runs", "--json").stdout)
+    full = {"REPRUN_RESERVE_BYTES": str(1 << 60)}    # more than any disk has free
+    refused = project.reprun("run", str(spec), "-q", extra_env=full)
+    assert refused.returncode == 4, refused.stderr
+    assert "less than" in refused.stderr and "internal error" not in refused.stderr
+    assert len(json.loads(project.reprun("runs", "--json", extra_env=full).stdout)) == 1
+    for command in (["runs"], ["runs", "show", run["id"]], ["runs", "verify"]):
+        result = project.reprun(*command, extra_env=full)
+        assert result.returncode == 0, (command, result.stderr)
+
+
+def test_a_run_folder_belongs_to_the_user_who_ran_reprun_after_the_run(project):
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS + "\nopen('/out/model.bin', 'wb').write(b'm')")
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    [run] = json.loads(project.reprun("runs", "--json").stdout)
+    folder = project.store / "runs" / run["id"]
+    owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in [folder, *folder.rglob("*")]}
+    assert owners == {(os.getuid(), os.getgid())}, owners
+    assert (folder / "out" / "model.bin").exists()
 
 
 def test_a_stored_record_cannot_be_deleted_through_the_database(tmp_path):

@@ -134,7 +134,8 @@ METRICS_SH = ["sh", "-c", 'echo "{{\\"score\\": $0}}" > /out/metrics.json; echo 
 
 
 @pytest.mark.parametrize("name, magic", [("run.tar", None), ("run.tar.gz", b"\x1f\x8b"),
-                                         ("run.tar.xz", b"\xfd7zXZ")])
+                                         ("run.tar.xz", b"\xfd7zXZ"),
+                                         ("run.tar.zst", b"\x28\xb5\x2f\xfd")])
 def test_an_archive_replays_after_the_image_left_the_engine_and_the_registry(
         project, docker_client, tmp_path, name, magic):
     tag = unique_tag("archive")
@@ -253,11 +254,12 @@ def archived_run(project, docker_client, kind: str):
     return archive, original, image.id
 
 
-def forge(archive, *, record=None, image_tar=None):
+def forge(archive, *, record=None, image_tar=None, drop=(), manifest_members=None):
     """Rewrite an archive as an attacker would: edit its members, then re-hash its manifest so
     that every hash matches again."""
     with tarfile.open(archive) as tar:
-        members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        members = {m.name: tar.extractfile(m).read() for m in tar
+                   if m.isfile() and not m.name.startswith(tuple(drop))}
     if record is not None:
         document = json.loads(members["record.json"])
         record(document)
@@ -265,8 +267,10 @@ def forge(archive, *, record=None, image_tar=None):
     if image_tar is not None:
         members["image.tar"] = image_tar(members["image.tar"])
     manifest = json.loads(members.pop("MANIFEST.json"))
-    for name, data in members.items():
-        manifest["members"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    manifest["members"] = {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                           for name, data in members.items()}
+    if manifest_members is not None:
+        manifest_members(manifest["members"])
     members["MANIFEST.json"] = json.dumps(manifest).encode()
     with tarfile.open(archive, "w") as tar:
         for name, data in members.items():
@@ -381,3 +385,56 @@ def test_an_archived_image_tagged_as_another_image_leaves_that_tag_where_it_was(
     assert result.returncode == 0, result.stderr
     assert docker_client.images.get(victim).id == before
     assert docker_client.images.get(image_id).tags == []
+
+
+def test_an_archive_carries_the_runs_artifacts_with_their_recorded_hashes(project, docker_client):
+    archive, original, _ = archived_run(project, docker_client, "model")
+    record = json.loads(project.reprun("runs", "show", original, "--json").stdout)
+    with tarfile.open(archive) as tar:
+        model = tar.extractfile("artifacts/model.bin").read()
+        manifest = json.loads(tar.extractfile("MANIFEST.json").read())
+    assert hashlib.sha256(model).hexdigest() == record["outputs"]["artifacts"]["model.bin"]["sha256"]
+    assert manifest["members"]["artifacts/model.bin"]["size"] == len(model)
+
+
+@pytest.mark.parametrize("host_path", ["/etc/hostname", "/proc/self/pagemap", "../../etc/hostname"])
+def test_an_archive_manifest_naming_a_host_file_is_refused_and_the_file_never_read(
+        project, docker_client, host_path):
+    archive, original, _ = archived_run(project, docker_client, "hostpath")
+    hostname = open("/etc/hostname", "rb").read()
+    forge(archive, manifest_members=lambda members: members.update(
+        {host_path: {"sha256": hashlib.sha256(hostname).hexdigest(), "size": len(hostname)}}))
+    result = project.reprun("rerun", "--from-archive", str(archive), "-q", timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert "nothing outside the archive is ever read" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert run_ids(project) == [original]
+
+
+def test_a_small_archive_that_would_expand_to_gibibytes_is_refused_before_extracting(project):
+    import gzip
+    bomb = project.root / "bomb.tar.gz"
+    header = tarfile.TarInfo("dataset/zeros.bin")
+    header.size = 4 << 30
+    with gzip.open(bomb, "wb") as packed:
+        packed.write(header.tobuf(format=tarfile.GNU_FORMAT))
+        for _ in range(16):
+            packed.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    result = project.reprun("rerun", "--from-archive", str(bomb), "-q")
+    assert result.returncode == 3, result.stderr
+    assert "would expand to more than" in result.stderr and "was not extracted" in result.stderr
+    assert not list((project.store / "archives").iterdir())
+
+
+@pytest.mark.parametrize("member, said", [("record.json", "it has no record.json"),
+                                          ("image.tar", "it has no image.tar"),
+                                          ("dataset/", "it has no dataset")])
+def test_an_archive_missing_a_member_is_one_sentence_with_exit_3(
+        project, docker_client, member, said):
+    archive, original, _ = archived_run(project, docker_client, "missing")
+    forge(archive, drop=(member,))
+    result = project.reprun("rerun", "--from-archive", str(archive), "-q")
+    assert result.returncode == 3, result.stderr
+    assert said in result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr

@@ -1,4 +1,5 @@
-"""Self-contained archives of a run: the image saved by ID, the dataset, and the record.
+"""Self-contained archives of a run: the image saved by ID, the dataset, the record and the
+run's artifacts (the model an auditor holds with its proof).
 
 An archive outlives registries: `reprun rerun --from-archive` loads the image into the engine and
 replays the run. Every member is hashed in a manifest written last; on load every hash is checked
@@ -25,14 +26,16 @@ import zstandard
 
 from orchestrator.dataset.tree import hash_dataset
 from orchestrator.errors import InfrastructureError, PinMismatch, UsageError
+from orchestrator.outputs import sha256_file
 from orchestrator.records import RunRecord
-from orchestrator.store.db import Store, parse_record, utc_now
+from orchestrator.store.db import Store, parse_record, record_json, utc_now
 
 ARCHIVE_SCHEMA = "reprun.archive/1"
 MANIFEST = "MANIFEST.json"
 RECORD = "record.json"
 IMAGE = "image.tar"
 DATASET = "dataset"
+ARTIFACTS = "artifacts"
 
 Progress = Callable[[str, int, int], None]
 
@@ -73,6 +76,7 @@ def write_archive(store: Store, run_id: str, output: Path, *, client,
         raise PinMismatch(f"the dataset at {dataset} no longer matches run {record.id} "
                           f"(sha256 {digest.sha256}, recorded {record.inputs.dataset.sha256}); "
                           "refusing to archive a different dataset.")
+    artifacts = _artifacts_as_recorded(store, record)
     members: dict[str, dict] = {}
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -92,9 +96,10 @@ def write_archive(store: Store, run_id: str, output: Path, *, client,
             sha, size = _sha256_stream(image.save(named=False), sink)
         members[IMAGE] = {"sha256": sha, "size": size}
         progress("save image", 1, 1)
-        written = _Written(size + digest.bytes, lambda done, total: progress("write", done, total))
+        written = _Written(size + digest.bytes + sum(a.size for _, a in artifacts),
+                           lambda done, total: progress("write", done, total))
         with _writing(partial, output) as tar:
-            record_bytes = record.to_json().encode()
+            record_bytes = record_json(record).encode()
             _add_bytes(tar, RECORD, record_bytes)
             members[RECORD] = {"sha256": hashlib.sha256(record_bytes).hexdigest(),
                                "size": len(record_bytes)}
@@ -105,6 +110,10 @@ def write_archive(store: Store, run_id: str, output: Path, *, client,
                 name = f"{DATASET}/{rel}"
                 written.add(tar, base / rel, name)
                 members[name] = {"sha256": entry.sha256, "size": entry.size}
+            for file, artifact in artifacts:
+                name = f"{ARTIFACTS}/{file.relative_to(store.run_dir(record.id) / 'out').as_posix()}"
+                written.add(tar, file, name)
+                members[name] = {"sha256": artifact.sha256, "size": artifact.size}
             manifest = {"schema": ARCHIVE_SCHEMA, "run_id": record.id, "created_at": utc_now(),
                         "dataset_kind": digest.kind, "members": members}
             _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
@@ -118,6 +127,24 @@ def write_archive(store: Store, run_id: str, output: Path, *, client,
         partial.unlink(missing_ok=True)
         tmp_image.unlink(missing_ok=True)
     return output
+
+
+def _artifacts_as_recorded(store: Store, record) -> list[tuple[Path, object]]:
+    """The run's artifact files, each checked against its recorded hash: an archive carries the
+    model with its proof, never a file that was changed since."""
+    out = store.run_dir(record.id) / "out"
+    found = []
+    for name, artifact in sorted((record.outputs.artifacts if record.outputs else {}).items()):
+        file = out / name
+        try:
+            if file.is_symlink() or sha256_file(file) != (artifact.sha256, artifact.size):
+                raise PinMismatch(f"the artifact {name} of run {record.id} no longer matches its "
+                                  "record (`reprun runs verify` says more); refusing to archive it.")
+        except OSError as exc:
+            raise PinMismatch(f"the artifact {name} of run {record.id} cannot be read "
+                              f"({exc.strerror or exc}); refusing to archive the run.") from None
+        found.append((file, artifact))
+    return found
 
 
 # What _writing understands, and so what `reprun archive -o` accepts.
@@ -328,7 +355,8 @@ def _check_listing(path: Path, store: Store) -> dict:
         raise _damaged(path, f"its {MANIFEST} is unreadable") from None
     members = _members(path, manifest)
     for name, member in members.items():
-        if not _plain_name(name) or not (name in (RECORD, IMAGE) or name.startswith(DATASET + "/")):
+        if not _plain_name(name) or not (name in (RECORD, IMAGE)
+                                         or name.startswith((DATASET + "/", ARTIFACTS + "/"))):
             raise _damaged(path, f"its {MANIFEST} names {name!r}, which is no member an archive "
                                  "holds; nothing outside the archive is ever read")
         if name not in sizes:

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -82,6 +83,24 @@ def _ledger_head(db: sqlite3.Connection) -> tuple[int, str | None]:
     return (row[0], row[1]) if row else (0, None)
 
 
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def record_json(record: RunRecord) -> str:
+    """A record as the store writes it: standard JSON (no bare NaN/Infinity), sorted keys."""
+    return record.to_standard_json()
+
+
+def _metrics_as_numbers(data) -> None:
+    """Metrics written as "NaN"/"Infinity" text are the floats they stand for again."""
+    outputs = data.get("outputs") if isinstance(data, dict) else None
+    metrics = outputs.get("metrics") if isinstance(outputs, dict) else None
+    if isinstance(metrics, dict):
+        for name, value in metrics.items():
+            if isinstance(value, str) and value in _NON_FINITE:
+                metrics[name] = _NON_FINITE[value]
+
+
 def parse_record(text: str, source: str) -> RunRecord:
     """A record read back from a file or a row; `source` says which, for the one-sentence error
     a damaged or newer record gives instead of a crash."""
@@ -90,6 +109,7 @@ def parse_record(text: str, source: str) -> RunRecord:
     except ValueError as exc:
         raise UsageError(f"{source} is not a run record (not JSON: {exc}).") from None
     unknown = unknown_record_field(data)
+    _metrics_as_numbers(data)
     if unknown:
         raise UsageError(f"{source} was written by a newer reprun (field {unknown}); upgrade "
                          "reprun to read it.")
@@ -146,11 +166,17 @@ class Store:
         self.runs_dir = self.root / "runs"
         self.reports_dir = self.root / "reports"
         self.db_path = self.root / "store.db"
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        self.reports_dir.mkdir(parents=True, exist_ok=True)
-        with self.connect() as db:
-            db.executescript(SCHEMA)
-            _add_chain_columns(db)
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            self.reports_dir.mkdir(parents=True, exist_ok=True)
+            with self.connect() as db:
+                db.executescript(SCHEMA)
+                _add_chain_columns(db)
+        except (OSError, sqlite3.Error) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise InfrastructureError(
+                f"the store at {self.root} cannot be opened ({reason}); point REPRUN_STORE or "
+                "--store at a folder reprun can write, or restore its store.db.") from None
 
     def connect(self) -> "contextlib.AbstractContextManager[sqlite3.Connection]":
         return connect(self.db_path)
@@ -185,6 +211,10 @@ class Store:
         Returns the record as stored, naming its predecessor."""
         if record.status not in FINAL_STATUSES:
             raise ValueError(f"cannot finish a run with status {record.status!r}")
+        _return_to_caller(self.run_dir(record.id))
+        if record.outputs is not None:
+            record = dataclasses.replace(record, outputs=dataclasses.replace(
+                record.outputs, kept_files=kept_files(self.run_dir(record.id), record)))
         return self._seal(record)
 
     def _seal(self, record: RunRecord) -> RunRecord:
@@ -201,7 +231,7 @@ class Store:
                 head_seq, previous = _ledger_head(db)
                 seq = head_seq + 1
                 sealed = dataclasses.replace(record, previous=previous)
-                text = sealed.to_json()
+                text = record_json(sealed)
                 digest = record_sha256(text)
                 # The file first: a crash before COMMIT leaves it for `repair` to adopt.
                 _write_atomically(self.run_dir(record.id) / "record.json", text)
@@ -403,7 +433,7 @@ class Store:
             rows = db.execute("SELECT record FROM runs WHERE spec = ? AND status = 'succeeded' "
                               "ORDER BY started_at DESC", (spec,))
             for (text,) in rows:
-                record = RunRecord.from_json(text)
+                record = parse_record(text, "a stored record")
                 if not (record.inputs.container.get("variations") or {}).get("varied"):
                     return record
         return None
@@ -438,8 +468,8 @@ class Store:
     def _record_file(self, run_id: str) -> RunRecord | None:
         path = self.run_dir(run_id) / "record.json"
         try:
-            return RunRecord.from_json(path.read_text())
-        except (OSError, ValueError, KeyError, TypeError):
+            return parse_record(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, ValueError, UsageError):
             return None
 
 
@@ -507,6 +537,45 @@ def _chain_older_rows(db: sqlite3.Connection) -> None:
         db.execute("UPDATE image_facts SET seq = ?, entry_sha256 = ?, previous_sha256 = ? "
                    "WHERE key = ?", (head_seq + 1, image_facts_sha256(*row, previous), previous,
                                      row[0]))
+
+
+# Written by the store itself, or covered by the record's own hashes.
+_COVERED_ELSEWHERE = {"record.json", "log.txt", RESERVE_FILE}
+
+
+def kept_files(run_dir: Path, record: RunRecord) -> dict:
+    """Every regular file of the run folder that no other hash of the record covers, by its path
+    in the folder: what the job left besides its artifacts, and the probe's manifest.txt."""
+    from orchestrator.outputs import sha256_file
+    from orchestrator.records import Artifact
+    artifacts = {f"out/{name}" for name in (record.outputs.artifacts if record.outputs else {})}
+    kept = {}
+    for folder, dirs, files in os.walk(run_dir, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder, name)
+            rel = path.relative_to(run_dir).as_posix()
+            if rel in _COVERED_ELSEWHERE or rel in artifacts or path.is_symlink() \
+                    or not path.is_file():
+                continue
+            with contextlib.suppress(OSError):
+                sha, size = sha256_file(path)
+                kept[rel] = Artifact(sha, size)
+    return kept
+
+
+def _return_to_caller(run_dir: Path) -> None:
+    """The job wrote its outputs as its own user (65534 by default): once it is over, the run's
+    folder belongs to whoever ran reprun again, links included and never followed."""
+    uid, gid = os.getuid(), os.getgid()
+    if os.geteuid() != 0:
+        return      # only root could have given the folder away, and only root takes it back
+    for folder, dirs, files in os.walk(run_dir, followlinks=False):
+        for name in (folder, *(os.path.join(folder, n) for n in dirs + files)):
+            with contextlib.suppress(OSError):
+                st = os.lstat(name)
+                if (st.st_uid, st.st_gid) != (uid, gid):
+                    os.lchown(name, uid, gid)
 
 
 def _like_prefix(prefix: str) -> str:

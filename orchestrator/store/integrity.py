@@ -219,6 +219,19 @@ def _check_files(store: Store, row: _Row, audit: StoreAudit) -> None:
         audit.artifacts += 1
         _check_file(run_dir / "out" / name, f"artifact {name}", artifact.get("sha256"),
                     artifact.get("size"), row.id, audit)
+    if "kept_files" not in outputs:
+        return      # sealed by a reprun that did not yet hash the rest of the folder
+    kept = outputs.get("kept_files") or {}
+    for name, file in sorted(kept.items()):
+        _check_file(run_dir / name, f"file {name}", file.get("sha256"), file.get("size"),
+                    row.id, audit)
+    covered = {"record.json", "log.txt", *kept,
+               *(f"out/{name}" for name in outputs.get("artifacts") or {})}
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir).as_posix()
+        if (path.is_file() or path.is_symlink()) and rel not in covered:
+            audit.problems.append(Problem(row.id, f"its folder holds {rel}, which no hash of "
+                                                  "its record covers (added after the run)"))
 
 
 def _check_file(path: Path, what: str, sha256: str | None, size: int | None, run_id: str,
