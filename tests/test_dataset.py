@@ -23,7 +23,7 @@ AN_HOUR_AGO = time.time() - 3600
 def coreutils_tree_hash(folder: Path) -> str:
     out = subprocess.run(
         ["bash", "-c",
-         '(cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum',
+         '(cd "$1" && find -L . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum',
          "tree-hash", str(folder)],
         check=True, capture_output=True,
     )
@@ -83,15 +83,16 @@ def test_the_tree_hash_is_the_one_coreutils_computes_for_awkward_names(tmp_path:
     })
     (tree / "empty-folder").mkdir()
     (tree / "a" / "empty-folder").mkdir()
-    os.mkfifo(tree / "a-fifo")       # not a regular file: neither find -type f nor reprun read it
     (tree / "link-inside").symlink_to("with space.txt")
+    (tree / "folder-link").symlink_to("données")
 
     digest = hash_dataset(tree)
 
     assert digest.kind == "tree"
     assert digest.sha256 == coreutils_tree_hash(tree)
-    assert "./a-fifo" not in {e.path for e in digest.files}
-    assert "./link-inside" not in {e.path for e in digest.files}
+    listed = {e.path: e.sha256 for e in digest.files}
+    assert listed["./link-inside"] == listed["./with space.txt"]     # what the job reads
+    assert listed["./folder-link/été.csv"] == listed["./données/été.csv"]
     assert digest.bytes == sum(e.size for e in digest.files)
 
 
@@ -494,13 +495,59 @@ def test_a_link_to_a_folder_outside_via_dotdot_is_refused(digits: Path):
         hash_dataset(digits)
 
 
-def test_links_that_stay_inside_are_allowed_and_not_hashed(digits: Path):
+def test_links_that_stay_inside_are_hashed_as_what_they_lead_to(digits: Path):
     before = hash_dataset(digits).sha256
     (digits / "latest.csv").symlink_to("train/part-1.csv")
     (digits / "train-again").symlink_to("train")
-    (digits / "train" / "dangling-inside").symlink_to("not-yet-there")
     after = hash_dataset(digits)
-    assert after.sha256 == before == coreutils_tree_hash(digits)
+    assert after.sha256 != before and after.sha256 == coreutils_tree_hash(digits)
+    assert {"./latest.csv", "./train-again/part-0.csv", "./train-again/part-1.csv"} <= \
+        {e.path for e in after.files}
+
+
+def test_re_pointing_a_link_changes_the_pin_and_names_the_link(digits: Path, cache: HashCache):
+    (digits / "current.csv").symlink_to("train/part-0.csv")
+    pinned = hash_dataset(digits, cache=cache).sha256
+    (digits / "current.csv").unlink()
+    (digits / "current.csv").symlink_to("train/part-1.csv")
+    with pytest.raises(PinMismatch) as refused:
+        verify_dataset(digits, pinned, cache=cache)
+    assert refused.value.details[0] == "changed: ./current.csv"
+
+
+@pytest.mark.parametrize("make, named", [
+    (lambda d: (d / "train" / "dangling").symlink_to("not-yet-there"),
+     "./train/dangling -> not-yet-there (it leads nowhere)"),
+    (lambda d: (d / "train" / "again").symlink_to(".."), "./train/again -> .. (a loop"),
+    (lambda d: (d / "self").symlink_to("self"), "./self -> self (a loop of links)"),
+    (lambda d: os.mkfifo(d / "train" / "queue"), "./train/queue (a FIFO)"),
+    (lambda d: (d / "pipe").symlink_to("train/queue") or os.mkfifo(d / "train" / "queue"),
+     "./pipe -> train/queue (a FIFO)"),
+], ids=["dangling-link", "folder-loop", "link-loop", "fifo", "link-to-fifo"])
+def test_what_a_job_cannot_read_as_a_file_is_refused_with_its_name(digits: Path, make, named):
+    make(digits)
+    with pytest.raises(SpecError) as refused:
+        hash_dataset(digits)
+    assert named in refused.value.message or named in refused.value.details
+    assert refused.value.exit_code == ExitCode.INVALID
+
+
+def test_a_device_or_socket_in_a_dataset_is_refused_with_its_name(digits: Path):
+    import socket
+    import stat as stat_
+    try:
+        os.mknod(digits / "train" / "null", stat_.S_IFCHR | 0o600, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("creating a device node needs CAP_MKNOD")
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(digits / "control.sock"))
+    try:
+        with pytest.raises(SpecError) as refused:
+            hash_dataset(digits)
+    finally:
+        listening.close()
+    assert {"./train/null (a character device)", "./control.sock (a socket)"} <= \
+        set(refused.value.details)
 
 
 def test_a_dataset_path_that_is_itself_a_link_is_followed(digits: Path, tmp_path: Path):
@@ -557,3 +604,52 @@ def test_every_file_in_the_manifest_carries_its_own_sha256(digits: Path):
     digest = hash_dataset(digits)
     for entry in digest.files:
         assert entry.sha256 == hashlib.sha256((digits / entry.path).read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- links, against the engine
+
+READ_CURRENT = ["sh", "-c", 'read first < /data/current.csv; '
+                'echo "{{\\"score\\": $first}}" > /out/metrics.json']
+
+
+def linked_dataset(project) -> Path:
+    folder = project.dataset(files={"a.csv": b"1\n", "b.csv": b"2\n"})
+    (folder / "current.csv").symlink_to("a.csv")
+    return folder
+
+
+@pytest.mark.engine
+def test_re_pointing_current_csv_to_another_file_breaks_the_pin_naming_it(project):
+    import json
+    folder = linked_dataset(project)
+    spec = project.spec(command=READ_CURRENT)
+    first = project.reprun("run", str(spec), "-q")
+    assert first.returncode == 0, first.stderr
+    (folder / "current.csv").unlink()
+    (folder / "current.csv").symlink_to("b.csv")        # same names, same bytes in every file
+    refused = project.reprun("run", str(spec), "-q")
+    assert refused.returncode == 3, refused.stderr
+    assert "changed: ./current.csv" in refused.stderr and "Traceback" not in refused.stderr
+    assert len(json.loads(project.reprun("runs", "--json").stdout)) == 1    # nothing ran on it
+
+
+@pytest.mark.engine
+def test_an_archive_carries_a_dataset_link_and_replays_from_it(project, docker_client):
+    import json
+    from imagekit import import_tiny_image, push
+    from test_rerun import delete_from_registry, unique_tag
+    linked_dataset(project)
+    tag = unique_tag("linked")
+    image = import_tiny_image(docker_client, tag)
+    reference = push(docker_client, tag)
+    spec = project.spec(command=READ_CURRENT, image=reference)
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    [run] = json.loads(project.reprun("runs", "--json").stdout)
+    archive = project.root / "run.tar"
+    written = project.reprun("archive", run["id"], "-o", str(archive))
+    assert written.returncode == 0, written.stderr
+    delete_from_registry(reference)
+    docker_client.images.remove(image.id, force=True)
+    result = project.reprun("rerun", "--from-archive", str(archive), "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("IDENTICAL")

@@ -2,7 +2,10 @@
 
 The tree hash is defined by a coreutils pipeline, so anyone can check a pin without reprun:
 
-    (cd DIR && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum
+    (cd DIR && find -L . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum
+
+A symbolic link is hashed as what the job reads through it (-L); walk.py refuses the links and
+special files that pipeline would skip or could not settle.
 
 This module holds that definition and the values built on it; tree.py computes them.
 """
