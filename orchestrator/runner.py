@@ -17,7 +17,7 @@ from orchestrator.errors import JobFailed, PinMismatch
 from orchestrator.events import RunObserver
 from orchestrator.execution.hermetic import RunPaths, applied_settings, container_job
 from orchestrator.images import ResolvedImage, resolve_image
-from orchestrator.outputs import (OutputsError, hash_artifacts, read_metrics, sha256_file,
+from orchestrator.outputs import (OutputsError, find_artifacts, read_metrics, sha256_file,
                                   unmatched_patterns)
 from orchestrator.manifest.probes import (PROBES, RUN_PROBES, ManifestCapture, image_facts,
                                           image_facts_key, new_marker, parse_manifest, write_probe)
@@ -236,6 +236,7 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
             redactor: Redactor) -> RunRecord:
     spec = prepared.spec
     metrics, artifacts, reason, message = {}, {}, outcome.reason, outcome.message
+    links: list[str] = []
     collected = outcome.collected      # present: the backend read the results where the job ran
     if outcome.reason == "ok":
         try:
@@ -243,7 +244,9 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
                 metrics, artifacts = collected.results(spec.outputs.metrics)
             else:
                 metrics = read_metrics(paths.outputs / spec.outputs.metrics, root=paths.outputs)
-                artifacts = hash_artifacts(paths.outputs, spec.outputs.artifacts)
+                found = find_artifacts(paths.outputs, spec.outputs.artifacts,
+                                       max_bytes=spec.outputs.max_size)
+                artifacts, links = found.artifacts, found.notes()
         except OutputsError as exc:
             reason, message = "outputs", str(exc)
     status = {"ok": SUCCEEDED, "interrupted": INTERRUPTED, "engine": ERROR}.get(reason, FAILED)
@@ -262,6 +265,7 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
     if log.seen > log.cap:
         notes.append(f"the log was capped at {log.cap} bytes; the job printed {log.seen}")
     if reason == "ok":
+        notes += links
         notes += [f"the artifact pattern {pattern!r} matched no file, so nothing it was meant "
                   "to name is compared" for pattern in unmatched_patterns(spec.outputs.artifacts,
                                                                           artifacts)]
