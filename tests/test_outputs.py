@@ -186,3 +186,14 @@ def test_a_metric_named_with_a_lone_surrogate_survives_run_show_diff_and_reports
     for report in reports:
         assert "\\ud800x" in report.read_text(encoding="utf-8") or report.suffix == ".json"
     assert "\\\\ud800x" in reports[2].read_text(encoding="utf-8")     # JSON: the backslash escaped
+
+
+@pytest.mark.engine
+def test_when_every_run_of_a_verify_fails_each_failure_is_reported(project):
+    project.dataset()
+    spec = project.spec(script="import sys; print('no model for seed', sys.argv[1]); sys.exit(3)")
+    result = project.reprun("verify", str(spec), "--sequential")
+    assert result.returncode == 5, result.stderr
+    ids = [r["id"] for r in json.loads(project.reprun("runs", "--json").stdout)]
+    assert len(ids) == 2 and "2 of 2 runs failed" in result.stderr
+    assert all(f"run {run_id} of job failed" in result.stderr for run_id in ids)
