@@ -197,3 +197,14 @@ def test_when_every_run_of_a_verify_fails_each_failure_is_reported(project):
     ids = [r["id"] for r in json.loads(project.reprun("runs", "--json").stdout)]
     assert len(ids) == 2 and "2 of 2 runs failed" in result.stderr
     assert all(f"run {run_id} of job failed" in result.stderr for run_id in ids)
+
+
+@pytest.mark.engine          # the project's spec pins the example image by its registry digest
+@pytest.mark.parametrize("value", ["0", "-1g", "lots", "[4g]"])
+def test_validate_refuses_an_outputs_max_size_that_is_not_a_size(project, value):
+    project.dataset()
+    spec = project.spec(script="pass", sha256="c" * 64)
+    spec.write_text(spec.read_text().replace("outputs: {", f"outputs: {{max_size: {value}, "))
+    result = project.reprun("validate", str(spec))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "max_size" in result.stdout + result.stderr and "Traceback" not in result.stderr
