@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.dataset import helper as hash_worker
-from orchestrator.dataset.tree import BLOCK, HashCache, hash_dataset, verify_dataset
+from orchestrator.dataset.parallel import BLOCK
+from orchestrator.dataset.tree import HashCache, hash_dataset, verify_dataset
 
 BIG_FILE_BYTES = 1 << 30
 TREE_FILES = 10_000

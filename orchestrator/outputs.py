@@ -1,12 +1,14 @@
 """What a job leaves behind: its metrics file, its artifacts, its log."""
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import json
 import math
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ from orchestrator.records import Artifact
 
 MAX_METRICS_BYTES = 10 * 1024 * 1024
 MAX_METRICS_DEPTH = 32
+# What a spec's outputs.max_size is when it does not say: the artifacts hashed after a run.
+DEFAULT_MAX_ARTIFACT_BYTES = 4 << 30
 
 
 class OutputsError(Exception):
@@ -26,7 +30,8 @@ def read_metrics(path: Path, *, root: Path | None = None) -> dict[str, float]:
     `root`: the outputs folder; a path that leaves it through a linked folder is refused."""
     if path.is_symlink():
         raise OutputsError(f"the metrics file {path.name} is a symlink; a job must write it as a file")
-    if root is not None and Path(root).resolve() not in path.resolve().parents:
+    # realpath, not Path.resolve: a loop of links in the way must be a refusal, not a crash.
+    if root is not None and Path(os.path.realpath(root)) not in Path(os.path.realpath(path)).parents:
         raise OutputsError(f"the metrics file {path.name} lies behind a symlinked folder that "
                            "leads outside the outputs folder; refused")
     try:
@@ -76,7 +81,7 @@ def _flatten(node: dict, prefix: str, into: dict[str, float], problems: list[str
         problems.append(f"{prefix or '(top)'} nests deeper than {MAX_METRICS_DEPTH} levels")
         return
     for key, value in node.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{_escaped(key)}"
         if isinstance(value, dict):
             _flatten(value, name + ".", into, problems, depth + 1)
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -87,6 +92,14 @@ def _flatten(node: dict, prefix: str, into: dict[str, float], problems: list[str
             except OverflowError:
                 # An int beyond float range (JSON allows any length): its sign is what is left.
                 into[name] = math.inf if value > 0 else -math.inf
+
+
+def _escaped(key: str) -> str:
+    """A metric name with each lone surrogate ("\\ud800" in JSON, which no UTF-8 text can hold)
+    written out as the six characters `\\ud800`: stored, printed and compared as that text."""
+    if not any("\ud800" <= c <= "\udfff" for c in key):
+        return key
+    return "".join(f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff" else c for c in key)
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -114,13 +127,34 @@ def unmatched_patterns(patterns: tuple[str, ...], artifacts: dict[str, Artifact]
     return [p for p in patterns if not any(_matches(rel, p) for rel in artifacts)]
 
 
-def hash_artifacts(out_dir: Path, patterns: tuple[str, ...]) -> dict[str, Artifact]:
-    """Every regular file under the outputs folder whose relative path matches a pattern.
+@dataclass(frozen=True)
+class FoundArtifacts:
+    artifacts: dict[str, Artifact]
+    # Symbolic links a pattern matched, as "name -> target": never followed or hashed, so a
+    # link into the dataset (ln -s /data/train.pt out/) costs the run nothing; said in its record.
+    links: tuple[str, ...] = ()
 
-    Symlinks are never followed: one pointing outside the outputs folder is refused.
+    def notes(self) -> list[str]:
+        return [f"the artifact {link} is a symbolic link; links are neither followed nor "
+                "compared" for link in self.links]
+
+
+def hash_artifacts(out_dir: Path, patterns: tuple[str, ...], *,
+                   max_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES) -> dict[str, Artifact]:
+    return find_artifacts(out_dir, patterns, max_bytes=max_bytes).artifacts
+
+
+def find_artifacts(out_dir: Path, patterns: tuple[str, ...], *,
+                   max_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES) -> FoundArtifacts:
+    """Every regular file under the outputs folder whose relative path matches a pattern, hashed
+    once their sizes add up to no more than max_bytes (outputs.max_size): an 8 GiB sparse file
+    written in half a second must not keep reprun hashing for a minute after the job's timeout.
+
+    Symbolic links are never followed: a link is listed, not hashed, wherever it points; a loop
+    of links is refused, as no job means one as an output.
     """
-    artifacts: dict[str, Artifact] = {}
-    root = out_dir.resolve()
+    matched: list[tuple[str, Path, int]] = []
+    links: list[str] = []
     for dirpath, dirnames, filenames in os.walk(out_dir):
         dirnames.sort()
         for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
@@ -134,13 +168,35 @@ def hash_artifacts(out_dir: Path, patterns: tuple[str, ...]) -> dict[str, Artifa
                 shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
                 raise OutputsError(f"the artifact {shown} has a name that is not UTF-8; a record "
                                    "could not name it unambiguously") from None
-            if path.is_symlink():
-                target = path.resolve()
-                if root not in target.parents and target != root:
-                    raise OutputsError(f"the artifact {rel} is a symlink to {os.readlink(path)}, "
-                                       "outside the outputs folder; refused")
-                continue
-            if path.is_file():
-                sha, size = sha256_file(path)
-                artifacts[rel] = Artifact(sha256=sha, size=size)
-    return artifacts
+            try:
+                info = os.lstat(path)
+            except OSError as exc:
+                raise OutputsError(f"the artifact {rel} cannot be read ({exc.strerror})") from None
+            if stat.S_ISLNK(info.st_mode):
+                links.append(_link(path, rel))
+            elif stat.S_ISREG(info.st_mode):
+                matched.append((rel, path, info.st_size))
+    total = sum(size for _, _, size in matched)
+    if total > max_bytes:
+        biggest = sorted(matched, key=lambda m: -m[2])[:3]
+        raise OutputsError(
+            f"the artifacts add up to {total} bytes, over the {max_bytes}-byte limit of "
+            f"outputs.max_size, so they were not hashed (largest: "
+            + ", ".join(f"{rel} {size} bytes" for rel, _, size in biggest)
+            + "); raise outputs.max_size in the spec if the job really writes that much")
+    artifacts = {}
+    for rel, path, _ in matched:
+        sha, size = sha256_file(path)
+        artifacts[rel] = Artifact(sha256=sha, size=size)
+    return FoundArtifacts(artifacts, tuple(links))
+
+
+def _link(path: Path, rel: str) -> str:
+    target = os.readlink(path)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputsError(f"the artifact {rel} is a symbolic link loop ({rel} -> {target}); "
+                               "it leads to no file") from None
+    return f"{rel} -> {target}"

@@ -17,12 +17,12 @@ from orchestrator.errors import InfrastructureError, JobFailed, PinMismatch
 from orchestrator.events import RunObserver
 from orchestrator.execution.hermetic import RunPaths, applied_settings, container_job
 from orchestrator.images import ResolvedImage, resolve_image
-from orchestrator.outputs import (OutputsError, hash_artifacts, read_metrics, sha256_file,
+from orchestrator.outputs import (OutputsError, find_artifacts, read_metrics, sha256_file,
                                   unmatched_patterns)
-from orchestrator.manifest.probes import (PROBES, REDACTED, RUN_PROBES, ManifestCapture,
-                                          image_facts, image_facts_key, new_marker,
-                                          parse_manifest, redact_env, write_probe)
-from orchestrator.secrets import Redactor, secret_values
+from orchestrator.manifest.probes import (PROBES, RUN_PROBES, ManifestCapture, image_facts,
+                                          image_facts_key, new_marker, parse_manifest, write_probe)
+from orchestrator.secrets import (Redactor, recorded_environment_env, recorded_inputs_env,
+                                  secret_values)
 from orchestrator.spec.model import RunSpec
 from orchestrator.records import (ERROR, FAILED, INTERRUPTED, SUCCEEDED, DatasetFacts, ImageFacts,
                                   Inputs, EnvironmentManifest, OutcomeReason, Outputs, RunRecord)
@@ -198,7 +198,9 @@ def execute(prepared: PreparedRun, *, store: Store, engine: Executor, observer: 
         outcome = ContainerOutcome(None, OutcomeReason.ENGINE, 0.0, exc.message)
     finally:
         for stream in streams.values():
-            log.write(stream.flush())
+            if tail := stream.flush():      # the bytes held back for a secret split across chunks
+                log.write(tail)
+                observer.output(label, tail)
         reserve.release()
         log.close()
     record = _record(prepared, run_id, started_at, seed, job, outcome, paths, log,
@@ -236,6 +238,7 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
             redactor: Redactor) -> RunRecord:
     spec = prepared.spec
     metrics, artifacts, reason, message = {}, {}, outcome.reason, outcome.message
+    links: list[str] = []
     collected = outcome.collected      # present: the backend read the results where the job ran
     if outcome.reason == OutcomeReason.OK:
         try:
@@ -243,7 +246,9 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
                 metrics, artifacts = collected.results(spec.outputs.metrics)
             else:
                 metrics = read_metrics(paths.outputs / spec.outputs.metrics, root=paths.outputs)
-                artifacts = hash_artifacts(paths.outputs, spec.outputs.artifacts)
+                found = find_artifacts(paths.outputs, spec.outputs.artifacts,
+                                       max_bytes=spec.outputs.max_size)
+                artifacts, links = found.artifacts, found.notes()
         except OutputsError as exc:
             reason, message = OutcomeReason.OUTPUTS, str(exc)
     status = {OutcomeReason.OK: SUCCEEDED, OutcomeReason.INTERRUPTED: INTERRUPTED,
@@ -263,6 +268,7 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
     if log.seen > log.cap:
         notes.append(f"the log was capped at {log.cap} bytes; the job printed {log.seen}")
     if reason == OutcomeReason.OK:
+        notes += links
         notes += [f"the artifact pattern {pattern!r} matched no file, so nothing it was meant "
                   "to name is compared" for pattern in unmatched_patterns(spec.outputs.artifacts,
                                                                           artifacts)]
@@ -271,7 +277,7 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
     inputs = Inputs(
         spec_name=spec.name, spec_path=str(spec.source), spec_sha256=spec.source_sha256,
         seed=seed, command=list(job.command), params=dict(spec.params),
-        env={**redact_env(dict(spec.env)), **{name: REDACTED for name in spec.secrets}},
+        env=recorded_inputs_env(spec.env, spec.secrets),
         resources={"cpus": job.nano_cpus / 1e9, "memory_bytes": job.memory_bytes,
                    "timeout_s": job.timeout_s, "pids": job.pids},
         container=applied_settings(job),
@@ -284,17 +290,20 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
         outputs=dataclasses.asdict(spec.outputs),
         hermetic=dataclasses.asdict(spec.hermetic),
     )
+    # What the job names (metrics, artifacts) and what its failure message quotes may carry a
+    # declared secret; everything else reprun wrote itself, so it is never searched.
     outputs = Outputs(exit_code=outcome.exit_code, reason=reason,
-                      duration_s=round(outcome.duration_s, 3), metrics=metrics,
-                      artifacts=artifacts, log_sha256=log_sha, log_bytes=log.seen,
-                      log_truncated=log.truncated, message=message)
-    record = RunRecord(
+                      duration_s=round(outcome.duration_s, 3), metrics=redactor.keys(metrics),
+                      artifacts=redactor.keys(artifacts), log_sha256=log_sha, log_bytes=log.seen,
+                      log_truncated=log.truncated,
+                      message=redactor.text(message) if message else message)
+    environment = plan.parse({**prepared.host, **(collected.host if collected else {})})
+    environment = dataclasses.replace(environment, env=recorded_environment_env(
+        environment.env, set_by_reprun=job.env, spec_env=spec.env, declared=spec.secrets))
+    return RunRecord(
         id=run_id, status=status, started_at=started_at, finished_at=utc_now(),
-        inputs=inputs, environment=plan.parse(
-            {**prepared.host, **(collected.host if collected else {})}),
+        inputs=inputs, environment=environment,
         outputs=outputs, compare=compare_settings(spec), reprun_version=__version__)
-    # Anything the job controls (metric names, messages, its environment) may carry a secret.
-    return RunRecord.from_dict(redactor.tree(record.to_dict())) if redactor else record
 
 
 def compare_settings(spec) -> dict:

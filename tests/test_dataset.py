@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.dataset import tree as dataset
+from orchestrator.dataset import parallel, tree as dataset
 from orchestrator.dataset.tree import (DatasetDigest, FileEntry, HashCache, ManifestDiff,
                                        diff_manifests, hash_dataset, tree_sha256, verify_dataset)
 from orchestrator.errors import ExitCode, InfrastructureError, PinMismatch, SpecError
@@ -23,7 +23,7 @@ AN_HOUR_AGO = time.time() - 3600
 def coreutils_tree_hash(folder: Path) -> str:
     out = subprocess.run(
         ["bash", "-c",
-         '(cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum',
+         '(cd "$1" && find -L . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum',
          "tree-hash", str(folder)],
         check=True, capture_output=True,
     )
@@ -79,19 +79,20 @@ def test_the_tree_hash_is_the_one_coreutils_computes_for_awkward_names(tmp_path:
         "new\nline": b"newline\n",
         "carriage\rreturn": b"cr\n",
         "Upper": b"upper sorts before lower\n",
-        "big.bin": os.urandom(3 * dataset.BLOCK + 17),
+        "big.bin": os.urandom(3 * parallel.BLOCK + 17),
     })
     (tree / "empty-folder").mkdir()
     (tree / "a" / "empty-folder").mkdir()
-    os.mkfifo(tree / "a-fifo")       # not a regular file: neither find -type f nor reprun read it
     (tree / "link-inside").symlink_to("with space.txt")
+    (tree / "folder-link").symlink_to("données")
 
     digest = hash_dataset(tree)
 
     assert digest.kind == "tree"
     assert digest.sha256 == coreutils_tree_hash(tree)
-    assert "./a-fifo" not in {e.path for e in digest.files}
-    assert "./link-inside" not in {e.path for e in digest.files}
+    listed = {e.path: e.sha256 for e in digest.files}
+    assert listed["./link-inside"] == listed["./with space.txt"]     # what the job reads
+    assert listed["./folder-link/été.csv"] == listed["./données/été.csv"]
     assert digest.bytes == sum(e.size for e in digest.files)
 
 
@@ -113,7 +114,7 @@ def test_an_empty_folder_hashes_as_coreutils_does(tmp_path: Path):
 
 def test_a_single_file_hashes_as_sha256sum_does(tmp_path: Path):
     data = tmp_path / "digits.csv"
-    data.write_bytes(os.urandom(2 * dataset.BLOCK + 5))
+    data.write_bytes(os.urandom(2 * parallel.BLOCK + 5))
     digest = hash_dataset(data)
     assert digest.kind == "file"
     assert digest.sha256 == coreutils_file_hash(data)
@@ -121,17 +122,17 @@ def test_a_single_file_hashes_as_sha256sum_does(tmp_path: Path):
 
 
 def test_a_big_file_read_ahead_hashes_the_same(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(dataset, "READ_AHEAD_FROM", 1)
+    monkeypatch.setattr(parallel, "READ_AHEAD_FROM", 1)
     data = tmp_path / "big.bin"
-    data.write_bytes(os.urandom(5 * dataset.BLOCK + 3))
+    data.write_bytes(os.urandom(5 * parallel.BLOCK + 3))
     assert hash_dataset(data).sha256 == coreutils_file_hash(data)
 
 
 def test_a_tree_of_big_and_small_files_hashes_the_same_whichever_thread_reads_them(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(dataset, "READ_AHEAD_FROM", 2 * dataset.BLOCK)
+    monkeypatch.setattr(parallel, "READ_AHEAD_FROM", 2 * parallel.BLOCK)
     tree = make_tree(tmp_path / "mixed", {
         **{f"small/{i:03}.csv": os.urandom(1000 + i) for i in range(50)},
-        **{f"big/{i}.bin": os.urandom(3 * dataset.BLOCK + i) for i in range(3)},
+        **{f"big/{i}.bin": os.urandom(3 * parallel.BLOCK + i) for i in range(3)},
     })
     digest = hash_dataset(tree, workers=3)
     assert digest.sha256 == coreutils_tree_hash(tree)
@@ -151,17 +152,17 @@ def test_the_hash_is_the_same_with_one_worker_or_many(digits: Path):
 
 @pytest.fixture
 def helpers(monkeypatch) -> list:
-    """Helper processes from the first file on; each started _Helpers is appended."""
+    """Helper processes from the first file on; each started HelperProcesses is appended."""
     started = []
-    real_start = dataset._Helpers.start.__func__
+    real_start = parallel.HelperProcesses.start.__func__
 
     def start(cls, count, not_after_ns):
         made = real_start(cls, count, not_after_ns)
         started.append(made)
         return made
 
-    monkeypatch.setattr(dataset, "HELPERS_FROM", 1)
-    monkeypatch.setattr(dataset._Helpers, "start", classmethod(start))
+    monkeypatch.setattr(parallel, "HELPERS_FROM", 1)
+    monkeypatch.setattr(parallel.HelperProcesses, "start", classmethod(start))
     return started
 
 
@@ -183,14 +184,14 @@ def test_helper_processes_hash_a_tree_as_coreutils_does(tmp_path: Path, helpers:
 
 def test_a_file_gone_before_its_helper_reads_it_is_named(tmp_path: Path, helpers: list, monkeypatch):
     tree = many_files(tmp_path / "tree", count=100)
-    real_walk = dataset._walk
+    real_walk = dataset.walk_dataset
 
     def walk_then_lose_the_last(path, root):
         found = list(real_walk(path, root))
         yield from found
         os.unlink(found[-1].abs)    # still in the batch not yet sent to a helper
 
-    monkeypatch.setattr(dataset, "_walk", walk_then_lose_the_last)
+    monkeypatch.setattr(dataset, "walk_dataset", walk_then_lose_the_last)
     with pytest.raises(SpecError, match=r"sample-\d{4}.bin cannot be read: No such file or directory"):
         hash_dataset(tree, workers=2)
     assert all(proc.returncode is not None for proc in helpers[0].procs)
@@ -199,9 +200,9 @@ def test_a_file_gone_before_its_helper_reads_it_is_named(tmp_path: Path, helpers
 def test_files_that_grow_or_shrink_before_their_helper_reads_them_hash_as_they_are_then(
         tmp_path: Path, helpers: list, monkeypatch, cache: HashCache):
     tree = many_files(tmp_path / "tree", count=100)
-    (tree / "block.bin").write_bytes(os.urandom(dataset.BLOCK))   # the helper's read stops at
+    (tree / "block.bin").write_bytes(os.urandom(parallel.BLOCK))   # the helper's read stops at
     written_an_hour_ago(tree)                                     # the size the walk saw
-    real_walk = dataset._walk
+    real_walk = dataset.walk_dataset
 
     def walk_then_change(path, root):
         found = list(real_walk(path, root))
@@ -213,12 +214,12 @@ def test_files_that_grow_or_shrink_before_their_helper_reads_them_hash_as_they_a
         for changed in (grown, shrunk):     # old enough to cache, as the rest
             os.utime(changed, (AN_HOUR_AGO, AN_HOUR_AGO))
 
-    monkeypatch.setattr(dataset, "_walk", walk_then_change)
+    monkeypatch.setattr(dataset, "walk_dataset", walk_then_change)
     digest = hash_dataset(tree, workers=2, cache=cache)
     assert digest.sha256 == coreutils_tree_hash(tree)
     sizes = {entry.path: entry.size for entry in digest.files}
-    assert sizes["./block.bin"] == dataset.BLOCK + 4 and sizes["./part-0/sample-0000.bin"] == 3
-    monkeypatch.setattr(dataset, "_walk", real_walk)
+    assert sizes["./block.bin"] == parallel.BLOCK + 4 and sizes["./part-0/sample-0000.bin"] == 3
+    monkeypatch.setattr(dataset, "walk_dataset", real_walk)
     again = hash_dataset(tree, workers=2, cache=cache)     # the two are read again, only they
     assert again.cache_hits == 99 and again.sha256 == digest.sha256
 
@@ -227,7 +228,7 @@ def test_unreadable_files_in_every_helper_stop_the_hash_at_once_instead_of_hangi
         tmp_path: Path, helpers: list, monkeypatch):
     # Enough files that a helper whose answers went unread would fill its pipe and block.
     tree = many_files(tmp_path / "tree", count=6000)
-    real_walk = dataset._walk
+    real_walk = dataset.walk_dataset
 
     def walk_with_missing_files(path, root):
         for n, found in enumerate(real_walk(path, root)):
@@ -235,7 +236,7 @@ def test_unreadable_files_in_every_helper_stop_the_hash_at_once_instead_of_hangi
                 found = found._replace(abs=found.abs + b".gone")
             yield found
 
-    monkeypatch.setattr(dataset, "_walk", walk_with_missing_files)
+    monkeypatch.setattr(dataset, "walk_dataset", walk_with_missing_files)
     outcome: list[BaseException] = []
 
     def hash_it() -> None:
@@ -254,12 +255,12 @@ def test_unreadable_files_in_every_helper_stop_the_hash_at_once_instead_of_hangi
 
 def test_big_files_stay_with_the_threads_that_read_ahead_once_helpers_run(
         tmp_path: Path, helpers: list, monkeypatch):
-    monkeypatch.setattr(dataset, "READ_AHEAD_FROM", 2 * dataset.BLOCK)
+    monkeypatch.setattr(parallel, "READ_AHEAD_FROM", 2 * parallel.BLOCK)
     tree = many_files(tmp_path / "tree", count=100)
-    (tree / "part-3" / "big.bin").write_bytes(os.urandom(3 * dataset.BLOCK))
+    (tree / "part-3" / "big.bin").write_bytes(os.urandom(3 * parallel.BLOCK))
     to_helpers: list[bytes] = []
-    real_submit = dataset._Helpers.submit
-    monkeypatch.setattr(dataset._Helpers, "submit",
+    real_submit = parallel.HelperProcesses.submit
+    monkeypatch.setattr(parallel.HelperProcesses, "submit",
                         lambda self, i, job: (to_helpers.append(job.rel), real_submit(self, i, job)))
     assert hash_dataset(tree, workers=2).sha256 == coreutils_tree_hash(tree)
     assert len(to_helpers) > 0 and b"./part-3/big.bin" not in to_helpers
@@ -277,7 +278,7 @@ def test_an_interrupt_while_helpers_start_leaves_none_running(tmp_path: Path, he
         started.append(real_popen(*args, **kwargs))
         return started[-1]
 
-    monkeypatch.setattr(dataset.subprocess, "Popen", popen_then_interrupt)
+    monkeypatch.setattr(parallel.subprocess, "Popen", popen_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         hash_dataset(tree, workers=2)
     assert started and started[0].returncode is not None
@@ -285,7 +286,7 @@ def test_an_interrupt_while_helpers_start_leaves_none_running(tmp_path: Path, he
 
 def test_a_helper_that_dies_is_an_infrastructure_error(tmp_path: Path, helpers: list, monkeypatch):
     tree = many_files(tmp_path / "tree", count=100)
-    monkeypatch.setattr(dataset.sys, "executable", "/bin/false")    # exits at once, reads nothing
+    monkeypatch.setattr(parallel.sys, "executable", "/bin/false")    # exits at once, reads nothing
     with pytest.raises(InfrastructureError, match=r"hashing helper process ended with exit code 1 ") as caught:
         hash_dataset(tree, workers=2)
     assert caught.value.exit_code == ExitCode.INFRASTRUCTURE
@@ -293,7 +294,7 @@ def test_a_helper_that_dies_is_an_infrastructure_error(tmp_path: Path, helpers: 
 
 def test_where_helpers_cannot_start_threads_hash_it_all(tmp_path: Path, helpers: list, monkeypatch):
     tree = many_files(tmp_path / "tree", count=100)
-    monkeypatch.setattr(dataset.sys, "executable", str(tmp_path / "no-such-python"))
+    monkeypatch.setattr(parallel.sys, "executable", str(tmp_path / "no-such-python"))
     assert hash_dataset(tree, workers=2).sha256 == coreutils_tree_hash(tree)
     assert helpers == [None]
 
@@ -494,13 +495,59 @@ def test_a_link_to_a_folder_outside_via_dotdot_is_refused(digits: Path):
         hash_dataset(digits)
 
 
-def test_links_that_stay_inside_are_allowed_and_not_hashed(digits: Path):
+def test_links_that_stay_inside_are_hashed_as_what_they_lead_to(digits: Path):
     before = hash_dataset(digits).sha256
     (digits / "latest.csv").symlink_to("train/part-1.csv")
     (digits / "train-again").symlink_to("train")
-    (digits / "train" / "dangling-inside").symlink_to("not-yet-there")
     after = hash_dataset(digits)
-    assert after.sha256 == before == coreutils_tree_hash(digits)
+    assert after.sha256 != before and after.sha256 == coreutils_tree_hash(digits)
+    assert {"./latest.csv", "./train-again/part-0.csv", "./train-again/part-1.csv"} <= \
+        {e.path for e in after.files}
+
+
+def test_re_pointing_a_link_changes_the_pin_and_names_the_link(digits: Path, cache: HashCache):
+    (digits / "current.csv").symlink_to("train/part-0.csv")
+    pinned = hash_dataset(digits, cache=cache).sha256
+    (digits / "current.csv").unlink()
+    (digits / "current.csv").symlink_to("train/part-1.csv")
+    with pytest.raises(PinMismatch) as refused:
+        verify_dataset(digits, pinned, cache=cache)
+    assert refused.value.details[0] == "changed: ./current.csv"
+
+
+@pytest.mark.parametrize("make, named", [
+    (lambda d: (d / "train" / "dangling").symlink_to("not-yet-there"),
+     "./train/dangling -> not-yet-there (it leads nowhere)"),
+    (lambda d: (d / "train" / "again").symlink_to(".."), "./train/again -> .. (a loop"),
+    (lambda d: (d / "self").symlink_to("self"), "./self -> self (a loop of links)"),
+    (lambda d: os.mkfifo(d / "train" / "queue"), "./train/queue (a FIFO)"),
+    (lambda d: (d / "pipe").symlink_to("train/queue") or os.mkfifo(d / "train" / "queue"),
+     "./pipe -> train/queue (a FIFO)"),
+], ids=["dangling-link", "folder-loop", "link-loop", "fifo", "link-to-fifo"])
+def test_what_a_job_cannot_read_as_a_file_is_refused_with_its_name(digits: Path, make, named):
+    make(digits)
+    with pytest.raises(SpecError) as refused:
+        hash_dataset(digits)
+    assert named in refused.value.message or named in refused.value.details
+    assert refused.value.exit_code == ExitCode.INVALID
+
+
+def test_a_device_or_socket_in_a_dataset_is_refused_with_its_name(digits: Path):
+    import socket
+    import stat as stat_
+    try:
+        os.mknod(digits / "train" / "null", stat_.S_IFCHR | 0o600, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("creating a device node needs CAP_MKNOD")
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(digits / "control.sock"))
+    try:
+        with pytest.raises(SpecError) as refused:
+            hash_dataset(digits)
+    finally:
+        listening.close()
+    assert {"./train/null (a character device)", "./control.sock (a socket)"} <= \
+        set(refused.value.details)
 
 
 def test_a_dataset_path_that_is_itself_a_link_is_followed(digits: Path, tmp_path: Path):
@@ -539,8 +586,8 @@ def test_progress_reaches_the_total(digits: Path, cache: HashCache):
 
 
 def test_progress_is_called_from_the_callers_thread(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(dataset, "PROGRESS_INTERVAL", 0.001)
-    big = make_tree(tmp_path / "big", {f"f{i}": os.urandom(dataset.BLOCK) for i in range(16)})
+    monkeypatch.setattr(parallel, "PROGRESS_INTERVAL", 0.001)
+    big = make_tree(tmp_path / "big", {f"f{i}": os.urandom(parallel.BLOCK) for i in range(16)})
     threads = set()
     hash_dataset(big, progress=lambda done, total: threads.add(threading.get_ident()), workers=2)
     assert threads == {threading.get_ident()}
@@ -557,3 +604,52 @@ def test_every_file_in_the_manifest_carries_its_own_sha256(digits: Path):
     digest = hash_dataset(digits)
     for entry in digest.files:
         assert entry.sha256 == hashlib.sha256((digits / entry.path).read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- links, against the engine
+
+READ_CURRENT = ["sh", "-c", 'read first < /data/current.csv; '
+                'echo "{{\\"score\\": $first}}" > /out/metrics.json']
+
+
+def linked_dataset(project) -> Path:
+    folder = project.dataset(files={"a.csv": b"1\n", "b.csv": b"2\n"})
+    (folder / "current.csv").symlink_to("a.csv")
+    return folder
+
+
+@pytest.mark.engine
+def test_re_pointing_current_csv_to_another_file_breaks_the_pin_naming_it(project):
+    import json
+    folder = linked_dataset(project)
+    spec = project.spec(command=READ_CURRENT)
+    first = project.reprun("run", str(spec), "-q")
+    assert first.returncode == 0, first.stderr
+    (folder / "current.csv").unlink()
+    (folder / "current.csv").symlink_to("b.csv")        # same names, same bytes in every file
+    refused = project.reprun("run", str(spec), "-q")
+    assert refused.returncode == 3, refused.stderr
+    assert "changed: ./current.csv" in refused.stderr and "Traceback" not in refused.stderr
+    assert len(json.loads(project.reprun("runs", "--json").stdout)) == 1    # nothing ran on it
+
+
+@pytest.mark.engine
+def test_an_archive_carries_a_dataset_link_and_replays_from_it(project, docker_client):
+    import json
+    from imagekit import import_tiny_image, push
+    from test_rerun import delete_from_registry, unique_tag
+    linked_dataset(project)
+    tag = unique_tag("linked")
+    image = import_tiny_image(docker_client, tag)
+    reference = push(docker_client, tag)
+    spec = project.spec(command=READ_CURRENT, image=reference)
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    [run] = json.loads(project.reprun("runs", "--json").stdout)
+    archive = project.root / "run.tar"
+    written = project.reprun("archive", run["id"], "-o", str(archive))
+    assert written.returncode == 0, written.stderr
+    delete_from_registry(reference)
+    docker_client.images.remove(image.id, force=True)
+    result = project.reprun("rerun", "--from-archive", str(archive), "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("IDENTICAL")

@@ -20,17 +20,7 @@ from typing import Any, Callable
 
 from orchestrator.records import EnvironmentManifest
 from orchestrator.execution.entrypoint import entrypoint_script
-
-REDACTED = "<redacted>"
-_SECRET_NAME = re.compile(r"(?i)(secret|token|passw|_pwd$|api_?key|private_?key|credential|auth)")
-
-
-def looks_secret(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
-
-
-def redact_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: (REDACTED if looks_secret(k) else v) for k, v in env.items()}
+from orchestrator.secrets import REDACTED, redact_env  # noqa: F401 (REDACTED: re-exported)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ class OutputsSpec:
     dir: str = "/out"
     metrics: str = "metrics.json"
     artifacts: tuple[str, ...] = ()
+    # outputs.max_size, in bytes: what the artifacts hashed after a run may add up to. Named as
+    # the key, so that a record's outputs read back as a spec (rerun).
+    max_size: int = 4 << 30
 
 
 @dataclass(frozen=True)

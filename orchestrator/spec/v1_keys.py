@@ -210,6 +210,7 @@ _OUTPUTS_KEYS = {
     "dir": Key(leaf(STRING, _container_path)),
     "metrics": Key(leaf(STRING, _relative_path)),
     "artifacts": Key(list_of(leaf(STRING, _relative_path))),
+    "max_size": Key(leaf(ARGUMENT, _size)),
 }
 
 

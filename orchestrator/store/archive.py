@@ -169,7 +169,9 @@ class _Written:
 
     def add(self, tar: tarfile.TarFile, path: Path, name: str) -> None:
         with open(path, "rb") as source:
-            tar.addfile(tar.gettarinfo(path, arcname=name), _Reading(source, self._count))
+            # From the open file, not the path: a dataset link is carried as the file the job
+            # reads through it, so the archived dataset hashes to the same pin.
+            tar.addfile(tar.gettarinfo(arcname=name, fileobj=source), _Reading(source, self._count))
 
     def _count(self, n: int) -> None:
         self.done += n

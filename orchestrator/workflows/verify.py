@@ -34,8 +34,10 @@ class Outcome:
 
 
 def raise_for_failed(records, store: Store) -> None:
-    """The first run that did not succeed, as the error the user is shown (with its log's tail)."""
+    """Every run that did not succeed, as the error the user is shown (each with its log's tail);
+    its exit code is the first failure's."""
     from orchestrator.runner import failure_of
+    errors = []
     for record in records:
         if record.status == SUCCEEDED:
             continue
@@ -44,7 +46,12 @@ def raise_for_failed(records, store: Store) -> None:
         error = failure_of(record, log_tail(store, record.id))
         if record.status == ERROR:
             error = InfrastructureError(error.message, details=error.details)
-        raise error
+        errors.append(error)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise type(errors[0])(f"{len(errors)} of {len(records)} runs failed.", details=[
+            line for error in errors for line in (error.message, *("  " + d for d in error.details))])
 
 
 def log_tail(store: Store, run_id: str) -> list[str]:

@@ -62,7 +62,7 @@ fi
 if [ -n "$reprun_dataset_target" ]; then
   # The tree hash of DESIGN.md, computed with coreutils where the data is read.
   if [ -d "$reprun_dataset_target" ]; then
-    reprun_got=$( (cd "$reprun_dataset_target" && find . -type f -print0 | LC_ALL=C sort -z \
+    reprun_got=$( (cd "$reprun_dataset_target" && find -L . -type f -print0 | LC_ALL=C sort -z \
       | xargs -0 sha256sum) 2>"$reprun_workdir/.dataset-errors" | sha256sum | cut -c1-64)
   else
     reprun_got=$(sha256sum < "$reprun_dataset_target" 2>"$reprun_workdir/.dataset-errors" \
