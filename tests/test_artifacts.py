@@ -421,3 +421,28 @@ def test_a_forged_answer_from_the_image_is_compared_bitwise_with_the_reason(tmp_
     [job] = engine.jobs
     assert (job.network, job.read_only_root, job.cap_drop) == ("none", True, ("ALL",))
     assert all(m.read_only for m in job.mounts)
+
+
+def test_values_that_differ_are_not_blamed_on_serialisation(tmp_path):
+    from test_compare import make_record, replaced
+    from orchestrator.compare.comparison import compare_records
+    from orchestrator.outputs import sha256_file
+    from orchestrator.records import Artifact
+    records = []
+    for run_id, delta in (("run-a", 0.0), ("run-b", 0.5)):
+        (tmp_path / run_id).mkdir()
+        w = np.arange(12.0).reshape(3, 4)
+        w[1, 2] += delta
+        np.savez(tmp_path / run_id / "weights.npz", w=w)
+        (tmp_path / run_id / "model.bin").write_bytes(bytes([int(delta * 10)]) * 8)
+        records.append(replaced(make_record(run_id), outputs__artifacts={
+            name: Artifact(*sha256_file(tmp_path / run_id / name))
+            for name in ("weights.npz", "model.bin")}))
+    comparison = compare_records(*records, tolerances={"artifacts": {"*.npz": {"abs": 0.1}}},
+                                 contents=ArtifactContents(lambda run_id: tmp_path / run_id))
+    causes = {c.summary: c.details for c in comparison.causes}
+    assert causes["artifacts hold different values while metrics match"] == (
+        "artifact weights.npz: 1 of 1 arrays differ; largest |Δ| 0.5 in w "
+        "(1 of 12 elements differ)",)
+    assert causes["artifacts differ while metrics match: artifact serialisation embeds time "
+                  "or randomness"] == ("artifact model.bin differs",)

@@ -116,11 +116,18 @@ def _nondeterminism_causes(
     metrics_agree = all(r.status in (M_IDENTICAL, M_WITHIN, M_IGNORED) for r in metrics)
     artifacts_differ = any(r.status == A_DIFFERS for r in artifacts)
     if metrics_agree and artifacts_differ:
-        names = [r.name for r in artifacts if r.status == A_DIFFERS]
-        hints.append(Cause(
-            CAUSE_NONDETERMINISM,
-            "artifacts differ while metrics match: artifact serialisation embeds time or "
-            "randomness", tuple(f"artifact {n} differs" for n in names)))
+        # Serialisation is the suspect only where no comparator saw the values themselves differ.
+        read = [r for r in artifacts if r.status == A_DIFFERS and r.kind and not r.fallback]
+        unread = [r.name for r in artifacts if r.status == A_DIFFERS and r not in read]
+        if read:
+            hints.append(Cause(
+                CAUSE_NONDETERMINISM, "artifacts hold different values while metrics match",
+                tuple(f"artifact {r.name}: {r.detail}" for r in read)))
+        if unread:
+            hints.append(Cause(
+                CAUSE_NONDETERMINISM,
+                "artifacts differ while metrics match: artifact serialisation embeds time or "
+                "randomness", tuple(f"artifact {n} differs" for n in unread)))
 
     # Without the container's variables (the probe could not read them) nothing can be said
     # about what was set, only about what the BLAS libraries themselves reported.
