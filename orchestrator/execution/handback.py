@@ -70,7 +70,7 @@ def wrapper_script(plan: WrapperPlan) -> str:
                                   for path, content in sorted(shipped.items())),
         "reprun_patterns": "\n".join(plan.artifacts),
         # Held by the wrapper, never a file: the job could rewrite a file before it ends.
-        "reprun_hasher": code("handback-artifacts.sh") if plan.artifacts else "",
+        "reprun_hasher": _b64(code("handback-artifacts.sh").encode()) if plan.artifacts else "",
         "reprun_no_network": "1" if plan.no_network else "",
         "reprun_want_nnp": "1" if plan.no_new_privileges else "",
         "reprun_dataset_target": plan.dataset_target or "",

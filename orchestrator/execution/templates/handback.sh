@@ -29,6 +29,8 @@ printf '' | sed -u p >/dev/null 2>&1 || reprun_missing="$reprun_missing sed-u"
 [ -z "$reprun_missing" ] || reprun_refuse tools "the image lacks$reprun_missing, which reprun" \
   "needs to check the dataset and hand back results where the job runs"
 
+reprun_hasher=$(printf '%s' "$reprun_hasher" | base64 -d)
+
 # The files reprun ships with the job (its entrypoint and the Python probe), one "path content"
 # line each, both base64. Nothing the wrapper runs after the job comes from a file: the job
 # could have rewritten it.
