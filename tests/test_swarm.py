@@ -481,6 +481,33 @@ def test_a_job_cannot_forge_the_swarm_hand_back(project, tmp_path, swarm):
     assert "the job is done" in log
 
 
+FORGE_THE_HASHER = r"""
+import json
+# The wrapper once ran its artifact hasher from a file in /reprun, after the job: a job that
+# rewrote it chose the artifact hashes of its own run.
+fake = "#!/bin/sh\nprintf '%s artifact %s 5 %s\\n' \"$1\" " + "f" * 64 + " bW9kZWwuYmlu\n"
+for path in ("/reprun/.artifacts.sh", "/tmp/.artifacts.sh"):
+    try:
+        open(path, "w").write(fake)
+    except OSError:
+        pass
+json.dump({"score": 1.0}, open("/out/metrics.json", "w"))
+open("/out/model.bin", "wb").write(b"model")
+"""
+
+
+@pytest.mark.engine
+@pytest.mark.xdist_group("swarm")
+def test_a_job_cannot_choose_the_hashes_of_its_artifacts(project, tmp_path, swarm):
+    project.dataset()
+    swarm_project(project, tmp_path)
+    result = project.reprun("run", str(project.spec(script=FORGE_THE_HASHER)), timeout=300)
+    assert result.returncode == 0, result.stderr
+    [record] = runs_of(project)
+    assert record["outputs"]["artifacts"]["model.bin"]["sha256"] == hashlib.sha256(
+        b"model").hexdigest()
+
+
 @pytest.mark.engine
 @pytest.mark.xdist_group("swarm")
 def test_a_job_no_node_can_take_is_reported_with_swarms_own_words(project, tmp_path, swarm):

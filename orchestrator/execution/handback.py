@@ -57,16 +57,10 @@ class WrapperPlan:
     timeout_s: float
 
 
-ARTIFACT_HASHER = ".artifacts.sh"     # in the plan's workdir
-
-
 def wrapper_script(plan: WrapperPlan) -> str:
     """The task container's entrypoint (`sh -c`), templates/handback.sh with the plan's values;
     the job's own entrypoint and command follow as its arguments."""
     shipped = dict(plan.shipped)
-    if plan.artifacts:
-        shipped[str(PurePosixPath(plan.workdir) / ARTIFACT_HASHER)] = \
-            code("handback-artifacts.sh").encode()
     metrics = (str(PurePosixPath(plan.outputs_dir) / plan.metrics)
                if plan.outputs_dir and plan.metrics else "")
     settings = {
@@ -75,6 +69,8 @@ def wrapper_script(plan: WrapperPlan) -> str:
         "reprun_ship": "\n".join(f"{_b64(path.encode())} {_b64(content)}"
                                   for path, content in sorted(shipped.items())),
         "reprun_patterns": "\n".join(plan.artifacts),
+        # Held by the wrapper, never a file: the job could rewrite a file before it ends.
+        "reprun_hasher": _b64(code("handback-artifacts.sh").encode()) if plan.artifacts else "",
         "reprun_no_network": "1" if plan.no_network else "",
         "reprun_want_nnp": "1" if plan.no_new_privileges else "",
         "reprun_dataset_target": plan.dataset_target or "",

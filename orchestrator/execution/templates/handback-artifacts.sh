@@ -1,5 +1,5 @@
 #!/bin/sh
-# The artifact hasher of the Swarm hand-back (handback.sh runs it through `find -exec`): one
+# The artifact hasher of the Swarm hand-back (handback.sh runs it by `find -exec sh -c`): one
 # `artifact SHA256 SIZE NAME` line for each file that one of the spec's patterns matches, the
 # name base64; a symlink that leads outside the outputs folder is named, not hashed.
 # Arguments: the block's marker, the patterns (one a line), then the paths.

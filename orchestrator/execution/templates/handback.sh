@@ -8,7 +8,8 @@
 #
 # reprun fills in the settings below (": @SETTINGS@"): every value single-quoted, a list one
 # entry a line.
-R='' reprun_workdir='' reprun_ship='' reprun_patterns='' reprun_no_network='' reprun_want_nnp=''
+R='' reprun_workdir='' reprun_ship='' reprun_patterns='' reprun_hasher='' reprun_no_network=''
+reprun_want_nnp=''
 reprun_dataset_target='' reprun_dataset_sha256='' reprun_timeout='' reprun_outputs=''
 reprun_metrics='' reprun_max_metrics=''
 : @SETTINGS@
@@ -28,8 +29,11 @@ printf '' | sed -u p >/dev/null 2>&1 || reprun_missing="$reprun_missing sed-u"
 [ -z "$reprun_missing" ] || reprun_refuse tools "the image lacks$reprun_missing, which reprun" \
   "needs to check the dataset and hand back results where the job runs"
 
-# The files reprun ships with the job (its entrypoint, the Python probe, the artifact hasher),
-# one "path content" line each, both base64.
+reprun_hasher=$(printf '%s' "$reprun_hasher" | base64 -d)
+
+# The files reprun ships with the job (its entrypoint and the Python probe), one "path content"
+# line each, both base64. Nothing the wrapper runs after the job comes from a file: the job
+# could have rewritten it.
 reprun_ifs=$IFS IFS=$reprun_nl
 for reprun_entry in $reprun_ship; do
   IFS=$reprun_ifs
@@ -150,7 +154,7 @@ if [ -n "$reprun_outputs" ] && [ -n "$reprun_metrics" ]; then
   fi
   if [ -n "$reprun_patterns" ]; then
     (cd "$reprun_outputs" && find . \( -type f -o -type l \) \
-      -exec sh "$reprun_workdir/.artifacts.sh" "$R" "$reprun_patterns" {} +)
+      -exec sh -c "$reprun_hasher" reprun-hasher "$R" "$reprun_patterns" {} +)
   fi
 fi
 reprun_say end
