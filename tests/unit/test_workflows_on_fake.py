@@ -11,7 +11,6 @@ import pytest
 from unit.fake_executor import FakeExecutor, Job, seeded
 from orchestrator.errors import JobFailed, PinMismatch
 from orchestrator.parallel import RunPlan, fits_in_parallel, run_all, run_concurrently
-from orchestrator.records import SUCCEEDED
 from orchestrator.runner import prepare
 from orchestrator.store.baselines import approve
 from orchestrator.workflows import check as check_workflow
