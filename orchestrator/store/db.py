@@ -8,7 +8,9 @@ between the two.
 Records form a hash chain in commit order: each record names the hash of the one committed
 before it (`previous`), gets the next sequence number, and the newest link is also kept in the
 `chain-head` file. All three are written under one `BEGIN IMMEDIATE` transaction, so concurrent
-writers queue instead of forking the chain; `integrity.audit_store` walks it.
+writers queue instead of forking the chain; `integrity.audit_store` walks it. Approvals and the
+cached image facts records are built from are links of the same chain, since an auditor reads
+them too.
 """
 from __future__ import annotations
 
