@@ -48,6 +48,7 @@ def prepare(spec, *, store: Store, engine: Executor, observer: RunObserver,
             dataset_path: Path | None = None) -> PreparedRun:
     path = dataset_path or spec.dataset.path
     secret_values(spec)      # an unset secret is refused before anything is read or pulled
+    store.refuse_without_room()     # a run that could not keep its record never starts
     observer.stage(label, f"verifying dataset {path}")
     cache = HashCache(store.db_path) if use_cache else None
     digest = verify_dataset(

@@ -703,6 +703,28 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@engine
+def test_a_full_store_disk_refuses_a_run_and_still_answers_read_only_commands(project, small_disk):
+    project.store = small_disk / "store"
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS)
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    [run] = json.loads(project.reprun("runs", "--json").stdout)
+    with open(small_disk / "filler.bin", "wb") as filler:
+        with pytest.raises(OSError):
+            while True:
+                filler.write(b"x" * (1 << 16))
+                filler.flush()
+    refused = project.reprun("run", str(spec), "-q")
+    assert refused.returncode == 4, refused.stderr
+    assert "less than" in refused.stderr and "internal error" not in refused.stderr
+    for command in (["runs"], ["runs", "show", run["id"]], ["runs", "show", run["id"], "--json"],
+                    ["runs", "verify"]):
+        result = project.reprun(*command)
+        assert result.returncode == 0, (command, result.stderr)
+    assert len(json.loads(project.reprun("runs", "--json").stdout)) == 1
+
+
 FILL_THE_DISK = """
 import sys
 written = 0

@@ -38,6 +38,9 @@ DATASET = "dataset"
 ARTIFACTS = "artifacts"
 
 Progress = Callable[[str, int, int], None]
+# Reads of the saved image from the engine: 16 MiB a read saves about a quarter of the time the
+# SDK's 2 MiB take for the example image (fewer Python round trips per byte).
+SAVE_CHUNK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def write_archive(store: Store, run_id: str, output: Path, *, client,
                               "longer in the engine; it cannot be archived.") from None
         progress("save image", 0, 1)
         with open(tmp_image, "wb") as sink:
-            sha, size = _sha256_stream(image.save(named=False), sink)
+            sha, size = _sha256_stream(image.save(chunk_size=SAVE_CHUNK_BYTES, named=False), sink)
         members[IMAGE] = {"sha256": sha, "size": size}
         progress("save image", 1, 1)
         written = _Written(size + digest.bytes + sum(a.size for _, a in artifacts),

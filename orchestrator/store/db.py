@@ -8,7 +8,9 @@ between the two.
 Records form a hash chain in commit order: each record names the hash of the one committed
 before it (`previous`), gets the next sequence number, and the newest link is also kept in the
 `chain-head` file. All three are written under one `BEGIN IMMEDIATE` transaction, so concurrent
-writers queue instead of forking the chain; `integrity.audit_store` walks it.
+writers queue instead of forking the chain; `integrity.audit_store` walks it. Approvals and the
+cached image facts records are built from are links of the same chain, since an auditor reads
+them too.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from orchestrator.errors import InfrastructureError, UsageError
 from orchestrator.execution.owners import process_alive
 from orchestrator.records import (FINAL_STATUSES, INTERRUPTED, RUNNING, NewerRecord, RunRecord,
                                   unknown_record_field)
-from orchestrator.store.schema import LEDGER_COLUMNS, LEDGER_SCHEMA, SCHEMA, connect
+from orchestrator.store.schema import (LEDGER_COLUMNS, LEDGER_SCHEMA, SCHEMA, connect,
+                                       connect_read_only)
 
 CHAIN_HEAD = "chain-head"
 RESERVE_FILE = ".reserve"
@@ -166,6 +169,8 @@ class Store:
         self.runs_dir = self.root / "runs"
         self.reports_dir = self.root / "reports"
         self.db_path = self.root / "store.db"
+        # A full disk still lets every reading command answer; anything that writes says why not.
+        self.read_only = False
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             self.reports_dir.mkdir(parents=True, exist_ok=True)
@@ -173,12 +178,26 @@ class Store:
                 db.executescript(SCHEMA)
                 _add_chain_columns(db)
         except (OSError, sqlite3.Error) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise InfrastructureError(
-                f"the store at {self.root} cannot be opened ({reason}); point REPRUN_STORE or "
-                "--store at a folder reprun can write, or restore its store.db.") from None
+            if not self._open_on_a_full_disk():
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise InfrastructureError(
+                    f"the store at {self.root} cannot be opened ({reason}); point REPRUN_STORE "
+                    "or --store at a folder reprun can write, or restore its store.db.") from None
+
+    def _open_on_a_full_disk(self) -> bool:
+        try:
+            if not self.db_path.is_file() or shutil.disk_usage(self.root).free >= self.reserve_bytes():
+                return False
+            with connect_read_only(self.db_path) as db:
+                db.execute("SELECT COUNT(*) FROM runs").fetchone()
+        except (OSError, sqlite3.Error, UsageError):
+            return False
+        self.read_only = True
+        return True
 
     def connect(self) -> "contextlib.AbstractContextManager[sqlite3.Connection]":
+        if self.read_only:
+            return connect_read_only(self.db_path)
         return connect(self.db_path)
 
     # -- writing ---------------------------------------------------------------------------
@@ -271,7 +290,7 @@ class Store:
         """Every run row, approval and image facts row, and the chain-head file's text, read
         under the write lock so no commit falls between."""
         with self.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")   # nobody writes then
             try:
                 rows = db.execute(
                     "SELECT id, status, seq, record, record_sha256, previous_sha256 FROM runs "
@@ -442,6 +461,8 @@ class Store:
 
     def repair(self) -> list[str]:
         """Runs left `running` by a reprun process that is gone: adopt or mark interrupted."""
+        if self.read_only:
+            return []       # on a full disk: the next command with room does it
         repaired = []
         with self.connect() as db:
             rows = db.execute("SELECT id, host, pid FROM runs WHERE status = 'running'").fetchall()

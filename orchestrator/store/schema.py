@@ -135,6 +135,22 @@ def connect(db_path: Path) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
+@contextlib.contextmanager
+def connect_read_only(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """For a disk with no room left: WAL readers must create the -shm file, which needs space.
+    With no -wal content pending, the database file alone is the whole truth, and is opened as
+    immutable (no -shm, no locks); else read-only, through the -shm the writer keeps."""
+    wal = Path(f"{db_path}-wal")
+    pending = wal.exists() and wal.stat().st_size > 0
+    uri = f"{Path(db_path).absolute().as_uri()}?mode=ro" + ("" if pending else "&immutable=1")
+    db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+    try:
+        db.execute("PRAGMA busy_timeout = 60000")
+        yield db
+    finally:
+        db.close()
+
+
 def create_tables(db_path: Path, schema: str = SCHEMA) -> None:
     """The store's tables, or one part of them (the hash cache alone, for `lock`)."""
     with connect(db_path) as db:
