@@ -3,7 +3,6 @@ metric names kept and shown escaped."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
