@@ -17,6 +17,8 @@ HOSTNAME = "reprun"           # Docker's default is the random container ID: a n
 META_MOUNT = "/reprun"        # the entrypoint and the Python probe, read-only
 # Set by `verify --vary` on each of its runs: the seed and what was varied, kept in the record.
 LABEL_VARIATIONS = "io.reprun.variations"
+# Set on each run of a diagnosis: the sources of nondeterminism removed from it.
+LABEL_INTERVENTIONS = "io.reprun.interventions"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                     "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
 
@@ -117,6 +119,8 @@ def applied_settings(job: ContainerJob) -> dict:
                        if k in THREAD_VARIABLES or k in ("PYTHONHASHSEED", "TZ", "LC_ALL", "LANG")},
         **({"variations": json.loads(job.labels[LABEL_VARIATIONS])}
            if LABEL_VARIATIONS in job.labels else {}),
+        **({"interventions": json.loads(job.labels[LABEL_INTERVENTIONS])}
+           if LABEL_INTERVENTIONS in job.labels else {}),
     }
 
 

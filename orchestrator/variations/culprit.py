@@ -52,8 +52,9 @@ class SearchResult:
         return len(self.steps)
 
 
-def search_culprits(factors: Sequence[str], oracle: Oracle) -> SearchResult:
-    """Find the factors the result depends on.
+def search_culprits(factors: Sequence[str], oracle: Oracle, *,
+                    first_only: bool = False) -> SearchResult:
+    """Find the factors the result depends on (`first_only`: one minimal group, not all).
 
     Known before any call: varying every factor reproduces the difference, varying none does
     not. The oracle is asked about each set at most once. A monotone dependence is assumed (a
@@ -97,7 +98,7 @@ def search_culprits(factors: Sequence[str], oracle: Oracle) -> SearchResult:
         found = frozenset().union(*groups)
         pool = tuple(f for f in factors if f not in found)
         # Anything left that still changes the result on its own is another culprit.
-        if not pool or not ask(frozenset(pool)):
+        if first_only or not pool or not ask(frozenset(pool)):
             break
     for group in groups:
         ask(group)    # each culprit named is one run that shows it
