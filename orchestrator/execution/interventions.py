@@ -64,10 +64,8 @@ class InterventionKit:
 def _fixed_bytes(seed: int, size: int) -> bytes:
     # Not zeros: code that rejects an all-zero key or retries until it sees a nonzero byte
     # would otherwise behave unlike a real entropy source.
-    blocks, counter = [], 0
-    while sum(map(len, blocks)) < size:
-        blocks.append(hashlib.sha256(f"reprun-entropy/{seed}/{counter}".encode()).digest())
-        counter += 1
+    blocks = (hashlib.sha256(f"reprun-entropy/{seed}/{i}".encode()).digest()
+              for i in range(-(-size // 32)))
     return b"".join(blocks)[:size]
 
 

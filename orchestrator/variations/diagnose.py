@@ -14,9 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-from orchestrator.compare.comparison import (CAUSE_NONDETERMINISM, DIFFERS, EQUIVALENT,
-                                             IDENTICAL, Cause, Comparison, compare_records)
-from orchestrator.errors import InfrastructureError
+from orchestrator.compare.comparison import compare_records
+from orchestrator.compare.value import (CAUSE_NONDETERMINISM, DIFFERS, EQUIVALENT, IDENTICAL,
+                                        Cause, Comparison)
+from orchestrator.errors import InfrastructureError, UsageError
 from orchestrator.events import RunObserver
 from orchestrator.execution.interventions import (INTERVENTIONS, ImageTraits, InterventionKit,
                                                   intervene, intervention)
@@ -127,7 +128,7 @@ def plan_diagnosis(traits: ImageTraits, kit: InterventionKit, *, cpus: float,
 
 
 def kit_folder(store: Store) -> Path:
-    return Path(store.db_path).parent / "interventions"
+    return Path(store.root) / "interventions"
 
 
 def diagnose(prepared: PreparedRun, plain_runs: tuple[RunRecord, RunRecord], plan: DiagnosisPlan,
@@ -236,3 +237,86 @@ def _extra(plan: DiagnosisPlan, pairs: Sequence[InterventionPair],
                             "columns": ["pair", "removed", "run", "run", "verdict", "agrees"],
                             "rows": rows},
     }
+
+
+# --- the two ways in: after a plain verify, and on two recorded runs ----------------------------
+
+def diagnose_runs(prepared: PreparedRun, plain_runs: tuple[RunRecord, RunRecord], *,
+                  store: Store, engine: Executor, observer: RunObserver) -> Diagnosis:
+    """The diagnosis of two runs of `prepared` that differ under identical inputs."""
+    traits = ImageTraits.from_manifest(plain_runs[0].environment)
+    kit = InterventionKit.prepare(kit_folder(store), prepared.spec.seed)
+    plan = plan_diagnosis(traits, kit, cpus=prepared.spec.resources.cpus,
+                          host_cpus=prepared.host.get("host_cpus"))
+    for each in plan.not_tried:
+        observer.stage("diagnose", f"not trying {intervention(each.name).label}: {each.reason}")
+    return diagnose(prepared, plain_runs, plan, store=store, engine=engine, observer=observer)
+
+
+def with_suggestion(comparison: Comparison, records: Sequence[RunRecord], command: str,
+                    host_cpus: int | None, cpus: float) -> Comparison:
+    """The plain comparison, with the cost of `--diagnose` among its causes when it would help."""
+    if not differs_under_identical_inputs(comparison):
+        return comparison
+    cause = suggestion(records, command, side_by_side=fits_in_parallel(cpus, 2, host_cpus))
+    causes = list(comparison.causes)
+    return replace(comparison, causes=(*causes[:1], cause, *causes[1:]))
+
+
+def refuse_unless_diagnosable(a: RunRecord, b: RunRecord) -> Comparison:
+    """Two recorded runs can be diagnosed when they differ with the same inputs."""
+    comparison = compare_records(a, b)
+    if a.status != SUCCEEDED or b.status != SUCCEEDED:
+        raise UsageError(f"runs {a.id} and {b.id} must both have succeeded to be diagnosed "
+                         f"({a.id} {a.status}, {b.id} {b.status}).")
+    if a.inputs.spec_name != b.inputs.spec_name or a.inputs.image.id != b.inputs.image.id \
+            or a.inputs.dataset.sha256 != b.inputs.dataset.sha256 or a.inputs.seed != b.inputs.seed:
+        raise UsageError(f"runs {a.id} and {b.id} do not share their inputs (spec, image, dataset "
+                         "and seed); a diagnosis removes sources of nondeterminism from one job, "
+                         "so compare them with `reprun diff` instead.")
+    if not differs_under_identical_inputs(comparison):
+        raise UsageError(f"runs {a.id} and {b.id} are {comparison.verdict}"
+                         + (" with different inputs or environments" if comparison.verdict ==
+                            DIFFERS else "") + "; there is no nondeterminism to diagnose.")
+    return comparison
+
+
+def after_plain_pair(prepared: PreparedRun, records: Sequence[RunRecord], *, store: Store,
+                     engine: Executor, observer: RunObserver, diagnose: bool,
+                     command: str) -> list[Comparison] | None:
+    """For a plain verify: the diagnosis when asked and the pair differs under identical inputs,
+    else the comparisons with what a diagnosis would cost; None: nothing to add."""
+    if len(records) != 2:
+        return None
+    from orchestrator.store.baselines import approved_note
+    plain = compare_records(records[0], records[1], baseline_id=records[0].id,
+                            extra=approved_note(store, [r.id for r in records]))
+    if not differs_under_identical_inputs(plain):
+        if diagnose:
+            observer.stage("diagnose", "the runs do not differ under identical inputs: nothing "
+                                       "to diagnose")
+        return None
+    if diagnose:
+        result = diagnose_runs(prepared, (records[0], records[1]), store=store, engine=engine,
+                               observer=observer)
+        return [replace(result.comparison, extra={**plain.extra, **result.comparison.extra})]
+    return [with_suggestion(plain, records, command, prepared.host.get("host_cpus"),
+                            prepared.spec.resources.cpus)]
+
+
+def diagnose_recorded(store: Store, engine: Executor, observer: RunObserver, run_a: str,
+                      run_b: str, *, dataset: Path | None = None, report_paths=()):
+    """`reprun diagnose RUN_A RUN_B`: the job of two recorded runs, diagnosed."""
+    from orchestrator.errors import PinMismatch
+    from orchestrator.rerun import spec_from_record
+    from orchestrator.runner import prepare
+    from orchestrator.workflows.verify import compare_and_report
+    a, b = store.get(run_a), store.get(run_b)
+    refuse_unless_diagnosable(a, b)
+    prepared = prepare(spec_from_record(a, dataset_path=dataset), store=store, engine=engine,
+                       observer=observer)
+    if prepared.image.id != a.inputs.image.id:
+        raise PinMismatch(f"the image resolved to {prepared.image.id}, but run {a.id} ran "
+                          f"{a.inputs.image.id}; refusing to diagnose on a different image.")
+    result = diagnose_runs(prepared, (a, b), store=store, engine=engine, observer=observer)
+    return compare_and_report(store, [a, b], report_paths, comparisons=[result.comparison])

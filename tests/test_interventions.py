@@ -1,0 +1,137 @@
+"""Intervention runs: two runs under identical inputs differ, and `--diagnose` names the source
+whose removal makes a pair agree — exactly one, with the fix for the libraries the job uses."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from orchestrator.execution.interventions import (INTERVENTION_NAMES, ImageTraits,
+                                                  InterventionKit, intervene, seccomp_profile)
+from orchestrator.records import EnvironmentManifest
+from orchestrator.variations.diagnose import most_runs
+
+JOBS = Path(__file__).parent / "jobs"
+SOURCES = {
+    "clock": "the job reads the wall clock: with the wall clock frozen, two runs were identical",
+    "entropy": "the job draws unseeded randomness: with the entropy fixed, two runs were identical",
+    "aslr": "the job depends on memory addresses (id() or object order): with address-space "
+            "randomization off, two runs were identical",
+    "threads": "the job races between threads",
+}
+
+
+def diagnosed(project, job: str, *args: str):
+    project.dataset()
+    project.spec(script=(JOBS / job).read_text())
+    result = project.reprun("verify", "job.yaml", "--diagnose", *args, "--report", "r.json",
+                            timeout=900)
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads((project.root / "r.json").read_text())
+    return result, report
+
+
+def named_sources(report) -> list[str]:
+    return [name for name, sentence in SOURCES.items()
+            if any(c["summary"].startswith(sentence) for c in report["causes"])]
+
+
+def recorded_interventions(project) -> list[list[str]]:
+    with sqlite3.connect(project.store / "store.db") as db:
+        rows = db.execute("SELECT record FROM runs ORDER BY started_at").fetchall()
+    return [json.loads(r[0])["inputs"]["container"].get("interventions", {}).get("removed")
+            for r in rows]
+
+
+@pytest.mark.engine
+def test_a_job_that_reads_the_clock_is_named_for_the_clock(project):
+    result, report = diagnosed(project, "reads_clock.py")
+    assert named_sources(report) == ["clock"], report["causes"][:2]
+    assert report["causes"][0]["summary"] == SOURCES["clock"]
+    assert any("known cause wall-clock-in-results" in d for d in report["causes"][0]["details"])
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("job", ["unseeded_random.py", "unseeded_urandom.py",
+                                 "unseeded_numpy.py"])
+def test_each_unseeded_randomness_api_is_named_for_the_entropy(project, job):
+    result, report = diagnosed(project, job)
+    assert named_sources(report) == ["entropy"], report["causes"][:2]
+    details = report["causes"][0]["details"]
+    if job == "unseeded_numpy.py":      # numpy is in the manifest: its fix is given
+        assert any("numpy.random.default_rng" in d for d in details), details
+
+
+@pytest.mark.engine
+def test_an_address_ordered_set_is_named_for_address_randomization(project):
+    result, report = diagnosed(project, "address_order.py")
+    assert named_sources(report) == ["aslr"], report["causes"][:2]
+
+
+@pytest.mark.engine
+def test_every_diagnosis_run_is_recorded_as_an_intervention_and_shown(project):
+    result, report = diagnosed(project, "unseeded_random.py")
+    removed = recorded_interventions(project)
+    assert removed[:2] == [None, None]           # the plain pair
+    assert removed[2] == removed[3] == list(INTERVENTION_NAMES)   # everything removed first
+    assert all(r for r in removed[2:])
+    pairs = report["extra"]["diagnosis_pairs"]["rows"]
+    assert len(removed) == 2 + 2 * len(pairs) <= 2 + most_runs(len(INTERVENTION_NAMES))
+    assert [p[5] for p in pairs][0] == "yes"
+    assert "diagnosis" in result.stdout.lower() and "Intervention pairs" in result.stdout
+
+
+@pytest.mark.engine
+def test_a_plain_verify_that_differs_suggests_the_diagnosis_with_its_cost(project):
+    project.dataset()
+    project.spec(script=(JOBS / "unseeded_random.py").read_text())
+    result = project.reprun("verify", "job.yaml", "--report", "r.json")
+    assert result.returncode == 1, result.stderr
+    causes = json.loads((project.root / "r.json").read_text())["causes"]
+    hint = [c["summary"] for c in causes if "--diagnose" in c["summary"]]
+    assert hint and f"at most {most_runs(4)} runs, about" in hint[0], causes
+
+
+@pytest.mark.engine
+def test_a_job_reading_its_own_container_still_differs_and_the_report_says_what_remains(project):
+    # No intervention removes it: the mount table names the container's own folders.
+    script = ('import hashlib, json; digest = hashlib.sha256(open("/proc/self/mountinfo", "rb")'
+              '.read()).digest(); json.dump({"mounts": int.from_bytes(digest[:6], "big")}, open("/out/metrics.json", "w"))')
+    project.dataset()
+    project.spec(script=script)
+    result = project.reprun("verify", "job.yaml", "--diagnose", "--report", "r.json", timeout=900)
+    assert result.returncode == 1, result.stderr
+    first = json.loads((project.root / "r.json").read_text())["causes"][0]
+    assert first["summary"].startswith("nondeterministic even with the wall clock frozen"), first
+    assert any(d.startswith("what remains: GPU kernels") for d in first["details"])
+
+
+def test_the_entropy_profile_answers_getrandom_with_enosys_and_the_aslr_one_allows_setarch():
+    plain = seccomp_profile(fixed_entropy=False, allow_no_aslr=False)
+    fixed = seccomp_profile(fixed_entropy=True, allow_no_aslr=True)
+    allowed = lambda p: {n for r in p["syscalls"] if r["action"] == "SCMP_ACT_ALLOW" and
+                         "args" not in r for n in r["names"]}
+    assert "getrandom" in allowed(plain) and "getrandom" not in allowed(fixed)
+    assert {"names": ["getrandom"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38} in fixed["syscalls"]
+    personality = lambda p: {r["args"][0]["value"] for r in p["syscalls"]
+                             if r["names"] == ["personality"]}
+    assert 0x0040000 in personality(fixed) and 0x0040000 not in personality(plain)
+    # What the engine's default refuses stays refused.
+    assert not {"unshare", "setns", "keyctl", "userfaultfd", "mount", "ptrace"} & allowed(fixed)
+
+
+def test_the_clock_is_not_frozen_in_an_image_without_glibc(tmp_path):
+    kit = InterventionKit.prepare(tmp_path, 1)
+    musl = ImageTraits.from_manifest(EnvironmentManifest(os_packages={"musl": "1.2"}))
+    from orchestrator.execution.interventions import intervention
+    reason = intervention("clock").unsupported(musl, kit)
+    assert reason and "musl" in reason
+
+
+def test_the_fixed_bytes_are_the_same_for_a_seed_and_differ_for_another(tmp_path):
+    a = InterventionKit.prepare(tmp_path / "a", 1).entropy_file.read_bytes()
+    b = InterventionKit.prepare(tmp_path / "b", 1).entropy_file.read_bytes()
+    c = InterventionKit.prepare(tmp_path / "c", 2).entropy_file.read_bytes()
+    assert a == b != c and len(set(a[:4096])) > 200
