@@ -43,17 +43,20 @@ _NAMESPACE_FLAGS = 0x7E020000
 @dataclass(frozen=True)
 class InterventionKit:
     """What the interventions need on the host, made once for every run of a diagnosis."""
-    entropy_file: Path            # fixed bytes, read-only bound over the entropy devices
+    entropy_files: tuple[Path, ...]   # fixed bytes, one per entropy device (ENTROPY_DEVICES)
     cpu_online_file: Path         # "0": one CPU online
     faketime_library: Path | None  # None: not installed on this host
 
     @classmethod
     def prepare(cls, folder: Path, seed: int) -> "InterventionKit":
         folder.mkdir(parents=True, exist_ok=True)
-        entropy = folder / f"entropy-{seed}.bin"
-        if not entropy.is_file() or entropy.stat().st_size != ENTROPY_BYTES:
-            entropy.write_bytes(_fixed_bytes(seed, ENTROPY_BYTES))
-        entropy.chmod(0o444)
+        # One file per device, with the same bytes: an engine binds a host path once.
+        entropy = tuple(folder / f"entropy-{seed}-{Path(device).name}.bin"
+                        for device in ENTROPY_DEVICES)
+        for path in entropy:
+            if not path.is_file() or path.stat().st_size != ENTROPY_BYTES:
+                path.write_bytes(_fixed_bytes(seed, ENTROPY_BYTES))
+            path.chmod(0o444)
         online = folder / "cpu-online"
         online.write_text("0\n")
         online.chmod(0o444)
@@ -127,8 +130,8 @@ def _clock_unsupported(image: ImageTraits, kit: InterventionKit) -> str | None:
 
 
 def fix_entropy(job: ContainerJob, kit: InterventionKit) -> ContainerJob:
-    mounts = (*job.mounts, *(Mount(str(kit.entropy_file), device, read_only=True)
-                             for device in ENTROPY_DEVICES))
+    mounts = (*job.mounts, *(Mount(str(path), device, read_only=True)
+                             for path, device in zip(kit.entropy_files, ENTROPY_DEVICES)))
     return dataclasses.replace(job, mounts=mounts, labels=_with_seccomp_need(job, "entropy"))
 
 
