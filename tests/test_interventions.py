@@ -55,13 +55,14 @@ def test_a_job_that_reads_the_clock_is_named_for_the_clock(project):
 
 @pytest.mark.engine
 @pytest.mark.parametrize("job", ["unseeded_random.py", "unseeded_urandom.py",
-                                 "unseeded_numpy.py"])
+                                 "unseeded_numpy.py", "sklearn_random_state.py"])
 def test_each_unseeded_randomness_api_is_named_for_the_entropy(project, job):
     result, report = diagnosed(project, job)
     assert named_sources(report) == ["entropy"], report["causes"][:2]
     details = report["causes"][0]["details"]
-    if job == "unseeded_numpy.py":      # numpy is in the manifest: its fix is given
-        assert any("numpy.random.default_rng" in d for d in details), details
+    # numpy and scikit-learn are in the manifest: their fixes are given.
+    assert any("known cause numpy-rng-unseeded" in d for d in details), details
+    assert any("known cause sklearn-random-state-none" in d for d in details), details
 
 
 @pytest.mark.engine
@@ -135,3 +136,82 @@ def test_the_fixed_bytes_are_the_same_for_a_seed_and_differ_for_another(tmp_path
     b = InterventionKit.prepare(tmp_path / "b", 1).entropy_files[0].read_bytes()
     c = InterventionKit.prepare(tmp_path / "c", 2).entropy_files[0].read_bytes()
     assert a == b == random != c and len(set(a[:4096])) > 200
+
+
+@pytest.mark.engine
+def test_a_pdf_that_embeds_the_time_is_ranked_first(project):
+    project.dataset()
+    spec = project.spec(script=(JOBS / "pdf_timestamp.py").read_text())
+    spec.write_text(spec.read_text().replace('["*.bin"]', '["*.bin", "*.pdf"]'))
+    result = project.reprun("verify", "job.yaml", "--report", "r.json")
+    assert result.returncode == 1, result.stderr
+    causes = json.loads((project.root / "r.json").read_text())["causes"]
+    assert causes[0]["summary"].startswith("only documents differ (report.pdf), the model and "
+                                           "metrics agree: they embed the time"), causes[0]
+    assert any("SOURCE_DATE_EPOCH" in d for d in causes[0]["details"])
+    assert not any("REPRUN_SEED" in c["summary"] for c in causes), causes
+
+
+@pytest.mark.engine
+def test_every_run_gets_source_date_epoch_recorded_and_a_spec_can_set_another(project):
+    project.dataset()
+    script = ('import json, os; json.dump({"epoch": int(os.environ["SOURCE_DATE_EPOCH"])}, '
+              'open("/out/metrics.json", "w"))')
+    project.spec(name="default", script=script)
+    project.spec(name="chosen", script=script, extra='env: {SOURCE_DATE_EPOCH: "1700000000"}\n')
+    for name, epoch in (("default", 315532800), ("chosen", 1700000000)):
+        result = project.reprun("run", f"{name}.yaml")
+        assert result.returncode == 0, result.stderr
+        with sqlite3.connect(project.store / "store.db") as db:
+            records = [json.loads(text) for (text,) in db.execute("SELECT record FROM runs")]
+        [record] = [r for r in records if r["inputs"]["spec_name"] == name]
+        assert record["outputs"]["metrics"] == {"epoch": epoch}
+        assert record["inputs"]["container"]["pinned_env"]["SOURCE_DATE_EPOCH"] == str(epoch)
+
+
+# --- the knowledge base ---------------------------------------------------------------------
+
+from orchestrator.knowledge.causes import CAUSES  # noqa: E402
+from orchestrator.knowledge.document import causes_markdown  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_known_cause_has_a_fix_a_source_and_a_test_or_a_reason():
+    ids = [c.id for c in CAUSES]
+    assert len(ids) == len(set(ids)) >= 20
+    for cause in CAUSES:
+        assert cause.fix and cause.looks_like and cause.title, cause.id
+        assert cause.source.startswith("https://"), cause.id
+        assert bool(cause.test) != bool(cause.untested_because), cause.id
+        if cause.on_cpu and not cause.test:
+            assert "not in the example image" in cause.untested_because or \
+                   "reliably" in cause.untested_because or "two hosts" in cause.untested_because \
+                   or "tested through" in cause.untested_because, cause.id
+        if not cause.on_cpu:
+            assert cause.test is None and "GPU" in cause.untested_because, cause.id
+
+
+def test_every_test_a_known_cause_names_exists_and_runs_on_the_engine():
+    for cause in CAUSES:
+        if cause.test is None:
+            continue
+        path, _, name = cause.test.partition("::")
+        source = (REPO / path).read_text()
+        assert f"def {name}(" in source, f"{cause.id}: {cause.test} does not exist"
+
+
+def test_the_knowledge_base_covers_the_causes_the_issue_lists():
+    text = " ".join(f"{c.id} {c.fix}" for c in CAUSES)
+    for needle in ("use_deterministic_algorithms", "cudnn.benchmark", "CUBLAS_WORKSPACE_CONFIG",
+                   "worker_init_fn", "torch.set_num_threads", "enable_op_determinism",
+                   "TF_DETERMINISTIC_OPS", "xla_gpu_deterministic_ops", "xgboost",
+                   "force_row_wise", "random_state", "n_jobs", "OPENBLAS_NUM_THREADS",
+                   "MKL_CBWR", "OPENBLAS_CORETYPE", "allow_tf32", "SOURCE_DATE_EPOCH",
+                   "PYTHONHASHSEED", "seed-not-wired"):
+        assert needle.lower() in text.lower(), needle
+
+
+def test_docs_causes_md_is_generated_from_the_table_and_current():
+    assert (REPO / "docs" / "causes.md").read_text() == causes_markdown(), \
+        "run: python -m orchestrator.knowledge > docs/causes.md"

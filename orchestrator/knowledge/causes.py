@@ -3,8 +3,8 @@
 `interventions` are those whose success points to the cause (execution/interventions.py),
 `factors` the --vary factors that expose it (variations/factors.py); `libraries` the Python
 distribution names that make it apply to a job (as the manifest lists them), empty for a cause
-any Python job can have. `test_job` names the job under tests/jobs/ that triggers it on a CPU;
-an entry without one says why (`untested_because`).
+any Python job can have. `test` names the real-engine test that triggers it on a CPU and
+checks that reprun names it; an entry without one says why (`untested_because`).
 """
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ class KnownCause:
     interventions: tuple[str, ...] = ()
     factors: tuple[str, ...] = ()
     on_cpu: bool = True
-    test_job: str | None = None
+    test: str | None = None          # tests/FILE.py::test_name
     untested_because: str | None = None
 
 
 _TORCH_NOTES = "https://pytorch.org/docs/stable/notes/randomness.html"
 _NOT_IN_TEST_IMAGE = "{} is not in the example image the tests run"
 _NEEDS_GPU = "needs a GPU; the test machine has none"
+_IN_INTERVENTIONS = "tests/test_interventions.py::"
+_IN_VARIATIONS = "tests/test_variations.py::"
 
 CAUSES: tuple[KnownCause, ...] = (
     KnownCause(
@@ -37,21 +39,24 @@ CAUSES: tuple[KnownCause, ...] = (
         "call `random.seed(int(os.environ[\"REPRUN_SEED\"]))` (or use `random.Random(seed)`) "
         "before the first draw",
         "https://docs.python.org/3/library/random.html#random.seed",
-        interventions=("entropy",), test_job="unseeded_random.py"),
+        interventions=("entropy",),
+        test=_IN_INTERVENTIONS + "test_each_unseeded_randomness_api_is_named_for_the_entropy"),
     KnownCause(
         "os-urandom-in-results", "os.urandom, secrets or uuid4 feeding the training",
         "runs differ; with the entropy fixed two runs are identical",
         "derive the bytes from REPRUN_SEED (`random.Random(seed).randbytes(n)`); keep "
         "`secrets` for secrets, never for training",
         "https://docs.python.org/3/library/secrets.html",
-        interventions=("entropy",), test_job="unseeded_urandom.py"),
+        interventions=("entropy",),
+        test=_IN_INTERVENTIONS + "test_each_unseeded_randomness_api_is_named_for_the_entropy"),
     KnownCause(
         "numpy-rng-unseeded", "NumPy's default_rng() or the legacy global generator unseeded",
         "runs differ; with the entropy fixed two runs are identical; numpy in the manifest",
         "seed `numpy.random.default_rng(int(os.environ[\"REPRUN_SEED\"]))` and pass the "
         "generator down; legacy code: `numpy.random.seed(seed)`",
         "https://numpy.org/doc/stable/reference/random/generator.html",
-        libraries=("numpy",), interventions=("entropy",), test_job="unseeded_numpy.py"),
+        libraries=("numpy",), interventions=("entropy",),
+        test=_IN_INTERVENTIONS + "test_each_unseeded_randomness_api_is_named_for_the_entropy"),
     KnownCause(
         "sklearn-random-state-none", "scikit-learn estimators with random_state=None",
         "runs differ; with the entropy fixed two runs are identical; scikit-learn in the manifest",
@@ -59,42 +64,48 @@ CAUSES: tuple[KnownCause, ...] = (
         "`train_test_split`",
         "https://scikit-learn.org/stable/common_pitfalls.html#controlling-randomness",
         libraries=("scikit-learn",), interventions=("entropy",),
-        test_job="sklearn_random_state.py"),
+        test=_IN_INTERVENTIONS + "test_each_unseeded_randomness_api_is_named_for_the_entropy"),
     KnownCause(
         "sklearn-n-jobs", "scikit-learn's n_jobs=-1: as many workers as CPUs",
         "the result depends on the CPU count (--vary cpus), not on the seed",
         "fix `n_jobs` to a number, and reduce results in a fixed order",
         "https://scikit-learn.org/stable/computing/parallelism.html",
         libraries=("scikit-learn",), interventions=("threads",), factors=("cpus",),
-        test_job="workers_per_cpu.py"),
+        untested_because=("scikit-learn's estimators give the same result for any n_jobs once "
+                          "random_state is set; the CPU-count dependence is tested "
+                          "through blas-threads")),
     KnownCause(
         "wall-clock-in-results", "the wall clock read into the results",
         "runs differ; with the wall clock frozen two runs are identical",
         "take times from REPRUN_SEED or SOURCE_DATE_EPOCH, or keep them out of the compared "
         "metrics (`compare.metrics: {name: ignore}`)",
         "https://reproducible-builds.org/docs/timestamps/",
-        interventions=("clock",), factors=("time",), test_job="reads_clock.py"),
+        interventions=("clock",), factors=("time",),
+        test=_IN_INTERVENTIONS + "test_a_job_that_reads_the_clock_is_named_for_the_clock"),
     KnownCause(
         "embedded-build-time", "a build time embedded in a document artifact (PDF CreationDate)",
         "only document-like artifacts differ (PDF, SVG, HTML, zip); the model and metrics agree",
         "honour SOURCE_DATE_EPOCH (reprun sets it; matplotlib, LaTeX and zip tools read it), or "
         "leave the documents out of `outputs.artifacts`",
         "https://reproducible-builds.org/specs/source-date-epoch/",
-        interventions=("clock",), factors=("time",), test_job="pdf_timestamp.py"),
+        interventions=("clock",), factors=("time",),
+        test=_IN_INTERVENTIONS + "test_a_pdf_that_embeds_the_time_is_ranked_first"),
     KnownCause(
         "object-address-order", "objects ordered by their address (id(), default hash)",
         "runs differ; with address-space randomization off two runs are identical",
         "sort by a key that is data (a name, an index), never by `id()` or an object's default "
         "hash; give classes used in sets a `__hash__` of their own",
         "https://docs.python.org/3/library/functions.html#id",
-        interventions=("aslr",), test_job="address_order.py"),
+        interventions=("aslr",),
+        test=_IN_INTERVENTIONS + "test_an_address_ordered_set_is_named_for_address_randomization"),
     KnownCause(
         "pythonhashseed", "str and bytes hashing: set and dict-of-str order",
         "the result depends on the Python hash seed (--vary hash-seed)",
         "sort sets before iterating them; reprun pins PYTHONHASHSEED=0, so this shows only "
         "when the job runs elsewhere",
         "https://docs.python.org/3/using/cmdline.html#envvar-PYTHONHASHSEED",
-        factors=("hash-seed",), test_job="set_order.py"),
+        factors=("hash-seed",),
+        test=_IN_VARIATIONS + "test_set_iteration_order_names_the_hash_seed"),
     KnownCause(
         "parallel-reduction-order", "a parallel reduction summed in completion order",
         "runs differ in the last digits of a float metric; with one thread two runs are "
@@ -102,7 +113,11 @@ CAUSES: tuple[KnownCause, ...] = (
         "reduce in a fixed order (collect per-worker partial sums by worker index), or use "
         "`math.fsum`",
         "https://docs.python.org/3/library/math.html#math.fsum",
-        interventions=("threads",), factors=("cpus",), test_job="parallel_sum.py"),
+        interventions=("threads",), factors=("cpus",),
+        untested_because=("no race in a parallel reduction fires reliably on the two-core "
+                          "test machine; "
+                          "the one-thread intervention is tested through its CPU count and thread "
+                          "variables")),
     KnownCause(
         "blas-threads", "BLAS thread count (OpenBLAS, MKL, BLIS, OpenMP)",
         "the result depends on the CPU count; the manifest's BLAS section shows num_threads",
@@ -110,7 +125,8 @@ CAUSES: tuple[KnownCause, ...] = (
         "CPU limit), or `threadpoolctl.threadpool_limits(1)`",
         "https://github.com/OpenMathLib/OpenBLAS/wiki/Faq#multi-threaded",
         libraries=("numpy", "scipy"), interventions=("threads",), factors=("cpus",),
-        test_job="blas_threads.py"),
+        test=(_IN_VARIATIONS
+              + "test_a_parallel_float32_sum_depends_on_the_cpu_count_and_nothing_else")),
     KnownCause(
         "mkl-cbwr", "Intel MKL picks code paths per CPU (conditional numerical reproducibility)",
         "the same run differs between hosts with different CPU models; mkl in the manifest",
@@ -204,5 +220,6 @@ CAUSES: tuple[KnownCause, ...] = (
         "with another seed (--vary seed) the results stay identical",
         "pass REPRUN_SEED (or the `{seed}` argument) to every generator the job uses",
         "https://docs.python.org/3/library/random.html#random.seed",
-        factors=("seed",), test_job="ignores_seed.py"),
+        factors=("seed",),
+        test=_IN_VARIATIONS + "test_a_job_that_ignores_its_seed_is_named_by_the_seed_factor"),
 )
