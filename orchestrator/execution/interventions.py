@@ -140,6 +140,14 @@ def no_aslr(job: ContainerJob, kit: InterventionKit) -> ContainerJob:
                                labels=_with_seccomp_need(job, "aslr"))
 
 
+def without_aslr(job: ContainerJob) -> ContainerJob:
+    """Address randomization off, with the profile that allows it: for the `aslr` factor."""
+    profile = seccomp_profile(fixed_entropy=False, allow_no_aslr=True)
+    return dataclasses.replace(
+        _env(job, REPRUN_NO_ASLR="1"),
+        security_opt=(*job.security_opt, "seccomp=" + json.dumps(profile, separators=(",", ":"))))
+
+
 def _aslr_unsupported(image: ImageTraits, kit: InterventionKit) -> str | None:
     if image.has_setarch is False:
         return "the image has no setarch (util-linux), which turns address randomization off"
