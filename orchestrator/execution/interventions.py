@@ -28,7 +28,6 @@ FAKETIME_TARGET = "/reprun-faketime/libfaketime.so.1"
 FROZEN_TIME = "2001-09-09 01:46:40"          # the epoch's billionth second, frozen
 ENTROPY_BYTES = 4 << 20                        # far more than any seeding reads
 ENTROPY_DEVICES = ("/dev/urandom", "/dev/random")
-CPU_ONLINE = "/sys/devices/system/cpu/online"  # what glibc and CPython count the CPUs from
 
 ENOSYS = 38
 # personality(2) arguments: PER_LINUX, UNAME26, PER_LINUX32, PER_LINUX32|UNAME26 and the query
@@ -44,7 +43,6 @@ _NAMESPACE_FLAGS = 0x7E020000
 class InterventionKit:
     """What the interventions need on the host, made once for every run of a diagnosis."""
     entropy_files: tuple[Path, ...]   # fixed bytes, one per entropy device (ENTROPY_DEVICES)
-    cpu_online_file: Path         # "0": one CPU online
     faketime_library: Path | None  # None: not installed on this host
 
     @classmethod
@@ -57,11 +55,8 @@ class InterventionKit:
             if not path.is_file() or path.stat().st_size != ENTROPY_BYTES:
                 path.write_bytes(_fixed_bytes(seed, ENTROPY_BYTES))
             path.chmod(0o444)
-        online = folder / "cpu-online"
-        online.write_text("0\n")
-        online.chmod(0o444)
         library = FAKETIME_LIBRARY if FAKETIME_LIBRARY.is_file() else None
-        return cls(entropy, online, library)
+        return cls(entropy, library)
 
 
 def _fixed_bytes(seed: int, size: int) -> bytes:
