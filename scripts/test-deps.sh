@@ -11,6 +11,7 @@ PACKAGES=(
   busybox-static  # a tiny image without Python, imported for tests that remove or damage images
   shellcheck      # every shell template the containers run is checked (tests/test_containment.py)
   diffoscope-minimal  # a readable diff of artifacts no comparator of reprun reads
+  libfaketime     # the clock intervention and the `time` factor preload it into the container
 )
 PACKAGES+=("$@")
 LOCK=${REPRUN_APT_LOCK:-/var/lib/reprun-engine.apt.lock}

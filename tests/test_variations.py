@@ -14,7 +14,7 @@ from orchestrator.variations.factors import FACTOR_NAMES
 
 pytestmark = pytest.mark.engine     # the pure search and planning: tests/unit/test_culprit_search.py
 
-FACTORS = [name for name in FACTOR_NAMES if name != "time"]   # the nine that can be varied
+FACTORS = list(FACTOR_NAMES)   # with libfaketime on the host (scripts/test-deps.sh), all of them
 SHARDS = {f"shard-{i}.csv": f"{i}\n".encode() for i in range(6)}
 
 # --- real runs --------------------------------------------------------------------------------
@@ -141,9 +141,9 @@ def test_a_job_that_depends_on_nothing_is_identical_under_every_variation(projec
     assert report["verdict"] == "identical" and not culprits(report)
     factors = {row[0]: row for row in report["extra"]["variation_factors"]["rows"]}
     assert {name for name, row in factors.items() if row[2] == "varied"} == set(FACTORS)
-    assert factors["time"][2] == "skipped" and "libfaketime" in factors["time"][5]
     steps = report["extra"]["variation_search"]["rows"]
-    assert [step[2] for step in steps] == ["control", "varied"]
+    assert [step[2] for step in steps] == ["control", "seed", "varied"]
+    assert report["causes"][0]["summary"].startswith("the seed reaches the job: with seed ")
 
 
 IGNORES_SEED = """
@@ -240,3 +240,60 @@ def test_every_factor_reaches_the_job(project):
     assert varied.inputs.container["variations"]["seed"] == 11
     assert set(varied.inputs.container["variations"]["varied"]) == set(FACTORS)
     assert control.inputs.container["variations"] == {"seed": 11, "varied": {}}
+
+
+# --- the factors reprotest varies besides the first nine ----------------------------------------
+
+NEW_FACTOR_JOBS = {
+    # factor: (what the job writes, the label the culprit carries)
+    "time": ('int(time.time() // 86400)', "the wall-clock time"),
+    "aslr": ('int(open("/proc/self/personality").read(), 16)', "address-space randomization"),
+    "workdir": ('zlib.crc32(os.getcwd().encode())', "the working folder"),
+    "home": ('zlib.crc32(os.path.expanduser("~").encode())', "HOME"),
+    "path": ('zlib.crc32(os.environ["PATH"].encode())', "PATH"),
+    "umask": ('os.stat(open("/tmp/made", "w").name).st_mode & 0o777', "the umask"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_FACTOR_JOBS))
+def test_each_new_factor_is_named_exactly_when_the_job_depends_on_it(project, name):
+    expression, label = NEW_FACTOR_JOBS[name]
+    script = ("import json, os, time, zlib\n"
+              f"json.dump({{'seen': {expression}}}, open('/out/metrics.json', 'w'))\n")
+    project.dataset(files=SHARDS)
+    result, report = vary(project, project.spec(script=script), f"{name},hostname,tz,user")
+    assert result.returncode == 1, result.stderr
+    assert culprits(report) == [report["causes"][0]["summary"]], report["causes"]
+    assert report["causes"][0]["summary"].startswith(f"result depends on {label}: seen "), \
+        report["causes"][0]
+
+
+def test_umask_values_all_change_the_mode_of_a_regular_file():
+    from orchestrator.variations.factors import UMASKS
+    default = 0o666 & ~0o022
+    assert all(0o666 & ~int(mask, 8) != default for mask in UMASKS)
+    assert all(0o666 & ~int(mask, 8) & 0o004 for mask in UMASKS)   # still readable by others
+
+
+def test_a_job_that_ignores_its_seed_is_named_by_the_seed_factor(project):
+    project.dataset(files=SHARDS)
+    result, report = vary(project, project.spec(
+        script=(Path(__file__).parent / "jobs" / "ignores_seed.py").read_text()), "seed")
+    first = report["causes"][0]
+    assert first["summary"].startswith("the job ignores its seed: with seed "), first
+    assert "instead of seed 7 the results were identical" in first["summary"]
+    assert any("known cause seed-not-wired" in d for d in first["details"])
+
+
+def test_a_job_that_uses_its_seed_is_told_so_and_the_seed_is_never_blamed(project):
+    project.dataset(files=SHARDS)
+    script = ("import json, sys, socket\n"
+              "json.dump({'seed': int(sys.argv[1]), 'host': len(socket.gethostname())},"
+              " open('/out/metrics.json', 'w'))\n")
+    result, report = vary(project, project.spec(script=script), "seed,hostname,tz")
+    assert result.returncode == 1, result.stderr
+    summaries = [c["summary"] for c in report["causes"]]
+    assert culprits(report) == [summaries[0]] and summaries[0].startswith(
+        "result depends on the hostname: ")
+    assert any(s.startswith("the seed reaches the job: with seed ") for s in summaries)
+    assert not any("depends on the seed" in s for s in summaries)

@@ -22,8 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Retrain a pinned ML job in a hermetic container, compare, explain.")
 
 # The order `reprun --help` lists them in.
-for function in (specs.validate, train.run, train.verify, train.diff, train.report,
-                 train.rerun, maintenance.archive, check.check, specs.lock, maintenance.gc):
+for function in (specs.validate, train.run, train.verify, train.diagnose, train.diff,
+                 train.report, train.rerun, maintenance.archive, check.check, specs.lock, maintenance.gc):
     app.command(function.__name__)(function)
 app.add_typer(runs.runs_app, name="runs")
 

@@ -50,6 +50,10 @@ def verify(ctx: typer.Context, spec: Path,
                                     "`all` or names, e.g. cpus,tz (see docs/variations.md)."),
            vary_seed: Optional[int] = typer.Option(
                None, "--vary-seed", min=0, help="Repeat the random choices of an earlier --vary."),
+           diagnose: bool = typer.Option(
+               False, "--diagnose", help="When the runs differ under identical inputs, run pairs "
+                                         "with sources of nondeterminism removed and name the "
+                                         "one (see docs/variations.md)."),
            backend: Optional[str] = backend_option(),
            quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Train a spec N times (default twice) and say whether the results match."""
@@ -64,8 +68,26 @@ def verify(ctx: typer.Context, spec: Path,
         # not: with --vary, too ([control], [varied], [search 1]).
         observer=observer(quiet, parallel=True), times=times,
         sequential=sequential, report_paths=report, use_cache=not no_cache, vary=names,
-        vary_seed=vary_seed, repeat=f"reprun verify {shlex.quote(str(spec))}")
+        vary_seed=vary_seed, repeat=f"reprun verify {shlex.quote(str(spec))}",
+        diagnose=diagnose)
     _print_reports(outcome)
+
+
+def diagnose(ctx: typer.Context, run_a: str, run_b: str,
+             dataset: Optional[Path] = typer.Option(
+                 None, "--dataset", help="The dataset's new location (verified against the "
+                                         "recorded hash)."),
+             report: List[Path] = report_option(),
+             backend: Optional[str] = backend_option(),
+             quiet: bool = quiet_option()) -> None:
+    """Name the source of nondeterminism of two recorded runs that differ under identical
+    inputs, by running pairs of their job with sources removed."""
+    from orchestrator.variations.diagnose import diagnose_recorded
+    from orchestrator.workflows import verify as workflow
+    workflow.check_report_paths(report)
+    _print_reports(diagnose_recorded(open_store(ctx), open_backend(backend),
+                                     observer(quiet, parallel=True), run_a, run_b,
+                                     dataset=dataset, report_paths=report))
 
 
 def _print_reports(outcome) -> None:

@@ -14,6 +14,7 @@ from orchestrator.compare.value import (A_DIFFERS, ADDED, CAUSE_ENVIRONMENT, CAU
                                         DIFFERS, M_IDENTICAL, M_IGNORED, M_WITHIN, ArtifactRow,
                                         Cause, EnvironmentRow, InputRow, MetricRow)
 from orchestrator.execution.hermetic import THREAD_VARIABLES
+from orchestrator.knowledge import known_cause
 from orchestrator.records import SUCCEEDED, RunRecord
 
 _INPUT_GROUPS = (
@@ -115,6 +116,20 @@ def _nondeterminism_causes(
     hints: list[Cause] = []
     metrics_agree = all(r.status in (M_IDENTICAL, M_WITHIN, M_IGNORED) for r in metrics)
     artifacts_differ = any(r.status == A_DIFFERS for r in artifacts)
+    head = Cause(CAUSE_NONDETERMINISM,
+                 "nondeterministic under identical inputs: the same image, dataset, seed and "
+                 "environment gave different results")
+    differing = [r.name for r in artifacts if r.status == A_DIFFERS]
+    if metrics_agree and differing and all(_is_document(n) for n in differing):
+        # The model and the metrics agree: a document that differs embeds the time it was
+        # written far more often than it draws randomness.
+        entry = known_cause("embedded-build-time")
+        return [Cause(CAUSE_NONDETERMINISM,
+                      f"only documents differ ({', '.join(differing)}), the model and metrics "
+                      "agree: they embed the time they were written",
+                      (f"known cause {entry.id}: {entry.fix} ({entry.source})",
+                       "reprun sets SOURCE_DATE_EPOCH in every run (see docs/guarantees.md); a "
+                       "writer that ignores it embeds the wall clock")), head]
     if metrics_agree and artifacts_differ:
         # Serialisation is the suspect only where no comparator saw the values themselves differ.
         read = [r for r in artifacts if r.status == A_DIFFERS and r.kind and not r.fallback]
@@ -178,10 +193,15 @@ def _nondeterminism_causes(
         hints.append(Cause(CAUSE_NONDETERMINISM, "the artifacts differ as well",
                            tuple(f"artifact {n} differs" for n in names)))
 
-    head = Cause(CAUSE_NONDETERMINISM,
-                 "nondeterministic under identical inputs: the same image, dataset, seed and "
-                 "environment gave different results")
     return [head, *hints]
+
+
+# Artifacts that are documents about a run rather than its model: their writers embed a date.
+DOCUMENT_SUFFIXES = (".pdf", ".ps", ".eps", ".svg", ".html", ".htm")
+
+
+def _is_document(name: str) -> bool:
+    return name.lower().endswith(DOCUMENT_SUFFIXES)
 
 
 def _job_env(record: RunRecord) -> dict[str, str]:

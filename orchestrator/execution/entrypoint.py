@@ -36,8 +36,12 @@ class Hook:
 # In the order they act. Each belongs to a variation factor (variations/factors.py).
 HOOKS: tuple[Hook, ...] = (
     Hook("umask", SETUP),
+    Hook("home", SETUP),
+    Hook("path", SETUP),
+    Hook("workdir", SETUP),
     Hook("dataset-copy", SETUP),
     Hook("env-order", BEFORE_EXEC),
+    Hook("no-aslr", BEFORE_EXEC),      # after env-order: setarch starts `env -i …`
 )
 
 

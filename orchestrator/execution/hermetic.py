@@ -17,6 +17,11 @@ HOSTNAME = "reprun"           # Docker's default is the random container ID: a n
 META_MOUNT = "/reprun"        # the entrypoint and the Python probe, read-only
 # Set by `verify --vary` on each of its runs: the seed and what was varied, kept in the record.
 LABEL_VARIATIONS = "io.reprun.variations"
+# Set on each run of a diagnosis: the sources of nondeterminism removed from it.
+LABEL_INTERVENTIONS = "io.reprun.interventions"
+# The date document writers (matplotlib, LaTeX, zip) embed instead of now: 1980-01-01, the
+# earliest a zip file can hold.
+SOURCE_DATE_EPOCH = "315532800"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                     "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
 
@@ -58,6 +63,8 @@ def container_job(spec, *, run_id: str, image_id: str, seed: int, paths: RunPath
     """`secrets`: the values of the spec's `secrets`, read from reprun's environment."""
     threads = thread_count(spec.resources.cpus)
     env = {
+        # Before the spec's env, so that a spec can set another date.
+        "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH,
         **spec.env,
         **(secrets or {}),
         "REPRUN_SEED": str(seed),
@@ -114,9 +121,12 @@ def applied_settings(job: ContainerJob) -> dict:
         "tmpfs": dict(job.tmpfs),
         "mounts": [{"target": m.target, "read_only": m.read_only} for m in job.mounts],
         "pinned_env": {k: v for k, v in job.env.items()
-                       if k in THREAD_VARIABLES or k in ("PYTHONHASHSEED", "TZ", "LC_ALL", "LANG")},
+                       if k in THREAD_VARIABLES or k in ("PYTHONHASHSEED", "TZ", "LC_ALL", "LANG",
+                                                          "SOURCE_DATE_EPOCH")},
         **({"variations": json.loads(job.labels[LABEL_VARIATIONS])}
            if LABEL_VARIATIONS in job.labels else {}),
+        **({"interventions": json.loads(job.labels[LABEL_INTERVENTIONS])}
+           if LABEL_INTERVENTIONS in job.labels else {}),
     }
 
 

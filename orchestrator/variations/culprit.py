@@ -23,6 +23,7 @@ from orchestrator.compare.value import (A_DIFFERS, CAUSE_ENVIRONMENT, CAUSE_NOND
                                         Comparison)
 from orchestrator.execution.job import Executor
 from orchestrator.errors import InfrastructureError
+from orchestrator.knowledge import known_cause
 from orchestrator.events import RunObserver
 from orchestrator.execution.hermetic import RunPaths, container_job
 from orchestrator.records import ERROR, SUCCEEDED, RunRecord
@@ -52,8 +53,9 @@ class SearchResult:
         return len(self.steps)
 
 
-def search_culprits(factors: Sequence[str], oracle: Oracle) -> SearchResult:
-    """Find the factors the result depends on.
+def search_culprits(factors: Sequence[str], oracle: Oracle, *,
+                    first_only: bool = False) -> SearchResult:
+    """Find the factors the result depends on (`first_only`: one minimal group, not all).
 
     Known before any call: varying every factor reproduces the difference, varying none does
     not. The oracle is asked about each set at most once. A monotone dependence is assumed (a
@@ -97,7 +99,7 @@ def search_culprits(factors: Sequence[str], oracle: Oracle) -> SearchResult:
         found = frozenset().union(*groups)
         pool = tuple(f for f in factors if f not in found)
         # Anything left that still changes the result on its own is another culprit.
-        if not pool or not ask(frozenset(pool)):
+        if first_only or not pool or not ask(frozenset(pool)):
             break
     for group in groups:
         ask(group)    # each culprit named is one run that shows it
@@ -179,7 +181,17 @@ def verify_varied(prepared: PreparedRun, plan: VariationPlan, *, store: Store, e
     control = run("control", ())
     if control.record.status != SUCCEEDED:
         return VariedVerification(plan, tuple(trials), None)
-    varied = run("varied", plan.names)
+    # The seed should change the result: it gets a run of its own, never a place in the search.
+    names = tuple(n for n in plan.names if n != SEED)
+    seed_finding = _seed_finding(run("seed", (SEED,)), plan) if SEED in plan.names else None
+    if not names:
+        trial = trials[-1]
+        comparison = dataclasses.replace(
+            trial.comparison, causes=(seed_finding, *trial.comparison.causes),
+            extra={**trial.comparison.extra,
+                   **_extra(plan, trials, seed_finding.summary.split(":")[0], None, repeat)})
+        return VariedVerification(plan, tuple(trials), comparison)
+    varied = run("varied", names)
     causes: list[Cause] = []
     outcome = f"{varied.comparison.verdict}: no factor changed the result"
     search: SearchResult | None = None
@@ -189,14 +201,14 @@ def verify_varied(prepared: PreparedRun, plan: VariationPlan, *, store: Store, e
             causes.append(_nondeterministic(fixed))
             outcome = "nondeterministic even with every factor fixed"
         else:
-            by_set: dict[frozenset, TrialRun] = {frozenset(plan.names): varied}
+            by_set: dict[frozenset, TrialRun] = {frozenset(names): varied}
 
             def oracle(names: frozenset) -> bool:
                 by_set[names] = run("search", tuple(names))
                 return by_set[names].reproduces
 
-            search = search_culprits(plan.names, oracle)
-            causes.extend(_culprit(plan, group, by_set[frozenset(group)], search, len(plan.names))
+            search = search_culprits(names, oracle)
+            causes.extend(_culprit(plan, group, by_set[frozenset(group)], search, len(names))
                           for group in search.groups if by_set[frozenset(group)].reproduces)
             if not causes:
                 causes.append(Cause(
@@ -204,6 +216,8 @@ def verify_varied(prepared: PreparedRun, plan: VariationPlan, *, store: Store, e
                     "the varied run differs, but no factor reproduces the difference alone or "
                     "together: the job may be nondeterministic only some of the time"))
             outcome = "; ".join(c.summary.split(":")[0] for c in causes)
+    if seed_finding is not None:
+        causes.append(seed_finding)
     comparison = varied.comparison
     extra = {**comparison.extra, **_extra(plan, trials, outcome, search, repeat)}
     comparison = dataclasses.replace(comparison, causes=(*causes, *comparison.causes),
@@ -212,6 +226,21 @@ def verify_varied(prepared: PreparedRun, plan: VariationPlan, *, store: Store, e
 
 
 # --- what the report says ---------------------------------------------------------------------
+
+SEED = "seed"
+
+
+def _seed_finding(trial: TrialRun, plan: VariationPlan) -> Cause:
+    value = plan.variation(SEED).value
+    if trial.reproduces:
+        return Cause(CAUSE_NONDETERMINISM,
+                     f"the seed reaches the job: with {value.varied} instead of {value.control} "
+                     f"the results differ, as they should (run {trial.record.id})")
+    entry = known_cause("seed-not-wired")
+    return Cause(CAUSE_NONDETERMINISM,
+                 f"the job ignores its seed: with {value.varied} instead of {value.control} the "
+                 f"results were {trial.comparison.verdict} (run {trial.record.id})",
+                 (f"known cause {entry.id}: {entry.fix} ({entry.source})",))
 
 def _pair(a: float, b: float) -> tuple[str, str]:
     """The two numbers with just enough digits to tell them apart: 0.9721 and 0.9718."""

@@ -28,6 +28,8 @@ from orchestrator.execution.job import ContainerJob, Mount
 from orchestrator.errors import UsageError
 from orchestrator.execution.hermetic import (LABEL_VARIATIONS, META_MOUNT, THREAD_VARIABLES,
                                              thread_count)
+from orchestrator.execution.interventions import (FAKETIME_LIBRARY, FAKETIME_TARGET,
+                                                  without_aslr)
 
 # Where the read-only dataset is mounted when the job sees a reordered copy at its usual place.
 DATASET_SOURCE = "/reprun-dataset"
@@ -39,8 +41,12 @@ _PREVIEW = 4   # listing entries or variable names shown in a value
 TIME_ZONES = ("NPT-5:45", "ACST-9:30", "NST3:30", "HST10", "CHAST-12:45")
 # The locales the base image has besides C.UTF-8 (`locale -a`: C, C.utf8, POSIX).
 LOCALES = ("C", "POSIX")
-# Each keeps the outputs readable by reprun when it does not run as root.
-UMASKS = ("0000", "0002", "0023")
+# Each gives regular files another mode than the default 0022 does (0644): 0666, 0664, 0646;
+# each keeps the outputs readable by reprun when it does not run as root.
+UMASKS = ("0000", "0002", "0020")
+# How far `time` moves the wall clock (libfaketime's relative offsets): far enough to cross a
+# year, a month and a day boundary.
+CLOCK_SHIFTS = ("+400d", "-400d", "+1000d", "+3653d")
 
 
 @dataclass(frozen=True)
@@ -229,10 +235,57 @@ def vary_env_order(job: ContainerJob, rng: random.Random) -> tuple[ContainerJob,
                            f"variable order {_listing(ordered)}"))
 
 
-def _time_unsupported(context: HostContext) -> str:
-    return ("a container reads the host kernel's wall clock: time namespaces shift only the "
-            "monotonic and boot clocks, and faking the wall clock needs libfaketime preloaded "
-            "in the image, which reprun does not add")
+def vary_time(job: ContainerJob, rng: random.Random) -> tuple[ContainerJob, VariationValue]:
+    shift = rng.choice(CLOCK_SHIFTS)
+    mounts = (*job.mounts, Mount(str(FAKETIME_LIBRARY), FAKETIME_TARGET, read_only=True))
+    preload = " ".join(p for p in (FAKETIME_TARGET, job.env.get("LD_PRELOAD")) if p)
+    # The monotonic clock stays real: timeouts and sleeps in the job still end.
+    varied = dataclasses.replace(job, mounts=mounts, env={
+        **job.env, "LD_PRELOAD": preload, "FAKETIME": shift,
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_DONT_RESET": "1"})
+    return varied, VariationValue("the host's clock", f"the clock shifted {shift[:-1]} days")
+
+
+def _time_unsupported(context: HostContext) -> str | None:
+    if not FAKETIME_LIBRARY.is_file():
+        return (f"libfaketime is not installed on this host ({FAKETIME_LIBRARY}; Debian's "
+                "package libfaketime), and a container reads the host kernel's wall clock")
+    return None
+
+
+def vary_aslr(job: ContainerJob, rng: random.Random) -> tuple[ContainerJob, VariationValue]:
+    return without_aslr(job), VariationValue("address randomization on",
+                                             "address randomization off")
+
+
+def vary_seed(job: ContainerJob, rng: random.Random) -> tuple[ContainerJob, VariationValue]:
+    # The seed reaches the job as REPRUN_SEED and as every command argument `{seed}` became.
+    before = job.env.get("REPRUN_SEED", "")
+    after = before
+    while after == before:
+        after = str(rng.randrange(1, 2 ** 31))
+    command = tuple(after if arg == before else arg for arg in job.command)
+    return (dataclasses.replace(job, command=command, env={**job.env, "REPRUN_SEED": after}),
+            VariationValue(f"seed {before}", f"seed {after}"))
+
+
+def vary_workdir(job: ContainerJob, rng: random.Random) -> tuple[ContainerJob, VariationValue]:
+    folder = f"/tmp/reprun-work-{rng.randrange(16 ** 6):06x}"
+    return (_env(job, REPRUN_WORKDIR=folder),
+            VariationValue("the image's working folder", f"working folder {folder}"))
+
+
+def vary_home(job: ContainerJob, rng: random.Random) -> tuple[ContainerJob, VariationValue]:
+    before = job.env.get("HOME")
+    after = f"/tmp/reprun-home-{rng.randrange(16 ** 6):06x}"
+    return (_env(job, HOME=after, REPRUN_MAKE_HOME="1"),
+            VariationValue(f"HOME={before or '(unset)'}", f"HOME={after}"))
+
+
+def vary_path(job: ContainerJob, rng: random.Random) -> tuple[ContainerJob, VariationValue]:
+    folder = f"/tmp/reprun-bin-{rng.randrange(16 ** 6):06x}"
+    return (_env(job, REPRUN_PATH_FIRST=folder),
+            VariationValue("the image's PATH", f"PATH with {folder} first"))
 
 
 FACTORS: tuple[Factor, ...] = (
@@ -243,10 +296,16 @@ FACTORS: tuple[Factor, ...] = (
     Factor("umask", "the umask", vary_umask, _always),
     Factor("user", "the user", vary_user, _always),
     Factor("hash-seed", "the Python hash seed", vary_hash_seed, _always),
+    Factor("time", "the wall-clock time", vary_time, _time_unsupported),
+    Factor("aslr", "address-space randomization", vary_aslr, _always),
+    Factor("workdir", "the working folder", vary_workdir, _always),
+    Factor("home", "HOME", vary_home, _always),
+    Factor("path", "PATH", vary_path, _always),
+    # Not a culprit like the others: the result should change with it (see culprit.py).
+    Factor("seed", "the seed", vary_seed, _always),
     # After the factors that add variables or change the user: it reads both.
     Factor("file-order", "the dataset's listing order", vary_file_order, _dataset_copyable),
     Factor("env-order", "the order of the environment variables", vary_env_order, _always),
-    Factor("time", "the wall-clock time", None, _time_unsupported),
 )
 FACTOR_NAMES = tuple(f.name for f in FACTORS)
 _BY_NAME = {f.name: f for f in FACTORS}

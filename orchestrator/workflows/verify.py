@@ -120,13 +120,18 @@ def vary_names(vary: str | None, vary_seed: int | None, times: int) -> tuple:
 
 def verify(spec, *, store: Store, engine: Executor, observer: RunObserver, times: int = 2,
            sequential: bool = False, report_paths=(), use_cache: bool = True,
-           vary: tuple = (), vary_seed: int | None = None, repeat: str = "") -> Outcome:
+           vary: tuple = (), vary_seed: int | None = None, repeat: str = "",
+           diagnose: bool = False) -> Outcome:
     """`reprun verify`: train `times` times (or a control and a varied run), compare, report.
 
     The report paths were checked by the caller, before anything was opened.
     """
     from orchestrator.parallel import RunPlan, fits_in_parallel, run_all
     from orchestrator.runner import prepare
+    from orchestrator.variations import diagnose as diagnosis
+    if diagnose and (vary or times != 2):
+        raise UsageError("--diagnose compares one pair of runs under identical inputs; drop "
+                         + ("--vary." if vary else "--times."))
     prepared = prepare(spec, store=store, engine=engine, observer=observer,
                        use_cache=use_cache)
     if vary:
@@ -139,7 +144,10 @@ def verify(spec, *, store: Store, engine: Executor, observer: RunObserver, times
     records = run_all(prepared, plans, store=store, engine=engine, observer=observer,
                       parallel=parallel)
     raise_for_failed(records, store)
-    return compare_and_report(store, records, report_paths)
+    comparisons = diagnosis.after_plain_pair(prepared, records, store=store, engine=engine,
+                                             observer=observer, diagnose=diagnose,
+                                             command=repeat or "reprun verify SPEC")
+    return compare_and_report(store, records, report_paths, comparisons=comparisons)
 
 
 def _verify_varied(prepared, names, seed, *, store, engine, observer, report_paths,
