@@ -82,7 +82,7 @@ def diagnose(ctx: typer.Context, run_a: str, run_b: str,
              quiet: bool = quiet_option()) -> None:
     """Name the source of nondeterminism of two recorded runs that differ under identical
     inputs, by running pairs of their job with sources removed."""
-    from orchestrator.variations.diagnose import diagnose_recorded
+    from orchestrator.workflows.verify import diagnose_recorded
     from orchestrator.workflows import verify as workflow
     workflow.check_report_paths(report)
     _print_reports(diagnose_recorded(open_store(ctx), open_backend(backend),

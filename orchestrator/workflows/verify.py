@@ -203,3 +203,20 @@ def rerun(store: Store, engine: Executor, observer: RunObserver, *,
     record = execute(prepared, store=store, engine=engine, observer=observer, label="rerun")
     raise_for_failed([record], store)
     return compare_and_report(store, [original, record], report_paths)
+
+
+def diagnose_recorded(store: Store, engine: Executor, observer: RunObserver, run_a: str,
+                      run_b: str, *, dataset: Path | None = None, report_paths=()):
+    """`reprun diagnose RUN_A RUN_B`: the job of two recorded runs, diagnosed."""
+    from orchestrator.rerun import spec_from_record
+    from orchestrator.runner import prepare
+    from orchestrator.variations.diagnose import diagnose_runs, refuse_unless_diagnosable
+    a, b = store.get(run_a), store.get(run_b)
+    refuse_unless_diagnosable(a, b)
+    prepared = prepare(spec_from_record(a, dataset_path=dataset), store=store, engine=engine,
+                       observer=observer)
+    if prepared.image.id != a.inputs.image.id:
+        raise PinMismatch(f"the image resolved to {prepared.image.id}, but run {a.id} ran "
+                          f"{a.inputs.image.id}; refusing to diagnose on a different image.")
+    result = diagnose_runs(prepared, (a, b), store=store, engine=engine, observer=observer)
+    return compare_and_report(store, [a, b], report_paths, comparisons=[result.comparison])
