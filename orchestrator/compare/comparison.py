@@ -20,7 +20,8 @@ from orchestrator.compare.value import (ABSENT, A_DIFFERS, A_EQUIVALENT, A_IDENT
                                         ARTIFACT_STATUSES, DIFFERS, EQUIVALENT, IDENTICAL,
                                         INCOMPLETE, METRIC_STATUSES, MISSING_A, MISSING_B,
                                         M_BEYOND, M_IDENTICAL, M_IGNORED, M_WITHIN, ArtifactRow,
-                                        Comparison, EnvironmentRow, InputRow, MetricRow, RunSummary, Sections,
+                                        Comparison, EnvironmentRow, InputRow, MetricRow,
+                                        RunSummary, Sections,
                                         Verdict, display_text, same_float)
 from orchestrator.clock import utc_now
 from orchestrator.errors import UsageError
