@@ -161,7 +161,10 @@ def test_a_job_that_ignores_its_seed_is_nondeterministic_even_with_every_factor_
     assert first["summary"].startswith("nondeterministic even with every factor fixed")
     assert not culprits(report)
     assert [s[2] for s in report["extra"]["variation_search"]["rows"]] == [
-        "control", "varied", "fixed"]
+        "control", "seed", "varied", "fixed"]
+    # A job that differs with nothing varied says nothing about its seed.
+    assert any(c["summary"].startswith("whether the job uses its seed cannot be told")
+               for c in report["causes"])
 
 
 TZ_AND_HOSTNAME = """
