@@ -161,7 +161,10 @@ def test_a_job_that_ignores_its_seed_is_nondeterministic_even_with_every_factor_
     assert first["summary"].startswith("nondeterministic even with every factor fixed")
     assert not culprits(report)
     assert [s[2] for s in report["extra"]["variation_search"]["rows"]] == [
-        "control", "varied", "fixed"]
+        "control", "seed", "varied", "fixed"]
+    # A job that differs with nothing varied says nothing about its seed.
+    assert any(c["summary"].startswith("whether the job uses its seed cannot be told")
+               for c in report["causes"])
 
 
 TZ_AND_HOSTNAME = """
@@ -297,3 +300,23 @@ def test_a_job_that_uses_its_seed_is_told_so_and_the_seed_is_never_blamed(projec
         "result depends on the hostname: ")
     assert any(s.startswith("the seed reaches the job: with seed ") for s in summaries)
     assert not any("depends on the seed" in s for s in summaries)
+
+
+def test_a_rerun_of_a_varied_run_replays_every_recorded_variation(project):
+    project.dataset(files=SHARDS)
+    observe = ("import json, os, socket, time, zlib\n"
+               "code = lambda text: zlib.crc32(text.encode())\n"
+               "json.dump({'host': code(socket.gethostname()), 'tz': time.localtime(0).tm_gmtoff,"
+               " 'locale': code(os.environ['LC_ALL']), 'umask': os.umask(0), 'uid': os.getuid(),"
+               " 'hash': code(','.join({f'w{i}' for i in range(16)})), 'cwd': code(os.getcwd()),"
+               " 'home': code(os.environ['HOME'])}, open('/out/metrics.json', 'w'))\n")
+    spec = project.spec(script=observe)
+    names = "hostname,tz,locale,umask,user,hash-seed,workdir,home"
+    result, report = vary(project, spec, names, "--vary-seed", "5")
+    assert result.returncode == 1, result.stderr      # every metric moved with its factor
+    varied_run = report["extra"]["variation_search"]["rows"][1][1]
+    rerun = project.reprun("rerun", varied_run, "--report", "rerun.json")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    again = json.loads((project.root / "rerun.json").read_text())
+    assert again["verdict"] == "identical"
+    assert not [row for row in again["sections"]["inputs"] if not row["same"]]

@@ -200,6 +200,11 @@ def verify_varied(prepared: PreparedRun, plan: VariationPlan, *, store: Store, e
         if fixed.reproduces:
             causes.append(_nondeterministic(fixed))
             outcome = "nondeterministic even with every factor fixed"
+            if seed_finding is not None:
+                seed_finding = Cause(
+                    CAUSE_NONDETERMINISM,
+                    "whether the job uses its seed cannot be told: it is nondeterministic even "
+                    "with every factor fixed")
         else:
             by_set: dict[frozenset, TrialRun] = {frozenset(names): varied}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from orchestrator.compare.comparison import compare_records
-from orchestrator.compare.value import (CAUSE_NONDETERMINISM, DIFFERS, EQUIVALENT, IDENTICAL,
+from orchestrator.compare.value import (CAUSE_INPUT, CAUSE_NONDETERMINISM, CAUSE_RUN, DIFFERS, EQUIVALENT, IDENTICAL,
                                         Cause, Comparison)
 from orchestrator.errors import InfrastructureError, UsageError
 from orchestrator.events import RunObserver
@@ -77,10 +77,12 @@ class Diagnosis:
 
 
 def differs_under_identical_inputs(comparison: Comparison) -> bool:
-    """Both runs succeeded with the same inputs and environment, and the results differ."""
-    return (comparison.verdict == DIFFERS
-            and bool(comparison.causes)
-            and all(c.kind == CAUSE_NONDETERMINISM for c in comparison.causes))
+    """Both runs succeeded with the same inputs and material environment, and the results
+    differ: the comparison then names nondeterminism (it does only in that case); incidental
+    environment changes, such as the CPUs two parallel runs were pinned to, may come with it."""
+    kinds = {c.kind for c in comparison.causes}
+    return (comparison.verdict == DIFFERS and CAUSE_NONDETERMINISM in kinds
+            and not kinds & {CAUSE_RUN, CAUSE_INPUT})
 
 
 def most_runs(interventions: int) -> int:

@@ -405,3 +405,22 @@ def plan_variations(names: Iterable[str], seed: int, context: HostContext,
         variations.append(Variation(name, f.label, value))
     return VariationPlan(seed=seed, requested=requested, variations=tuple(variations),
                          skipped=tuple(skipped))
+
+
+# --- replaying a recorded variation (`reprun rerun` of a --vary run) -----------------------------
+
+def replay_transform(recorded: dict | None) -> tuple[Callable[[ContainerJob], ContainerJob] | None,
+                                                    list[str]]:
+    """The transform that gives a rerun every variation its record shows, with the values it
+    had (each factor draws from the recorded seed), and the factors it cannot replay."""
+    if not recorded or not recorded.get("varied"):
+        return None, []
+    seed, varied = recorded.get("seed"), dict(recorded["varied"])
+    known = [name for name in FACTOR_NAMES if name in varied]
+    unknown = sorted(set(varied) - set(known))
+    if not isinstance(seed, int):
+        return None, sorted(varied)
+
+    def apply(job: ContainerJob) -> ContainerJob:
+        return vary_job(job, known, seed)
+    return apply, unknown

@@ -200,7 +200,12 @@ def rerun(store: Store, engine: Executor, observer: RunObserver, *,
     if prepared.image.id != original.inputs.image.id:
         raise PinMismatch(f"the image resolved to {prepared.image.id}, but run {original.id} ran "
                           f"{original.inputs.image.id}; refusing to replay on a different image.")
-    record = execute(prepared, store=store, engine=engine, observer=observer, label="rerun")
+    from orchestrator.variations.factors import replay_transform
+    transform, not_replayed = replay_transform(original.inputs.container.get("variations"))
+    if not_replayed:
+        observer.stage("rerun", "not replayed (unknown to this reprun): " + ", ".join(not_replayed))
+    record = execute(prepared, store=store, engine=engine, observer=observer, label="rerun",
+                     transform=transform)
     raise_for_failed([record], store)
     return compare_and_report(store, [original, record], report_paths)
 
