@@ -446,7 +446,7 @@ class SwarmBackend:
             raise InfrastructureError(f"the files reprun ships with the job exceed "
                                       f"{MAX_SHIPPED_BYTES} bytes")
         dataset_target = None
-        if collect is not None:
+        if collect is not None and collect.dataset_source is not None:
             dataset = next((m for m in job.mounts if m.source == collect.dataset_source), None)
             if dataset is None:
                 raise InfrastructureError("the job does not mount its dataset; nothing to verify "
