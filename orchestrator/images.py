@@ -6,6 +6,7 @@ locked to. Both the image ID and the repo digest go into the run record.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,8 +14,10 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from orchestrator.execution.local import engine_unreachable
 from orchestrator.errors import InfrastructureError, PinMismatch
+from orchestrator.execution.local import engine_unreachable
+from orchestrator.build_inputs import LABEL_BUILD_INPUTS, BuildInputs, build_inputs
+from orchestrator.spec.model import ImageBuild
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -43,14 +46,16 @@ def repo_digests(image) -> list[str]:
 
 
 def resolve_image(client: docker.DockerClient, image_spec, *, spec_name: str,
-                  progress: ImageProgress | None = None) -> ResolvedImage:
+                  progress: ImageProgress | None = None,
+                  builds: BuildCache | None = None) -> ResolvedImage:
+    """`builds`: shared by the specs of one command, so that one context is built once."""
     progress = progress or (lambda *_: None)
     try:
         if image_spec.ref:
             return _pull_pinned(client, image_spec.ref, progress)
         if image_spec.build is None:
             return _present(client, image_spec.digest)
-        return _build(client, image_spec, spec_name, progress)
+        return _build(client, image_spec, spec_name, progress, builds)
     except requests.exceptions.ConnectionError as exc:
         raise engine_unreachable(exc) from None
 
@@ -114,32 +119,149 @@ def _pull_failure(repository: str, digest: str, message: str) -> Exception:
                                "the registry answers (`make engine` starts the local one).")
 
 
-def _build(client, image_spec, spec_name: str, progress: ImageProgress) -> ResolvedImage:
+def resolve_for_lock(client: docker.DockerClient, image_spec, *, spec_name: str,
+                     progress: ImageProgress | None = None,
+                     builds: BuildCache | None = None) -> ResolvedImage:
+    """For `lock` of a build: the pinned image while what went into it is unchanged, else a
+    fresh build of the inputs as they are now (which `lock` then pins)."""
+    try:
+        return _build(client, image_spec, spec_name, progress or (lambda *_: None), builds,
+                      relock=True)
+    except requests.exceptions.ConnectionError as exc:
+        raise engine_unreachable(exc) from None
+
+
+def _build(client, image_spec, spec_name: str, progress: ImageProgress,
+           builds: BuildCache | None = None, *, relock: bool = False) -> ResolvedImage:
+    """The image a spec's build pins: the pinned image itself while what went into it is
+    unchanged (no rebuild: a rebuild without the build cache rarely gives the same ID), else a
+    fresh build, which must give the pinned ID unless the spec is being locked again."""
     build = image_spec.build
-    tag = f"reprun/{spec_name}:built"
-    image_id = build_image(client, build, tag=tag, progress=progress)
-    if image_spec.digest and image_id != image_spec.digest:
+    inputs = build_inputs(client, build)
+    unrecorded = False        # the pin is an image an older reprun built, without its inputs
+    if image_spec.digest:
+        pinned = _image_or_none(client, image_spec.digest)
+        recorded = BuildInputs.from_label(pinned.labels.get(LABEL_BUILD_INPUTS)) \
+            if pinned is not None else None
+        if recorded is not None:
+            if recorded.sha256 != inputs.sha256 and not relock:
+                raise PinMismatch(
+                    f"what goes into the build of {build.context} changed since the spec was "
+                    f"locked to {image_spec.digest[:19]}: {'; '.join(inputs.changes_since(recorded))}. "
+                    "The pinned image was built from the old inputs and is not run in their "
+                    "place; run `reprun lock SPEC` to build and pin the new ones, or restore "
+                    "the old files.")
+            if recorded.sha256 == inputs.sha256:
+                tag_by_id(client, pinned.id, spec_name)
+                return _resolved_build(pinned, build)
+        unrecorded = pinned is not None and recorded is None and not relock
+    # Rebuilt as it was built, without the record of its inputs, the ID can still match.
+    image_id = (builds or BuildCache()).build(client, build, inputs, spec_name, progress,
+                                              record_inputs=not unrecorded)
+    if image_spec.digest and image_id != image_spec.digest and not relock:
+        if unrecorded:
+            raise PinMismatch(
+                f"building {build.context} produced image {image_id}, but the spec pins "
+                f"{image_spec.digest}, which an older reprun built without recording what went "
+                "into it, so what changed cannot be named. Inspect the build context, then "
+                "re-pin with `reprun lock`, which records the inputs from then on.")
         raise PinMismatch(
             f"building {build.context} produced image {image_id}, but the spec pins "
-            f"{image_spec.digest}. The build context or its base changed; inspect it, then "
-            "re-pin with `reprun lock` if the change is intended.")
-    image = client.images.get(image_id)
+            f"{image_spec.digest}, which is not in this engine to compare its inputs with. "
+            "Restore the pinned image (`reprun rerun --from-archive`, `docker load`), or "
+            "re-pin with `reprun lock` if the new build is intended.")
+    return _resolved_build(client.images.get(image_id), build)
+
+
+def _resolved_build(image, build: ImageBuild) -> ResolvedImage:
     digests = repo_digests(image)
-    return ResolvedImage(id=image_id, ref=None, repo_digest=digests[0] if digests else None,
+    return ResolvedImage(id=image.id, ref=None, repo_digest=digests[0] if digests else None,
                          build_context=str(build.context))
 
 
-def build_image(client, build, *, tag: str | None = None, nocache: bool = False,
-                progress: ImageProgress | None = None) -> str:
-    """Build a spec's `image.build` and return the image ID; a failed build (or an engine that
-    refuses it) is an infrastructure error (exit 4) with the build's last lines."""
-    progress = progress or (lambda *_: None)
+def _image_or_none(client, image_id: str):
+    try:
+        return client.images.get(image_id)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def id_tag(spec_name: str, image_id: str) -> str:
+    """The tag that keeps a built image referenced: it names the image, so no later build
+    moves it, and `docker image prune` never takes a pinned image for a dangling one."""
+    return f"reprun/{spec_name}:{image_id.removeprefix('sha256:')[:12]}"
+
+
+def tag_by_id(client, image_id: str, spec_name: str) -> None:
+    repository, _, tag = id_tag(spec_name, image_id).rpartition(":")
+    try:
+        client.api.tag(image_id, repository, tag)
+    except docker.errors.APIError as exc:
+        raise InfrastructureError(f"cannot tag the built image {image_id[:19]} as "
+                                  f"{repository}:{tag}: {exc.explanation or exc}") from None
+
+
+class BuildCache:
+    """Builds each distinct build (context, Dockerfile, arguments, base) once and shares the
+    image: `reprun check` over four specs of one context builds it once."""
+
+    def __init__(self, built: dict[str, str] | None = None) -> None:
+        self._built = built if built is not None else {}    # image IDs by build inputs
+
+    def build(self, client, build: ImageBuild, inputs: BuildInputs, spec_name: str,
+              progress: ImageProgress, *, record_inputs: bool = True) -> str:
+        key = f"{inputs.sha256} {record_inputs}"
+        image_id = self._built.get(key)
+        if image_id is None or _image_or_none(client, image_id) is None:
+            image_id = _run_build(client, build, inputs if record_inputs else None, progress)
+            self._built[key] = image_id
+        tag_by_id(client, image_id, spec_name)
+        return image_id
+
+
+class FreshBuilds:
+    """Builds without cache, each distinct build once, for `reprun check`: four specs over one
+    context share one rebuild (also when checked in parallel), removed once all are compared."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, str] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.pinned: set[str] = set()      # images the checked specs pin: never removed
+
+    def build(self, client, build: ImageBuild, progress: ImageProgress | None = None) -> str:
+        inputs = build_inputs(client, build)
+        with self._guard:
+            lock = self._locks.setdefault(inputs.sha256, threading.Lock())
+        with lock:
+            if inputs.sha256 not in self._ids:
+                self._ids[inputs.sha256] = _run_build(client, build, inputs,
+                                                      progress or (lambda *_: None),
+                                                      nocache=True)
+            return self._ids[inputs.sha256]
+
+    def remove(self, client) -> None:
+        """The fresh layers must not become the build cache the pinned IDs are rebuilt from."""
+        for image_id in set(self._ids.values()) - self.pinned:
+            try:
+                # force: a swarm backend tagged it when pushing it for its nodes.
+                client.images.remove(image_id, noprune=False, force=True)
+            except docker.errors.APIError:
+                pass
+
+
+def _run_build(client, build: ImageBuild, inputs: BuildInputs | None, progress: ImageProgress,
+               *, nocache: bool = False) -> str:
+    """The ID of a fresh build; `inputs` are written into the image (None: as older reprun
+    built, so that its images can still be rebuilt to their pinned IDs)."""
     tail: list[str] = []
     image_id = None
     try:
         events = client.api.build(
             path=str(build.context), dockerfile=build.dockerfile, buildargs=dict(build.args),
-            tag=tag, nocache=nocache, rm=True, forcerm=True, decode=True,
+            rm=True, forcerm=True, decode=True,
+            labels={LABEL_BUILD_INPUTS: inputs.to_label()} if inputs is not None else None,
+            nocache=nocache,
             network_mode="host")  # a build that fetches packages uses the host network
         for event in events:
             if "error" in event:
@@ -159,8 +281,6 @@ def build_image(client, build, *, tag: str | None = None, nocache: bool = False,
                                   f"{exc.explanation or exc}", details=tail[-10:]) from None
     except requests.exceptions.ConnectionError as exc:
         raise engine_unreachable(exc) from None
-    if image_id is None and tag is not None:
-        image_id = client.images.get(tag).id
     if image_id is None:
         raise InfrastructureError(f"building {build.context} gave no image ID; the engine's "
                                   "answer ended early.", details=tail[-10:])

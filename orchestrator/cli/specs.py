@@ -36,5 +36,7 @@ def lock(ctx: typer.Context, specs: List[Path],
                 say(f"{path}: {'stale, lock would set ' if check else ''}{change}", err=True)
         if changes:
             stale.append(path)
+        elif check and not quiet:
+            typer.echo(f"{path}: pins are current")
     if check and stale:
         raise typer.Exit(int(ExitCode.DIFFERS))

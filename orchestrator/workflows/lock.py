@@ -13,5 +13,6 @@ def lock_specs(paths: list[Path], *, store: Store, engine, write: bool
     from orchestrator.dataset.tree import HashCache
     from orchestrator.spec.lock import lock_spec
     cache = HashCache(store.db_path)     # remembers the pinned dataset's file list
+    builds: dict[str, str] = {}          # specs over one build context build it once
     for path in paths:
-        yield path, lock_spec(path, engine=engine, write=write, cache=cache)
+        yield path, lock_spec(path, engine=engine, write=write, cache=cache, builds=builds)
