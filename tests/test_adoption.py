@@ -3,10 +3,11 @@ that makes its own data — each against the real engine."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from conftest import containers
+from conftest import WRITE_METRICS, containers
 
 pytestmark = pytest.mark.engine
 
@@ -212,3 +213,31 @@ def test_two_runs_without_a_dataset_compare_and_replay(project):
     records = runs_of(project)
     assert len(records) == 3 and all(r["inputs"]["dataset"] is None for r in records)
     assert len({json.dumps(r["outputs"]["metrics"]) for r in records}) == 1
+
+
+# --- lock and validate, as a newcomer writes a spec ------------------------------------------
+
+def test_lock_fills_in_a_flow_style_dataset_and_keeps_the_rest_of_the_line(project):
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS)
+    text = spec.read_text()
+    start, end = text.index("dataset:"), text.index("seed:")
+    spec.write_text(text[:start] + "dataset: {path: data, mount: /data}   # the training set\n"
+                    + text[end:])
+    locked = project.reprun("lock", str(spec))
+    assert locked.returncode == 0, locked.stderr
+    line = next(l for l in spec.read_text().splitlines() if l.startswith("dataset:"))
+    assert re.fullmatch(r'dataset: \{path: data, mount: /data, sha256: "[0-9a-f]{64}"\}'
+                        r"   # the training set", line), line
+    assert project.reprun("validate", str(spec)).returncode == 0
+    checked = project.reprun("lock", "--check", str(spec))
+    assert checked.returncode == 0 and "pins are current" in checked.stdout
+    assert project.reprun("run", "-q", str(spec)).returncode == 0
+
+
+def test_lock_of_a_spec_without_a_dataset_pins_only_the_image(project):
+    project.dataset()
+    spec = spec_without_dataset(project, MAKE_OWN_DATA)
+    locked = project.reprun("lock", str(spec))
+    assert locked.returncode == 0, locked.stderr
+    assert "dataset" not in spec.read_text()
