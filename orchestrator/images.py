@@ -96,17 +96,77 @@ def _present(client, image_id: str) -> ResolvedImage:
 
 
 def _pull(client, repository: str, digest: str, progress: ImageProgress) -> None:
-    layers: dict[str, str] = {}
+    layers = LayerProgress()
     try:
         for event in client.api.pull(repository, tag=digest, stream=True, decode=True):
             if "error" in event:
                 raise _pull_failure(repository, digest, event["error"])
-            if event.get("id") and event.get("status"):
-                layers[event["id"]] = event["status"]
-                done = sum(1 for s in layers.values() if s in ("Pull complete", "Already exists"))
-                progress("pull", done, len(layers), f"{event['id']} {event['status']}")
+            if layers.update(event):
+                progress("pull", layers.done_bytes, layers.total_bytes, layers.summary())
     except docker.errors.APIError as exc:
         raise _pull_failure(repository, digest, exc.explanation or str(exc)) from None
+    # Small layers arrive without byte counts; the image's own size closes the bar then.
+    pulled = layers.done_bytes or _image_size(client, f"{repository}@{digest}")
+    progress("pull", pulled, pulled, layers.summary())
+
+
+def _image_size(client, reference: str) -> int:
+    try:
+        return int(client.images.get(reference).attrs.get("Size") or 0)
+    except (docker.errors.DockerException, ValueError, TypeError):
+        return 0
+
+
+class LayerProgress:
+    """Bytes of the layers an engine downloads, from its pull (or a build's FROM) events."""
+
+    FINISHED = ("Download complete", "Pull complete", "Already exists")
+
+    def __init__(self) -> None:
+        self._sizes: dict[str, tuple[int, int]] = {}     # layer -> (bytes done, bytes in all)
+        self._finished: set[str] = set()
+
+    def update(self, event: dict) -> bool:
+        """Take one event in; True when it said something about a layer."""
+        layer, status = event.get("id"), event.get("status")
+        if not (isinstance(layer, str) and isinstance(status, str)) or _names_the_image(layer):
+            return False
+        done, total = self._sizes.get(layer, (0, 0))
+        detail = event.get("progressDetail") or {}
+        if status == "Downloading" and isinstance(detail, dict):
+            done = _count(detail.get("current"), done)
+            total = _count(detail.get("total"), total)
+        elif status in self.FINISHED:
+            self._finished.add(layer)
+            done = total
+        self._sizes[layer] = (done, total)
+        return True
+
+    @property
+    def done_bytes(self) -> int:
+        return sum(done for done, _ in self._sizes.values())
+
+    @property
+    def total_bytes(self) -> int:
+        """What is known of the total: layers still waiting have not said their size yet, so
+        until every layer is finished the total stays above what is done."""
+        total = sum(total for _, total in self._sizes.values())
+        if len(self._finished) < len(self._sizes) and self.done_bytes >= total:
+            return self.done_bytes + 1
+        return total
+
+    def summary(self) -> str:
+        return f"{len(self._finished)}/{len(self._sizes)} layers"
+
+
+def _names_the_image(layer: str) -> bool:
+    """A status line about the image as a whole (its tag or digest), not one of its layers."""
+    return ":" in layer or "@" in layer
+
+
+def _count(value, fallback: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else fallback
 
 
 def _pull_failure(repository: str, digest: str, message: str) -> Exception:
@@ -219,6 +279,13 @@ class BuildCache:
         return image_id
 
 
+def _step_words(instruction: str) -> str:
+    # The legacy builder adds the label as a last step, whose text is the whole record.
+    if instruction.startswith(f"LABEL {LABEL_BUILD_INPUTS}="):
+        return "record what went into the build"
+    return instruction
+
+
 class FreshBuilds:
     """Builds without cache, each distinct build once, for `reprun check`: four specs over one
     context share one rebuild (also when checked in parallel), removed once all are compared."""
@@ -263,17 +330,21 @@ def _run_build(client, build: ImageBuild, inputs: BuildInputs | None, progress: 
             labels={LABEL_BUILD_INPUTS: inputs.to_label()} if inputs is not None else None,
             nocache=nocache,
             network_mode="host")  # a build that fetches packages uses the host network
+        base_layers = LayerProgress()     # a base the engine does not hold is pulled first
         for event in events:
             if "error" in event:
                 raise InfrastructureError(
                     f"building {build.context} failed: {event['error'].strip()}",
                     details=tail[-10:])
+            if base_layers.update(event):
+                progress("pull", base_layers.done_bytes, base_layers.total_bytes,
+                         base_layers.summary())
             line = (event.get("stream") or "").strip()
             if line:
                 tail.append(line)
                 step = re.match(r"Step (\d+)/(\d+) : (.*)", line)
                 if step:
-                    progress("build", int(step[1]), int(step[2]), step[3])
+                    progress("build", int(step[1]), int(step[2]), _step_words(step[3]))
             if event.get("aux", {}).get("ID"):
                 image_id = event["aux"]["ID"]
     except docker.errors.APIError as exc:

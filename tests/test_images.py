@@ -217,3 +217,60 @@ def test_check_over_four_specs_of_one_context_rebuilds_it_once(project, docker_c
         assert counter.count == 1, f"the context was rebuilt {counter.count} times"
     finally:
         counter.close()
+
+
+# --- progress of pulls and builds ------------------------------------------------------------
+
+@pytest.fixture
+def pushed_tiny(docker_client):
+    """A tiny image in the local registry and not in the engine: the next run pulls it."""
+    import requests
+    from imagekit import push
+    from conftest import REGISTRY
+    tag = f"{REGISTRY}/reprun-test/adopt-pull-{secrets.token_hex(4)}:1"
+    image = import_tiny_image(docker_client, tag)
+    ref = push(docker_client, tag)
+    docker_client.images.remove(image.id, force=True)
+    yield ref
+    try:
+        docker_client.images.remove(ref, force=True)
+    except Exception:
+        pass
+    repository, digest = ref.split("@")
+    requests.delete(f"http://{REGISTRY}/v2/{repository.split('/', 1)[1]}/manifests/{digest}",
+                    timeout=10)
+
+
+SHELL_JOB = ["sh", "-c", "echo '{{\"score\": 1}}' > /out/metrics.json"]
+
+
+def test_a_pull_shows_the_bytes_of_its_layers(project, pushed_tiny):
+    project.dataset()
+    spec = project.spec(command=SHELL_JOB, image=pushed_tiny)
+    result = project.reprun("run", str(spec))
+    assert result.returncode == 0, result.stderr
+    pulls = [line for line in result.stderr.splitlines() if line.startswith("[prepare] pull ")]
+    assert pulls, result.stderr
+    assert re.search(r"\[#{24}\] [0-9.]+ (KiB|MiB) / [0-9.]+ (KiB|MiB) 1/1 layers", pulls[-1]), pulls
+
+
+def test_quiet_silences_the_pull_progress(project, pushed_tiny):
+    project.dataset()
+    spec = project.spec(command=SHELL_JOB, image=pushed_tiny)
+    result = project.reprun("run", "-q", str(spec))
+    assert result.returncode == 0, result.stderr
+    assert "pull" not in result.stderr and "layers" not in result.stderr
+
+
+def test_lock_shows_the_steps_of_a_build_and_quiet_silences_them(project, tiny_base, built_specs):
+    context(project, tiny_base, dockerfile_tail="RUN echo built > /built\n")
+    spec = build_spec(project, "steps", built_specs)
+    shown = project.reprun("lock", str(spec))
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^\[steps\] build .* 1/4 FROM reprun-test/", shown.stderr, re.M), shown.stderr
+    assert re.search(r"^\[steps\] build \[#{24}\] 4/4 record what went into the build$",
+                     shown.stderr, re.M), shown.stderr
+    (project.root / "ctx" / "job.sh").write_text(JOB + "echo again\n")
+    quiet = project.reprun("lock", "-q", str(spec))
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
