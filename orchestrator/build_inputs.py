@@ -15,7 +15,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import docker.errors
 import docker.utils.build
@@ -95,10 +95,12 @@ class BuildInputs:
         return changes or ["nothing it records (the image was made by another build)"]
 
 
-def build_inputs(client, build: ImageBuild) -> BuildInputs:
-    """The inputs of `build` as they are now, with its bases as this engine holds them."""
+def build_inputs(client, build: ImageBuild, leave_out: Iterable[Path] = ()) -> BuildInputs:
+    """The inputs of `build` as they are now, with its bases as this engine holds them.
+    `leave_out`: reprun's own files that may sit inside the context (the spec, which `lock`
+    rewrites, and the store, which every run writes), so that they never make a build stale."""
     try:
-        files = context_files(build.context, build.dockerfile)
+        files = context_files(build.context, build.dockerfile, leave_out)
         dockerfile_text = (build.context / build.dockerfile).read_text(encoding="utf-8",
                                                                        errors="replace")
     except OSError as exc:
@@ -112,7 +114,8 @@ def build_inputs(client, build: ImageBuild) -> BuildInputs:
                        args=dict(build.args), bases=bases)
 
 
-def context_files(context: Path, dockerfile: str) -> dict[str, str]:
+def context_files(context: Path, dockerfile: str,
+                  leave_out: Iterable[Path] = ()) -> dict[str, str]:
     """Each file the engine receives as the build context (.dockerignore applied, as the
     Docker SDK applies it), with its content hash and mode; a link by its target, unfollowed,
     as the engine receives it."""
@@ -121,9 +124,13 @@ def context_files(context: Path, dockerfile: str) -> dict[str, str]:
     if ignore.is_file():
         patterns = [line.strip() for line in ignore.read_text(errors="replace").splitlines()
                     if line.strip() and not line.strip().startswith("#")]
+    skipped = tuple(_relative_inside(Path(p), context) for p in leave_out)
+    skipped = tuple(s for s in skipped if s)
     files = {}
     for relative in docker.utils.build.exclude_paths(str(context), patterns,
                                                       dockerfile=dockerfile):
+        if any(relative == s or relative.startswith(s + "/") for s in skipped):
+            continue
         path = context / relative
         info = path.lstat()
         if stat.S_ISLNK(info.st_mode):
@@ -131,6 +138,13 @@ def context_files(context: Path, dockerfile: str) -> dict[str, str]:
         elif stat.S_ISREG(info.st_mode):
             files[relative] = f"{_file_sha256(path)} {stat.S_IMODE(info.st_mode):o}"
     return dict(sorted(files.items()))
+
+
+def _relative_inside(path: Path, context: Path) -> str | None:
+    try:
+        return path.resolve().relative_to(context.resolve()).as_posix()
+    except (ValueError, OSError, RuntimeError):
+        return None
 
 
 def base_references(dockerfile: str, args: dict[str, str]) -> list[str]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable
 
 import docker
 import docker.errors
@@ -47,15 +48,17 @@ def repo_digests(image) -> list[str]:
 
 def resolve_image(client: docker.DockerClient, image_spec, *, spec_name: str,
                   progress: ImageProgress | None = None,
-                  builds: BuildCache | None = None) -> ResolvedImage:
-    """`builds`: shared by the specs of one command, so that one context is built once."""
+                  builds: BuildCache | None = None,
+                  leave_out: Iterable[Path] = ()) -> ResolvedImage:
+    """`builds`: shared by the specs of one command, so that one context is built once.
+    `leave_out`: reprun's own files in a build context (the spec, the store), not its inputs."""
     progress = progress or (lambda *_: None)
     try:
         if image_spec.ref:
             return _pull_pinned(client, image_spec.ref, progress)
         if image_spec.build is None:
             return _present(client, image_spec.digest)
-        return _build(client, image_spec, spec_name, progress, builds)
+        return _build(client, image_spec, spec_name, progress, builds, leave_out=leave_out)
     except requests.exceptions.ConnectionError as exc:
         raise engine_unreachable(exc) from None
 
@@ -181,23 +184,25 @@ def _pull_failure(repository: str, digest: str, message: str) -> Exception:
 
 def resolve_for_lock(client: docker.DockerClient, image_spec, *, spec_name: str,
                      progress: ImageProgress | None = None,
-                     builds: BuildCache | None = None) -> ResolvedImage:
+                     builds: BuildCache | None = None,
+                     leave_out: Iterable[Path] = ()) -> ResolvedImage:
     """For `lock` of a build: the pinned image while what went into it is unchanged, else a
     fresh build of the inputs as they are now (which `lock` then pins)."""
     try:
         return _build(client, image_spec, spec_name, progress or (lambda *_: None), builds,
-                      relock=True)
+                      relock=True, leave_out=leave_out)
     except requests.exceptions.ConnectionError as exc:
         raise engine_unreachable(exc) from None
 
 
 def _build(client, image_spec, spec_name: str, progress: ImageProgress,
-           builds: BuildCache | None = None, *, relock: bool = False) -> ResolvedImage:
+           builds: BuildCache | None = None, *, relock: bool = False,
+           leave_out: Iterable[Path] = ()) -> ResolvedImage:
     """The image a spec's build pins: the pinned image itself while what went into it is
     unchanged (no rebuild: a rebuild without the build cache rarely gives the same ID), else a
     fresh build, which must give the pinned ID unless the spec is being locked again."""
     build = image_spec.build
-    inputs = build_inputs(client, build)
+    inputs = build_inputs(client, build, leave_out)
     unrecorded = False        # the pin is an image an older reprun built, without its inputs
     if image_spec.digest:
         pinned = _image_or_none(client, image_spec.digest)

@@ -62,6 +62,7 @@ def prepare(spec, *, store: Store, engine: Executor, observer: RunObserver,
             progress=lambda done, total: observer.progress(label, "hash", done, total))
     observer.stage(label, "resolving image " + describe_image(spec.image))
     image = resolve_image(engine.client, spec.image, spec_name=spec.name,
+                          leave_out=(spec.source, store.root),
                           progress=lambda phase, done, total, text:
                           observer.progress(label, phase, done, total, text))
     if image.build_context:

@@ -274,3 +274,23 @@ def test_lock_shows_the_steps_of_a_build_and_quiet_silences_them(project, tiny_b
     quiet = project.reprun("lock", "-q", str(spec))
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""
+
+
+def test_a_context_holding_the_spec_and_the_store_is_not_made_stale_by_them(
+        project, docker_client, tiny_base, built_specs):
+    """The repository itself as the build context: `lock` rewrites the spec and every run
+    writes the store, both inside it; neither is an input of the build."""
+    context(project, tiny_base)
+    folder = project.root / "ctx"
+    (folder / "data").mkdir()
+    (folder / "data" / "rows.csv").write_text("1\n")
+    built_specs.append("in-context")
+    spec = folder / "in-context.yaml"
+    spec.write_text("version: 1\nname: in-context\nimage:\n  build:\n    context: .\n"
+                    "dataset:\n  path: data\nseed: 7\ncommand: [sh, /job.sh]\n")
+    env = {"REPRUN_STORE": str(folder / ".reprun")}
+    assert project.reprun("lock", str(spec), extra_env=env).returncode == 0
+    for _ in range(2):
+        result = project.reprun("run", "-q", str(spec), extra_env=env)
+        assert result.returncode == 0, result.stderr
+    assert (folder / ".reprun" / "store.db").is_file()

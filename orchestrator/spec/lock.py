@@ -104,7 +104,8 @@ def _load_as(path: Path, text: str):
 def lock_spec(path: Path, *, engine: Executor, write: bool = True,
               cache: HashCache | None = None,
               progress: Callable[[str, int, int, str], None] | None = None,
-              builds: dict[str, str] | None = None) -> list[str]:
+              builds: dict[str, str] | None = None,
+              store_root: Path | None = None) -> list[str]:
     """Bring the pins of one spec up to date; returns what changed (or would change).
 
     With a cache, the per-file manifest of the pinned dataset is remembered, so that a later
@@ -132,7 +133,8 @@ def lock_spec(path: Path, *, engine: Executor, write: bool = True,
     if spec.image.build is not None:
         from orchestrator.images import BuildCache, resolve_for_lock   # it loads the Docker SDK
         image = resolve_for_lock(engine.client, spec.image, spec_name=spec.name,
-                                 progress=progress, builds=BuildCache(builds))
+                                 progress=progress, builds=BuildCache(builds),
+                                 leave_out=(path, *([store_root] if store_root else [])))
         pin(("image", "digest"), image.id, str.__eq__)
     if changes and write:
         try:

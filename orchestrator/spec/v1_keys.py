@@ -211,8 +211,8 @@ def _read_dataset(reader: Reader, node: yaml.Node, where: str) -> DatasetSpec:
 def _checksum_command(path: Path) -> str:
     """The coreutils command that prints a dataset's pin: a folder's is its tree hash."""
     if path.is_dir():
-        return (f"`(cd {path} && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)"
-                " | sha256sum`")
+        return (f"`(cd {path} && find -L . -type f -print0 | LC_ALL=C sort -z "
+                "| xargs -0 sha256sum) | sha256sum`")
     return f"`sha256sum {path}`"
 
 

@@ -22,4 +22,4 @@ def lock_specs(paths: list[Path], *, store: Store, engine, write: bool,
         def progress(phase: str, done: int, total: int, text: str, label: str = label) -> None:
             shown.progress(label, phase, done, total, text)
         yield path, lock_spec(path, engine=engine, write=write, cache=cache, builds=builds,
-                              progress=progress)
+                              progress=progress, store_root=store.root)
