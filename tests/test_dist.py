@@ -107,8 +107,8 @@ def test_a_pipx_installed_reprun_scaffolds_locks_and_runs_a_spec_in_another_repo
                                     capture_output=True, text=True)
         assert completion.returncode == 0 and "_REPRUN_COMPLETE" in completion.stdout
     finally:
-        for image in docker_client.images.list(name="reprun/team-repo"):
-            docker_client.images.remove(image.id, force=True)
+        for image in docker_client.api.images(name="reprun/team-repo"):
+            docker_client.images.remove(image["Id"], force=True)
         docker_client.images.remove(base, force=True)
 
 

@@ -42,10 +42,12 @@ def built_specs(docker_client):
     """Spec names whose built images the test removes at the end."""
     names: list[str] = []
     yield names
-    for image in docker_client.images.list():
-        if any(tag.split(":")[0] in {f"reprun/{n}" for n in names} for tag in image.tags):
+    # The raw listing: other tests remove images meanwhile, which a listing of objects trips on.
+    ours = {f"reprun/{n}" for n in names}
+    for image in docker_client.api.images():
+        if any(tag.rpartition(":")[0] in ours for tag in image.get("RepoTags") or ()):
             try:
-                docker_client.images.remove(image.id, force=True)
+                docker_client.images.remove(image["Id"], force=True)
             except Exception:
                 pass
 
