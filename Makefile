@@ -5,7 +5,7 @@ BIN      := $(VENV)/bin
 REPRUN   := $(BIN)/reprun
 STAMP    := $(VENV)/.installed
 
-.PHONY: all install engine images test-deps demo test test-fast check bench clean
+.PHONY: all install engine images test-deps demo test test-fast check bench clean dist
 
 all: install
 
@@ -53,8 +53,16 @@ check: images
 bench: images
 	$(BIN)/python bench/run.py
 
+# A wheel of reprun in dist/, its shell templates and JSON Schemas inside, for `pip install`
+# or `pipx install dist/reprun-*.whl` in another repository (README "Using reprun in your
+# repository").
+dist: install
+	rm -rf dist build
+	$(BIN)/pip wheel -q --no-deps -w dist .
+	rm -rf build
+
 clean:
-	rm -rf $(VENV) .reprun build *.egg-info
+	rm -rf $(VENV) .reprun build dist *.egg-info
 
 # Debian packages only the tests use (a headless Chromium opens the HTML report).
 test-deps:

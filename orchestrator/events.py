@@ -22,7 +22,7 @@ class RunObserver:
     def finished(self, label: str, record) -> None: ...
 
 
-BYTE_PHASES = frozenset({"hash", "write"})     # counted in bytes; other phases in steps
+BYTE_PHASES = frozenset({"hash", "write", "pull"})     # counted in bytes; other phases in steps
 
 
 def _human_bytes(n: float) -> str:

@@ -82,7 +82,7 @@ class Inputs:
     resources: dict[str, Any]        # cpus, memory_bytes, timeout_s, pids
     container: dict[str, Any]        # the hermetic settings actually applied
     image: ImageFacts
-    dataset: DatasetFacts
+    dataset: DatasetFacts | None     # None: the spec had no dataset
     outputs: dict[str, Any] = field(default_factory=dict)    # dir, metrics file, artifact globs
     hermetic: dict[str, Any] = field(default_factory=dict)   # the spec's hermetic settings
 
@@ -176,7 +176,9 @@ class RunRecord:
                               "upgrade reprun to read it.")
         inputs = dict(data["inputs"])
         inputs["image"] = ImageFacts(**inputs["image"])
-        inputs["dataset"] = DatasetFacts(**inputs["dataset"])
+        # None: the job made its own data (the spec had no dataset).
+        inputs["dataset"] = (DatasetFacts(**inputs["dataset"])
+                             if inputs.get("dataset") is not None else None)
         outputs = data.get("outputs")
         if outputs is not None:
             outputs = dict(outputs)

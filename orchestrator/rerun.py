@@ -66,8 +66,10 @@ def spec_from_record(record: RunRecord, *, dataset_path: Path | None = None,
     if not inputs.outputs:
         raise UsageError(f"run {record.id} was recorded by an older reprun that did not keep its "
                          "outputs settings; it cannot be replayed from its record.")
-    dataset = Path(dataset_path or inputs.dataset.path).absolute()
-    if not dataset.exists():
+    # None: the run had no dataset (its job made its own data).
+    dataset = (Path(dataset_path or inputs.dataset.path).absolute()
+               if inputs.dataset is not None else None)
+    if dataset is not None and not dataset.exists():
         raise UsageError(f"the dataset of run {record.id} is no longer at {dataset}; give its "
                          "new location with --dataset PATH (it is verified against the recorded "
                          "hash).")
@@ -87,7 +89,8 @@ def spec_from_record(record: RunRecord, *, dataset_path: Path | None = None,
         image=image_spec,
         dataset=dataclasses.replace(
             spec.dataset, path=dataset,
-            file_name=Path(inputs.dataset.path).name if inputs.dataset.kind == "file" else None),
+            file_name=Path(inputs.dataset.path).name if inputs.dataset.kind == "file" else None)
+        if dataset is not None else None,
         compare=_compare_spec(record))
 
 
@@ -95,7 +98,7 @@ def _mapping(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _document(record: RunRecord, dataset: Path, redacted: tuple[str, ...]) -> dict:
+def _document(record: RunRecord, dataset: Path | None, redacted: tuple[str, ...]) -> dict:
     """The record's execution fields in the spec's own words."""
     inputs = record.inputs
     resources = _mapping(inputs.resources)
@@ -103,8 +106,8 @@ def _document(record: RunRecord, dataset: Path, redacted: tuple[str, ...]) -> di
     document = {
         "version": 1, "name": inputs.spec_name, "description": f"replay of run {record.id}",
         "image": {"ref": image.repo_digest or _IMAGE_BY_ID},
-        "dataset": {"path": dataset.name, "sha256": inputs.dataset.sha256,
-                    "mount": inputs.dataset.mount},
+        **({"dataset": {"path": dataset.name, "sha256": inputs.dataset.sha256,
+                        "mount": inputs.dataset.mount}} if dataset is not None else {}),
         "seed": inputs.seed,
         # Anything but a list of strings is left as it is, for the reader to name.
         "command": ([_literal(a) if isinstance(a, str) else a for a in inputs.command]
@@ -114,8 +117,13 @@ def _document(record: RunRecord, dataset: Path, redacted: tuple[str, ...]) -> di
         "secrets": list(redacted),
         "outputs": inputs.outputs,
         "resources": {"cpus": resources.get("cpus"), "memory": resources.get("memory_bytes"),
-                      "timeout": resources.get("timeout_s"), "pids": resources.get("pids")},
+                      "timeout": resources.get("timeout_s"), "pids": resources.get("pids"),
+                      **{key: resources[recorded] for key, recorded in
+                         (("shm", "shm_bytes"), ("gpus", "gpus")) if recorded in resources}},
     }
+    workdir = _mapping(inputs.container).get("workdir")
+    if workdir is not None:
+        document["workdir"] = workdir
     if inputs.hermetic:
         document["hermetic"] = inputs.hermetic
     if not document["secrets"]:
@@ -123,7 +131,7 @@ def _document(record: RunRecord, dataset: Path, redacted: tuple[str, ...]) -> di
     return document
 
 
-def _read_as_spec(record: RunRecord, dataset: Path, redacted: tuple[str, ...]) -> RunSpec:
+def _read_as_spec(record: RunRecord, dataset: Path | None, redacted: tuple[str, ...]) -> RunSpec:
     label = f"the record of run {record.id}"
     try:
         text = yaml.safe_dump(_document(record, dataset, redacted), sort_keys=False,
@@ -131,7 +139,8 @@ def _read_as_spec(record: RunRecord, dataset: Path, redacted: tuple[str, ...]) -
     except yaml.YAMLError as exc:
         raise UsageError(f"{label} holds values no spec can hold ({exc}).") from None
     # The dataset was found already, wherever it is now (--dataset): no repository to stay in.
-    reader = Reader(label, dataset.parent, Path("/"), True)
+    folder = dataset.parent if dataset is not None else Path.cwd()
+    reader = Reader(label, folder, Path("/"), True)
     fields = FAILED
     try:
         node = reader.compose(text.encode())

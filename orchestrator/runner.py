@@ -15,7 +15,7 @@ from orchestrator.dataset.tree import DatasetDigest, HashCache, verify_dataset
 from orchestrator.execution.job import ContainerJob, ContainerOutcome, Executor
 from orchestrator.errors import InfrastructureError, JobFailed, PinMismatch
 from orchestrator.events import RunObserver
-from orchestrator.execution.hermetic import RunPaths, applied_settings, container_job
+from orchestrator.execution.hermetic import RunPaths, applied_settings, container_job, gpu_refusal
 from orchestrator.images import ResolvedImage, resolve_image
 from orchestrator.outputs import (OutputsError, find_artifacts, read_metrics, sha256_file,
                                   unmatched_patterns)
@@ -36,7 +36,7 @@ JobTransform = Callable[[ContainerJob], ContainerJob]
 class PreparedRun:
     """The checked, resolved inputs of a spec; shared by every run of one `verify`."""
     spec: RunSpec
-    dataset: DatasetDigest
+    dataset: DatasetDigest | None       # None: the spec has no dataset
     image: ResolvedImage
     host: dict
     use_cache: bool = True      # False for audits: every byte and every fact read again
@@ -46,16 +46,23 @@ class PreparedRun:
 def prepare(spec, *, store: Store, engine: Executor, observer: RunObserver,
             use_cache: bool = True, label: str = "prepare",
             dataset_path: Path | None = None) -> PreparedRun:
-    path = dataset_path or spec.dataset.path
     secret_values(spec)      # an unset secret is refused before anything is read or pulled
     store.refuse_without_room()     # a run that could not keep its record never starts
-    observer.stage(label, f"verifying dataset {path}")
-    cache = HashCache(store.db_path) if use_cache else None
-    digest = verify_dataset(
-        path, spec.dataset.sha256, cache=cache,
-        progress=lambda done, total: observer.progress(label, "hash", done, total))
+    if spec.resources.gpus is not None:      # refused before anything is read or built
+        refusal = gpu_refusal(spec.resources.gpus.describe(), engine.host_facts().get("runtimes"))
+        if refusal is not None:
+            raise refusal
+    digest = None
+    if spec.dataset is not None:
+        path = dataset_path or spec.dataset.path
+        observer.stage(label, f"verifying dataset {path}")
+        cache = HashCache(store.db_path) if use_cache else None
+        digest = verify_dataset(
+            path, spec.dataset.sha256, cache=cache,
+            progress=lambda done, total: observer.progress(label, "hash", done, total))
     observer.stage(label, "resolving image " + describe_image(spec.image))
     image = resolve_image(engine.client, spec.image, spec_name=spec.name,
+                          leave_out=(spec.source, store.root),
                           progress=lambda phase, done, total, text:
                           observer.progress(label, phase, done, total, text))
     if image.build_context:
@@ -268,6 +275,9 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
                         if log.lost else ""))
     if log.seen > log.cap:
         notes.append(f"the log was capped at {log.cap} bytes; the job printed {log.seen}")
+    if reason == OutcomeReason.EXIT and _ran_out_of_shared_memory(outcome, log):
+        notes.append(f"out of shared memory: raise resources.shm (/dev/shm was "
+                     f"{job.shm_bytes >> 20} MiB)")
     if reason == OutcomeReason.OK:
         notes += links
         notes += [f"the artifact pattern {pattern!r} matched no file, so nothing it was meant "
@@ -280,14 +290,14 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
         seed=seed, command=list(job.command), params=dict(spec.params),
         env=recorded_inputs_env(spec.env, spec.secrets),
         resources={"cpus": job.nano_cpus / 1e9, "memory_bytes": job.memory_bytes,
-                   "timeout_s": job.timeout_s, "pids": job.pids},
+                   "timeout_s": job.timeout_s, "pids": job.pids, "shm_bytes": job.shm_bytes,
+                   **({"gpus": list(job.gpu_device_ids) or job.gpu_count}
+                      if job.wants_gpus else {})},
         container=applied_settings(job),
         image=ImageFacts(id=prepared.image.id, ref=prepared.image.ref,
                          repo_digest=prepared.image.repo_digest,
                          build_context=prepared.image.build_context),
-        dataset=DatasetFacts(path=str(spec.dataset.path), sha256=prepared.dataset.sha256,
-                             kind=prepared.dataset.kind, files=len(prepared.dataset.files),
-                             bytes=prepared.dataset.bytes, mount=spec.dataset.mount),
+        dataset=_dataset_facts(spec, prepared.dataset),
         outputs=dataclasses.asdict(spec.outputs),
         hermetic=dataclasses.asdict(spec.hermetic),
     )
@@ -305,6 +315,29 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
         id=run_id, status=status, started_at=started_at, finished_at=utc_now(),
         inputs=inputs, environment=environment,
         outputs=outputs, compare=compare_settings(spec), reprun_version=__version__)
+
+
+SIGBUS_STATUS = 128 + 7
+# What a job says when /dev/shm is full: a process touching shared memory past its end gets
+# SIGBUS, and PyTorch's DataLoader reports its workers' deaths with these words.
+SHARED_MEMORY_SIGNS = ("Bus error", "out of shared memory")
+
+
+def _ran_out_of_shared_memory(outcome: ContainerOutcome, log: LogFile) -> bool:
+    if outcome.exit_code == SIGBUS_STATUS:
+        return True
+    try:
+        tail = "\n".join(log.tail(lines=50))
+    except OSError:
+        return False
+    return any(sign in tail for sign in SHARED_MEMORY_SIGNS)
+
+
+def _dataset_facts(spec: RunSpec, digest: DatasetDigest | None) -> DatasetFacts | None:
+    if spec.dataset is None or digest is None:
+        return None
+    return DatasetFacts(path=str(spec.dataset.path), sha256=digest.sha256, kind=digest.kind,
+                        files=len(digest.files), bytes=digest.bytes, mount=spec.dataset.mount)
 
 
 def compare_settings(spec) -> dict:

@@ -12,6 +12,7 @@ PACKAGES=(
   shellcheck      # every shell template the containers run is checked (tests/test_containment.py)
   diffoscope-minimal  # a readable diff of artifacts no comparator of reprun reads
   libfaketime     # the clock intervention and the `time` factor preload it into the container
+  pipx            # the wheel `make dist` builds is installed as a user would (tests/test_dist.py)
 )
 PACKAGES+=("$@")
 LOCK=${REPRUN_APT_LOCK:-/var/lib/reprun-engine.apt.lock}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -1041,7 +1042,10 @@ def test_reprun_killed_mid_run_is_repaired_next_time_and_gc_removes_only_what_it
     run, = runs_in(project)                      # the next command repairs the store first
     assert run["status"] == "interrupted" and "reprun stopped before" in run["note"]
     assert assert_store_intact(project)["unrecorded"] == [run["id"]]
-    build_spec(project, tiny_ref, "v2")          # a rebuild moves the tag: v1 is left untagged
+    build_spec(project, tiny_ref, "v2")          # a rebuild never moves a tag off v1
+    v1_tag = f"reprun/job:{first_build.removeprefix('sha256:')[:12]}"
+    assert docker_client.images.get(first_build).tags == [v1_tag]
+    docker_client.images.remove(v1_tag, force=True)   # the user drops the old pin's tag
     assert docker_client.images.get(first_build).tags == []
 
     # What reprun does not own, or what a living reprun still uses, must survive gc.
@@ -1068,7 +1072,9 @@ def test_reprun_killed_mid_run_is_repaired_next_time_and_gc_removes_only_what_it
         for survivor in (unlabelled, in_use):
             survivor.reload()
         assert docker_client.images.get(dangling.id).tags == []
-        assert docker_client.images.get("reprun/job:built")
+        v2 = re.search(r"digest: (sha256:[0-9a-f]{64})",
+                       (project.root / "job.yaml").read_text())[1]
+        assert docker_client.images.get(f"reprun/job:{v2.removeprefix('sha256:')[:12]}")
         again = project.reprun("gc")
         assert again.stdout.strip() == "nothing to remove: reprun left nothing behind"
         assert_store_intact(project)

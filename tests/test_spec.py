@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from orchestrator.errors import ExitCode, SpecError
 from orchestrator.spec.load import load_spec, validate_specs
-from orchestrator.spec.model import CompareSpec, Hermetic, ImageBuild, Resources, Tolerance
+from orchestrator.spec.model import (ALL_GPUS, DEFAULT_SHM_BYTES, CompareSpec, GpuRequest, Hermetic,
+                                     ImageBuild, Resources, Tolerance)
 from orchestrator.spec.units import MAX_INT, parse_duration, parse_size
 from orchestrator.spec.v1_keys import SCHEMA_FILE
 
@@ -104,6 +105,50 @@ def test_a_minimal_pinned_spec_loads_with_strict_defaults(project):
     assert spec.compare.artifacts == "bitwise"
     assert spec.source == path and spec.source.is_absolute()
     assert re.fullmatch(r"[0-9a-f]{64}", spec.source_sha256)
+
+
+def test_gpus_are_read_as_a_count_every_gpu_or_named_devices(project):
+    def gpus(value):
+        return load_spec(write(project, changed({"resources.gpus": value}))).resources.gpus
+
+    assert load_spec(write(project, base_doc())).resources.gpus is None, "no GPU unless asked"
+    assert gpus(2) == GpuRequest(count=2)
+    assert gpus("all") == GpuRequest(count=ALL_GPUS)
+    assert gpus([0, "GPU-8f2b"]) == GpuRequest(device_ids=("0", "GPU-8f2b"))
+
+
+def test_a_gpu_key_is_not_mistaken_for_cpus(project):
+    message = only_problem(write(project, changed({"resources.gpus": 0})))
+    assert "resources.gpus is 0, but must be at least 1" in message
+    assert "cpus" not in message
+    message = only_problem(write(project, changed({"resources.gpus": "one"})))
+    assert "not a number of GPUs" in message and "did you mean" not in message.lower()
+
+
+def test_shared_memory_defaults_to_more_than_dockers_64_megabytes(project):
+    assert load_spec(write(project, base_doc())).resources.shm_bytes == DEFAULT_SHM_BYTES > 64 << 20
+    spec = load_spec(write(project, changed({"resources.shm": "8g"})))
+    assert spec.resources.shm_bytes == 8 << 30
+
+
+def test_a_working_folder_is_kept_normalised_and_defaults_to_the_images_own(project):
+    assert load_spec(write(project, base_doc())).workdir is None
+    assert load_spec(write(project, changed({"workdir": "/out/run/"}))).workdir == "/out/run"
+
+
+def test_a_spec_without_a_dataset_loads_with_none(project):
+    spec = load_spec(write(project, changed({"dataset": DROP})))
+    assert spec.dataset is None
+
+
+def test_a_folder_dataset_without_its_pin_is_told_the_tree_hash_command(project):
+    (project / "tree").mkdir()
+    (project / "tree" / "a.txt").write_text("a")
+    message = only_problem(write(project, changed({"dataset": {"path": "tree"}})))
+    assert "LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum" in message
+    assert f"cd {project / 'tree'}" in message
+    message = only_problem(write(project, changed({"dataset.sha256": DROP})))
+    assert f"`sha256sum {project / 'data.csv'}`" in message
 
 
 def test_the_spec_hash_changes_when_one_byte_of_the_file_changes(project):
@@ -499,6 +544,13 @@ VALID = {
     "resources as numbers": {"resources": {"cpus": 0.25, "memory": 1 << 30, "timeout": 600}},
     "relaxed hermetic": {"hermetic": {"network": "host", "read_only_root": False,
                                       "user": "1000:1000", "tmp_size": 1 << 20}},
+    "gpu count": {"resources.gpus": 2},
+    "every gpu": {"resources.gpus": "all"},
+    "gpu device ids": {"resources.gpus": [0, "GPU-8f2b1c3d-aaaa-bbbb-cccc-0123456789ab"]},
+    "shared memory": {"resources.shm": "8g"},
+    "shared memory in bytes": {"resources.shm": 1 << 28},
+    "working folder": {"workdir": "/out"},
+    "no dataset": {"dataset": DROP},
     "largest seed": {"seed": MAX_INT},
     "seed zero": {"seed": 0},
 }
@@ -572,7 +624,21 @@ INVALID = {
     "timeout over a year": {"resources.timeout": 10**9},
     "zero pids": {"resources.pids": 0},
     "fractional pids": {"resources.pids": 1.5},
-    "unknown resource": {"resources.gpus": 1},
+    "unknown resource": {"resources.tpus": 1},
+    "zero gpus": {"resources.gpus": 0},
+    "gpus as fraction": {"resources.gpus": 0.5},
+    "gpus in words": {"resources.gpus": "some"},
+    "gpus as boolean": {"resources.gpus": True},
+    "empty gpu list": {"resources.gpus": []},
+    "negative gpu index": {"resources.gpus": [-1]},
+    "gpu id with a space": {"resources.gpus": ["GPU 0"]},
+    "zero shared memory": {"resources.shm": 0},
+    "shared memory in words": {"resources.shm": "lots"},
+    "relative workdir": {"workdir": "out"},
+    "workdir with ..": {"workdir": "/out/../etc"},
+    "workdir as number": {"workdir": 3},
+    "workdir at the root": {"workdir": "/"},
+    "dataset as string": {"dataset": "data.csv"},
     "bridge network": {"hermetic.network": "bridge"},
     "read_only_root as string": {"hermetic.read_only_root": "yes"},
     "user by name": {"hermetic.user": "root"},
@@ -593,6 +659,7 @@ LOADER_ONLY = {
     "memory larger than 2**63": {"resources.memory": "99999999999t"},
     "timeout string over a year": {"resources.timeout": "1000d"},
     "overlapping mounts": {"outputs.dir": "/data"},
+    "a gpu listed twice": {"resources.gpus": [0, "0"]},
 }
 
 

@@ -13,17 +13,18 @@ import typer
 import typer.main
 
 from orchestrator import __version__
-from orchestrator.cli import check, maintenance, runs, specs, train
+from orchestrator.cli import check, init, maintenance, runs, specs, train
 from orchestrator.cli.crash_report import write_crash_report
 from orchestrator.cli.shared import say
 from orchestrator.errors import ExitCode, ReprunError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Retrain a pinned ML job in a hermetic container, compare, explain.")
 
 # The order `reprun --help` lists them in.
-for function in (specs.validate, train.run, train.verify, train.diagnose, train.diff,
-                 train.report, train.rerun, maintenance.archive, check.check, specs.lock, maintenance.gc):
+for function in (init.init, specs.validate, train.run, train.verify, train.diagnose, train.diff,
+                 train.report, train.rerun, maintenance.archive, check.check, specs.lock,
+                 maintenance.gc):
     app.command(function.__name__)(function)
 app.add_typer(runs.runs_app, name="runs")
 

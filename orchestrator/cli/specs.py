@@ -6,7 +6,7 @@ from typing import List
 
 import typer
 
-from orchestrator.cli.shared import local_engine, open_store, say
+from orchestrator.cli.shared import local_engine, observer, open_store, say
 from orchestrator.errors import ExitCode
 
 
@@ -30,11 +30,13 @@ def lock(ctx: typer.Context, specs: List[Path],
     from orchestrator.workflows.lock import lock_specs
     stale = []
     for path, changes in lock_specs(specs, store=open_store(ctx), engine=local_engine(),
-                                    write=not check):
+                                    write=not check, observer=observer(quiet)):
         for change in changes:
             if not quiet or check:
                 say(f"{path}: {'stale, lock would set ' if check else ''}{change}", err=True)
         if changes:
             stale.append(path)
+        elif check and not quiet:
+            typer.echo(f"{path}: pins are current")
     if check and stale:
         raise typer.Exit(int(ExitCode.DIFFERS))

@@ -130,7 +130,8 @@ def compare_inputs(a: RunRecord, b: RunRecord) -> tuple[InputRow, ...]:
     rows = [
         _input_row("image.id", ia.image.id, ib.image.id),
         _input_row("image.repo_digest", ia.image.repo_digest, ib.image.repo_digest),
-        _input_row("dataset.sha256", ia.dataset.sha256, ib.dataset.sha256),
+        _input_row("dataset.sha256", ia.dataset.sha256 if ia.dataset else None,
+                   ib.dataset.sha256 if ib.dataset else None),
         _input_row("seed", ia.seed, ib.seed),
         _input_row("command", shlex.join(ia.command), shlex.join(ib.command)),
     ]

@@ -9,6 +9,10 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
+
+from orchestrator.errors import InfrastructureError
+from orchestrator.spec.model import GpuRequest
 
 from orchestrator.execution.job import ResultsToCollect
 from orchestrator.execution.job import LABEL_RUN, LABEL_SPEC, ContainerJob, Mount
@@ -85,7 +89,8 @@ def container_job(spec, *, run_id: str, image_id: str, seed: int, paths: RunPath
         command=tuple(spec.render_command(seed)),
         env=env,
         mounts=(
-            dataset_mount(spec.dataset.path, spec.dataset.mount, spec.dataset.file_name),
+            *([dataset_mount(spec.dataset.path, spec.dataset.mount, spec.dataset.file_name)]
+              if spec.dataset is not None else []),
             Mount(str(paths.outputs), spec.outputs.dir, read_only=False),
             # Read-only: the job must not change what the entrypoint and the probe are.
             Mount(str(paths.meta), META_MOUNT, read_only=True),
@@ -101,12 +106,34 @@ def container_job(spec, *, run_id: str, image_id: str, seed: int, paths: RunPath
         memory_bytes=spec.resources.memory_bytes,
         pids=spec.resources.pids,
         timeout_s=spec.resources.timeout_s,
+        shm_bytes=spec.resources.shm_bytes,
+        workdir=spec.workdir,
+        gpu_count=spec.resources.gpus.count if spec.resources.gpus else 0,
+        gpu_device_ids=spec.resources.gpus.device_ids if spec.resources.gpus else (),
         labels={LABEL_RUN: run_id, LABEL_SPEC: spec.name},
         collect=ResultsToCollect(outputs_dir=spec.outputs.dir, metrics=spec.outputs.metrics,
                           artifacts=tuple(spec.outputs.artifacts),
-                          dataset_source=str(spec.dataset.path),
-                          dataset_sha256=spec.dataset.sha256),
+                          dataset_source=str(spec.dataset.path) if spec.dataset else None,
+                          dataset_sha256=spec.dataset.sha256 if spec.dataset else None),
     )
+
+
+def gpu_words(job: ContainerJob) -> str:
+    return GpuRequest(job.gpu_count, job.gpu_device_ids).describe()
+
+
+def gpu_refusal(wanted: str, runtimes: Iterable[str] | None) -> InfrastructureError | None:
+    """Why a job that asks for GPUs (`wanted`, in words) cannot have them on an engine with
+    these runtimes, or None. A GPU job is never run on the CPU in their place: its results
+    would differ for a reason no record names."""
+    runtimes = sorted(runtimes or ())
+    if "nvidia" in runtimes:
+        return None
+    return InfrastructureError(
+        f"the spec asks for {wanted}, but the Docker engine has no GPU runtime (its "
+        f"runtimes: {', '.join(runtimes) or 'none'}) and reprun does not run a GPU job on the "
+        "CPU. Run it on a host with an NVIDIA GPU and the NVIDIA Container Toolkit, or remove "
+        "resources.gpus from the spec.")
 
 
 def applied_settings(job: ContainerJob) -> dict:
@@ -119,6 +146,10 @@ def applied_settings(job: ContainerJob) -> dict:
         "cap_drop": list(job.cap_drop),
         "security_opt": list(job.security_opt),
         "tmpfs": dict(job.tmpfs),
+        "shm_bytes": job.shm_bytes,
+        **({"workdir": job.workdir} if job.workdir else {}),
+        **({"gpus": job.gpu_count if not job.gpu_device_ids else list(job.gpu_device_ids)}
+           if job.wants_gpus else {}),
         "mounts": [{"target": m.target, "read_only": m.read_only} for m in job.mounts],
         "pinned_env": {k: v for k, v in job.env.items()
                        if k in THREAD_VARIABLES or k in ("PYTHONHASHSEED", "TZ", "LC_ALL", "LANG",

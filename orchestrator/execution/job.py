@@ -51,6 +51,14 @@ class ContainerJob:
     cpuset: str | None = None
     # What to hand back and the dataset pin, for a backend that reads them where the job ran.
     collect: ResultsToCollect | None = None
+    shm_bytes: int = 64 << 20         # the size of /dev/shm
+    workdir: str | None = None        # None: the image's WORKDIR
+    gpu_count: int = 0                # -1: every GPU of the host
+    gpu_device_ids: tuple[str, ...] = ()
+
+    @property
+    def wants_gpus(self) -> bool:
+        return bool(self.gpu_count or self.gpu_device_ids)
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,8 @@ class ResultsToCollect:
     outputs_dir: str                 # in the container
     metrics: str                     # the metrics file, relative to outputs_dir
     artifacts: tuple[str, ...]       # globs, relative to outputs_dir
-    dataset_source: str              # the dataset's path on the host: the source of its mount
-    dataset_sha256: str              # its pin: file hash, or tree hash of a directory
+    dataset_source: str | None       # the dataset's path on the host: the source of its mount
+    dataset_sha256: str | None       # its pin: file hash, or tree hash of a directory
 
 
 @dataclass(frozen=True)

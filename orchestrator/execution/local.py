@@ -16,12 +16,14 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 
 from orchestrator.execution.job import (LABEL, LABEL_OWNER, ContainerJob, ContainerOutcome, EventSink,
                                         LogSink, Mount)
 from orchestrator.errors import InfrastructureError
 from orchestrator.execution.cpus import ONLINE_CPUS, CpuSets, cpus_needed
+from orchestrator.execution.hermetic import gpu_refusal, gpu_words
 from orchestrator.execution.owners import owner_label
 
 
@@ -102,6 +104,7 @@ class LocalEngine:
             "host_kernel": info.get("KernelVersion"),
             "host_cpus": info.get("NCPU"),
             "host_memory_bytes": info.get("MemTotal"),
+            "runtimes": sorted(info.get("Runtimes") or {}),
         }
 
     def facts_scope(self) -> str | None:
@@ -147,6 +150,8 @@ class LocalEngine:
 
     def _run_pinned(self, job: ContainerJob, on_output: LogSink) -> ContainerOutcome:
         started = time.monotonic()
+        if job.wants_gpus:
+            self._require_gpus(job)
         try:
             container = self.client.containers.create(**_create_kwargs(job))
         except docker.errors.ImageNotFound as exc:
@@ -173,6 +178,15 @@ class LocalEngine:
                 "engine was away: `reprun gc` removes it once the engine is back"))
         return outcome
 
+    def _require_gpus(self, job: ContainerJob) -> None:
+        try:
+            runtimes = self.client.info().get("Runtimes")
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise engine_unreachable(exc) from None
+        refusal = gpu_refusal(gpu_words(job), runtimes)
+        if refusal is not None:
+            raise refusal
+
     def _run_created(self, container, job: ContainerJob, on_output: LogSink,
                      started: float) -> ContainerOutcome:
         try:
@@ -186,7 +200,7 @@ class LocalEngine:
             return ContainerOutcome(None, "engine", time.monotonic() - started,
                                     f"lost the engine during the run, as the job started: {exc}")
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise _as_infrastructure(exc) from None
+            raise _as_infrastructure(exc, job) from None
         # A watchdog kills the job at its deadline; the wait itself has no HTTP timeout, so a
         # slow engine is never mistaken for a slow job.
         timed_out = threading.Event()
@@ -301,8 +315,18 @@ def _create_kwargs(job: ContainerJob) -> dict[str, Any]:
         labels={LABEL: "1", LABEL_OWNER: owner_label(), **job.labels},
         volumes={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
                  for m in job.mounts},
+        shm_size=job.shm_bytes,
+        **({"working_dir": job.workdir} if job.workdir else {}),
+        **({"device_requests": [gpu_request(job)]} if job.wants_gpus else {}),
         detach=True,
     )
+
+
+def gpu_request(job: ContainerJob) -> docker.types.DeviceRequest:
+    if job.gpu_device_ids:
+        return docker.types.DeviceRequest(device_ids=list(job.gpu_device_ids),
+                                          capabilities=[["gpu"]])
+    return docker.types.DeviceRequest(count=job.gpu_count, capabilities=[["gpu"]])
 
 
 def _pump(stream, on_output: LogSink) -> None:
@@ -360,8 +384,14 @@ def _remove_quietly(container) -> None:
         pass
 
 
-def _as_infrastructure(exc: Exception) -> InfrastructureError:
+def _as_infrastructure(exc: Exception, job: ContainerJob | None = None) -> InfrastructureError:
     if isinstance(exc, requests.exceptions.ConnectionError):
         return engine_unreachable(exc)
     explanation = getattr(exc, "explanation", None) or str(exc)
+    if job is not None and job.wants_gpus:
+        # The runtime is there, the GPU is not (no driver, no device, a wrong ID).
+        return InfrastructureError(
+            f"the engine could not give the job the {gpu_words(job)} it asks for: "
+            f"{explanation}. reprun does not run a GPU job on the CPU; check `nvidia-smi` on "
+            "the host and resources.gpus in the spec.")
     return InfrastructureError(f"the engine refused to run the container: {explanation}")

@@ -446,7 +446,7 @@ class SwarmBackend:
             raise InfrastructureError(f"the files reprun ships with the job exceed "
                                       f"{MAX_SHIPPED_BYTES} bytes")
         dataset_target = None
-        if collect is not None:
+        if collect is not None and collect.dataset_source is not None:
             dataset = next((m for m in job.mounts if m.source == collect.dataset_source), None)
             if dataset is None:
                 raise InfrastructureError("the job does not mount its dataset; nothing to verify "
@@ -498,6 +498,12 @@ class SwarmBackend:
                            "TmpfsOptions": {"SizeBytes": WORK_TMPFS_BYTES, "Mode": 0o1777}})
         for target, options in job.tmpfs.items():
             mounts.append({"Type": "tmpfs", "Target": target, "TmpfsOptions": _tmpfs(options)})
+        # A service has no shm size: /dev/shm becomes a tmpfs of the size the spec asks for.
+        mounts.append({"Type": "tmpfs", "Target": "/dev/shm",
+                       "TmpfsOptions": {"SizeBytes": job.shm_bytes, "Mode": 0o1777}})
+        if job.workdir:
+            raise InfrastructureError("the swarm backend cannot give the job a working folder "
+                                      "(workdir) yet; run this spec on the local engine")
         container = {
             "Image": image,
             "Command": ["/bin/sh", "-c", wrapper_script(plan), "reprun-wrapper"],

@@ -25,7 +25,8 @@ def render_record(record: RunRecord, *, baseline=None) -> str:
         ("image", inputs.image.id),
         ("repo digest", inputs.image.repo_digest or "-"),
         ("dataset", f"{inputs.dataset.path} sha256:{inputs.dataset.sha256} "
-                    f"({inputs.dataset.kind}, {inputs.dataset.files} files, {inputs.dataset.bytes} bytes)"),
+                    f"({inputs.dataset.kind}, {inputs.dataset.files} files, {inputs.dataset.bytes} bytes)"
+         if inputs.dataset else "none (the job makes its own data)"),
         ("seed", inputs.seed),
         ("command", " ".join(inputs.command)),
         ("params", inputs.params or "-"),

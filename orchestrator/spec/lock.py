@@ -5,8 +5,9 @@ comments, key order and formatting survive untouched.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import json
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -33,13 +34,14 @@ def _set_scalar(text: str, root: yaml.Node, path: tuple[str, ...], value: str,
             raise SpecError(f"{source}: cannot pin {'.'.join(path)}: {key} is not a mapping")
         parent = found[1]
     if parent.flow_style:
-        raise SpecError(f"{source}:{parent.start_mark.line + 1}: cannot pin {'.'.join(path)} inside "
-                        "a flow-style mapping ({...}); write that mapping in block style.")
+        value = json.dumps(value)   # PyYAML reads `sha256:…` inside braces as a second key
     found = _key_and_value(parent, path[-1])
     if found is not None:
         node = found[1]
         old = node.value if isinstance(node, yaml.ScalarNode) else None
         return text[:node.start_mark.index] + value + text[node.end_mark.index:], old
+    if parent.flow_style:
+        return _add_to_flow_mapping(text, parent, path[-1], value), None
     # Add the key after the mapping's last entry, indented like its first key.
     first_key = parent.value[0][0]
     indent = " " * first_key.start_mark.column
@@ -48,6 +50,14 @@ def _set_scalar(text: str, root: yaml.Node, path: tuple[str, ...], value: str,
     at = len(text) if line_end < 0 else line_end + 1
     prefix = "" if at == 0 or text[at - 1] == "\n" else "\n"
     return text[:at] + f"{prefix}{indent}{path[-1]}: {value}\n" + text[at:], None
+
+
+def _add_to_flow_mapping(text: str, mapping: yaml.MappingNode, key: str, value: str) -> str:
+    """`{path: d.csv}` → `{path: d.csv, sha256: …}`: the entry goes before the closing brace."""
+    close = text.rindex("}", mapping.start_mark.index, mapping.end_mark.index)
+    before = text[:close].rstrip()
+    separator = "" if before.endswith("{") else " " if before.endswith(",") else ", "
+    return f"{before}{separator}{key}: {value}{text[close:]}"
 
 
 def _raw_ref(text: str) -> str | None:
@@ -92,11 +102,15 @@ def _load_as(path: Path, text: str):
 
 
 def lock_spec(path: Path, *, engine: Executor, write: bool = True,
-              cache: HashCache | None = None) -> list[str]:
+              cache: HashCache | None = None,
+              progress: Callable[[str, int, int, str], None] | None = None,
+              builds: dict[str, str] | None = None,
+              store_root: Path | None = None) -> list[str]:
     """Bring the pins of one spec up to date; returns what changed (or would change).
 
     With a cache, the per-file manifest of the pinned dataset is remembered, so that a later
-    mismatch can name the files that changed.
+    mismatch can name the files that changed. `builds`: image IDs by build inputs, shared by
+    the specs of one `lock` so that one context is built once.
     """
     text = _read(path)
     changes: list[str] = []
@@ -113,11 +127,14 @@ def lock_spec(path: Path, *, engine: Executor, write: bool = True,
     if ref is not None and (resolved := resolve_tag(engine.client, ref)) is not None:
         pin(("image", "ref"), resolved, str.__eq__)     # the tag may have moved since
     spec = _load_as(path, text)
-    pin(("dataset", "sha256"), hash_dataset(spec.dataset.path, cache=cache).sha256,
-        lambda old, new: old.removeprefix("sha256:") == new)
+    if spec.dataset is not None:
+        pin(("dataset", "sha256"), hash_dataset(spec.dataset.path, cache=cache).sha256,
+            lambda old, new: old.removeprefix("sha256:") == new)
     if spec.image.build is not None:
-        from orchestrator.images import resolve_image    # it loads the Docker SDK
-        image = resolve_image(engine.client, _unpinned(spec.image), spec_name=spec.name)
+        from orchestrator.images import BuildCache, resolve_for_lock   # it loads the Docker SDK
+        image = resolve_for_lock(engine.client, spec.image, spec_name=spec.name,
+                                 progress=progress, builds=BuildCache(builds),
+                                 leave_out=(path, *([store_root] if store_root else [])))
         pin(("image", "digest"), image.id, str.__eq__)
     if changes and write:
         try:
@@ -141,8 +158,3 @@ def _read(path: Path) -> str:
         load_spec(path, require_pins=False)      # says where and what, as for any spec
         raise SpecError(f"spec {path} cannot be locked: {exc}") from None
     return text
-
-
-def _unpinned(image_spec):
-    """The image spec without its ID pin, so that locking resolves what is there now."""
-    return replace(image_spec, digest=None) if image_spec.build is not None else image_spec

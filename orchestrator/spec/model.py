@@ -61,11 +61,33 @@ class CompareSpec:
 
 
 @dataclass(frozen=True)
+class GpuRequest:
+    """The GPUs a job asks for: a number of them (ALL_GPUS: every one), or these devices."""
+    count: int = 0
+    device_ids: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.device_ids:
+            return "GPU " + ", ".join(self.device_ids)
+        if self.count == ALL_GPUS:
+            return "every GPU"
+        return f"{self.count} GPU" + ("" if self.count == 1 else "s")
+
+
+ALL_GPUS = -1
+# Docker gives /dev/shm 64 MB, which a PyTorch DataLoader with workers outgrows at once (its
+# workers hand batches over through shared memory and die with "Bus error").
+DEFAULT_SHM_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
 class Resources:
     cpus: float = 1.0
     memory_bytes: int = 2 << 30
     timeout_s: float = 1800.0
     pids: int = 512
+    gpus: GpuRequest | None = None
+    shm_bytes: int = DEFAULT_SHM_BYTES
 
 
 @dataclass(frozen=True)
@@ -84,7 +106,7 @@ class RunSpec:
     name: str
     description: str
     image: ImageSpec
-    dataset: DatasetSpec
+    dataset: DatasetSpec | None     # None: the job makes its own data
     seed: int
     command: tuple[str, ...]        # raw, with placeholders
     params: dict[str, Any]
@@ -98,6 +120,7 @@ class RunSpec:
     # Variables whose values come from reprun's own environment when a run starts, never from
     # the spec file; their values never reach a record, a log kept by reprun or a report.
     secrets: tuple[str, ...] = ()
+    workdir: str | None = None      # the job's working folder; None: the image's own
 
     def render_command(self, seed: int | None = None) -> list[str]:
         """The command with {seed} and {params.NAME} filled in; `{{`/`}}` become braces."""

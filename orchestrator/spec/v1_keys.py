@@ -14,18 +14,19 @@ import yaml
 
 from orchestrator.compare.artifacts.policy import BITWISE, IGNORE, PolicyError, parse_policy
 from orchestrator.compare.artifacts.policy import HOW_TO_WRITE as POLICY_HOW
-from orchestrator.spec.model import (SPEC_VERSION, CompareSpec, DatasetSpec, Hermetic, ImageBuild,
-                                     ImageSpec, OutputsSpec, Resources, Tolerance,
-                                     substitute_placeholders)
+from orchestrator.spec.model import (ALL_GPUS, SPEC_VERSION, CompareSpec, DatasetSpec, GpuRequest,
+                                     Hermetic, ImageBuild, ImageSpec, OutputsSpec, Resources,
+                                     Tolerance, substitute_placeholders)
 from orchestrator.spec.units import MAX_INT, parse_duration, parse_size
 from orchestrator.spec.yaml_reader import (ARGUMENT, BOOLEAN, FAILED, INTEGER, NUMBER, SCALAR,
                                            STRING, Key, Problem, Read, Reader, Reported,
-                                           complete, construct, describe, in_range, leaf,
-                                           list_of, matching, named, one_of, optional_pin,
+                                           ValueType, complete, construct, describe, in_range,
+                                           leaf, list_of, matching, named, one_of, optional_pin,
                                            scalar, section, short, value_at)
 
 SCHEMA_FILE = Path(__file__).with_name("spec-v1.schema.json")
 MAX_CPUS = 1024
+MAX_GPUS = 1024
 MAX_TIMEOUT_S = 365 * 86400         # larger waits overflow timers in the engine client
 
 # Patterns shared in meaning with spec-v1.schema.json (Python and ECMA-262 read them alike).
@@ -44,6 +45,7 @@ PARAM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 RESERVED_ENV_PREFIX = "REPRUN_"
 CONTAINER_PATH_PATTERN = r"^/(?!(.*/)?\.\.(/|$)).+$"
 RELATIVE_PATH_PATTERN = r"^(?!/)(?!(.*/)?\.\.(/|$)).+$"
+GPU_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"     # an index, or a GPU-/MIG- UUID
 USER_PATTERN = r"^[0-9]{1,10}:[0-9]{1,10}$"
 
 
@@ -200,10 +202,18 @@ def _read_dataset(reader: Reader, node: yaml.Node, where: str) -> DatasetSpec:
     if values.get("sha256") is None and reader.require_pins:
         pin = value_at(node, "sha256")
         raise Problem("has no `sha256` pin", "Run `reprun lock SPEC` to fill it in, or add "
-                       "`sha256: <64 hex>` as printed by sha256sum",
-                       pin.start_mark if pin else None)
+                      f"`sha256: <64 hex>` as printed by {_checksum_command(values['path'])}",
+                      pin.start_mark if pin else None)
     return DatasetSpec(path=values["path"], sha256=values.get("sha256"),
                        mount=values.get("mount", DatasetSpec.mount))
+
+
+def _checksum_command(path: Path) -> str:
+    """The coreutils command that prints a dataset's pin: a folder's is its tree hash."""
+    if path.is_dir():
+        return (f"`(cd {path} && find -L . -type f -print0 | LC_ALL=C sort -z "
+                "| xargs -0 sha256sum) | sha256sum`")
+    return f"`sha256sum {path}`"
 
 
 _OUTPUTS_KEYS = {
@@ -271,11 +281,42 @@ _COMPARE_KEYS = {
     "artifacts": Key(_read_artifact_policies),
 }
 
+_GPU_COUNT = ValueType("a number of GPUs, `all` or a list of device IDs", (int, str),
+                       "Write a count such as 1, `all`, or device IDs such as [0, 1]")
+
+
+def _gpu_device_id(value: str | int | float) -> str:
+    if isinstance(value, float):
+        raise Problem(f"is the number {value}, not a device ID",
+                      "Write a device index such as 0, or a UUID such as GPU-8f2b…")
+    return matching(GPU_ID_PATTERN, "is not a GPU device ID",
+                    "Write a device index such as 0, or a UUID as nvidia-smi -L prints it")(
+                        str(value))
+
+
+def _read_gpus(reader: Reader, node: yaml.Node, where: str) -> GpuRequest:
+    if isinstance(node, yaml.SequenceNode):
+        ids = list_of(leaf(ARGUMENT, _gpu_device_id), non_empty=True)(reader, node, where)
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise Problem(f"lists the device {repeated[0]} twice", "List each GPU once")
+        return GpuRequest(device_ids=ids)
+    value = scalar(node, _GPU_COUNT)
+    if isinstance(value, str):
+        if value != "all":
+            raise Problem(f"is {short(value)}, not a number of GPUs",
+                          "Write a count such as 1, `all`, or device IDs such as [0, 1]")
+        return GpuRequest(count=ALL_GPUS)
+    return GpuRequest(count=in_range(1, MAX_GPUS)(value))
+
+
 _RESOURCES_KEYS = {
     "cpus": Key(leaf(NUMBER, _cpus)),
     "memory": Key(leaf(ARGUMENT, _size), attr="memory_bytes"),
     "timeout": Key(leaf(ARGUMENT, _timeout), attr="timeout_s"),
     "pids": Key(leaf(INTEGER, in_range(1, MAX_INT))),
+    "gpus": Key(_read_gpus),
+    "shm": Key(leaf(ARGUMENT, _size), attr="shm_bytes"),
 }
 
 _HERMETIC_KEYS = {
@@ -302,8 +343,8 @@ _SPEC_KEYS = {
     "description": Key(leaf(STRING)),
     "image": Key(section(_IMAGE_KEYS, _build_image), required=True,
                   example="image: {ref: REGISTRY/NAME@sha256:<64 hex>}"),
-    "dataset": Key(_read_dataset, required=True,
-                    example="dataset: {path: data/digits.csv, sha256: <64 hex>}"),
+    "dataset": Key(_read_dataset),
+    "workdir": Key(leaf(STRING, _container_path)),
     "seed": Key(leaf(INTEGER, in_range(0, MAX_INT)), required=True, example="seed: 42"),
     "command": Key(list_of(leaf(ARGUMENT, str), non_empty=True), required=True,
                     example='command: [python3, /app/train.py, --seed, "{seed}"]'),
@@ -322,7 +363,8 @@ _SPEC_KEYS = {
 def read_document(reader: Reader, node: yaml.Node, where: str) -> dict[str, Any]:
     """The RunSpec fields, with defaults for the optional sections and cross-key checks."""
     values = reader.mapping(node, _SPEC_KEYS, where)
-    values = {"description": "", "params": {}, "env": {}, "secrets": (), "outputs": OutputsSpec(),
+    values = {"description": "", "dataset": None, "params": {}, "env": {}, "secrets": (),
+              "outputs": OutputsSpec(), "workdir": None,
               "compare": _build_compare(), "resources": Resources(), "hermetic": Hermetic(),
               **values}
     _check_placeholders(reader, node, values["command"], values["params"])
@@ -362,7 +404,7 @@ def _check_placeholders(reader: Reader, node: yaml.Node, command: Any, params: A
 
 
 def _check_mounts(reader: Reader, node: yaml.Node, dataset: Any, outputs: Any) -> None:
-    if dataset is FAILED or outputs is FAILED:
+    if dataset is FAILED or outputs is FAILED or dataset is None:
         return
     mount, out = dataset.mount, outputs.dir
     if mount == out or mount.startswith(out.rstrip("/") + "/") or out.startswith(mount + "/"):

@@ -35,6 +35,7 @@ MANIFEST = "MANIFEST.json"
 RECORD = "record.json"
 IMAGE = "image.tar"
 DATASET = "dataset"
+NO_DATASET = "none"     # the manifest's dataset_kind for a run whose job made its own data
 ARTIFACTS = "artifacts"
 
 Progress = Callable[[str, int, int], None]
@@ -46,7 +47,7 @@ SAVE_CHUNK_BYTES = 16 << 20
 @dataclass(frozen=True)
 class LoadedArchive:
     record: RunRecord
-    dataset_path: Path
+    dataset_path: Path | None        # None: the run had no dataset
     image_id: str
     accepted: Any = None        # what `accept` made of the record (the spec to replay)
 
@@ -64,12 +65,11 @@ def _sha256_stream(chunks, sink) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def write_archive(store: Store, run_id: str, output: Path, *, client,
-                  progress: Progress | None = None) -> Path:
-    import docker.errors    # the Docker SDK loads only where an archive meets the engine
-    progress = progress or (lambda *_: None)
-    refuse_output(output)
-    record = store.get(run_id)
+def _recorded_dataset(record: RunRecord):
+    """The run's dataset and its hash, checked against the record; (None, None) for a job
+    that made its own data."""
+    if record.inputs.dataset is None:
+        return None, None
     dataset = Path(record.inputs.dataset.path)
     if not dataset.exists():
         raise UsageError(f"the dataset of run {record.id} is gone from {dataset}; an archive "
@@ -79,6 +79,16 @@ def write_archive(store: Store, run_id: str, output: Path, *, client,
         raise PinMismatch(f"the dataset at {dataset} no longer matches run {record.id} "
                           f"(sha256 {digest.sha256}, recorded {record.inputs.dataset.sha256}); "
                           "refusing to archive a different dataset.")
+    return dataset, digest
+
+
+def write_archive(store: Store, run_id: str, output: Path, *, client,
+                  progress: Progress | None = None) -> Path:
+    import docker.errors    # the Docker SDK loads only where an archive meets the engine
+    progress = progress or (lambda *_: None)
+    refuse_output(output)
+    record = store.get(run_id)
+    dataset, digest = _recorded_dataset(record)
     artifacts = _artifacts_as_recorded(store, record)
     members: dict[str, dict] = {}
     try:
@@ -99,7 +109,8 @@ def write_archive(store: Store, run_id: str, output: Path, *, client,
             sha, size = _sha256_stream(image.save(chunk_size=SAVE_CHUNK_BYTES, named=False), sink)
         members[IMAGE] = {"sha256": sha, "size": size}
         progress("save image", 1, 1)
-        written = _Written(size + digest.bytes + sum(a.size for _, a in artifacts),
+        written = _Written(size + (digest.bytes if digest else 0)
+                           + sum(a.size for _, a in artifacts),
                            lambda done, total: progress("write", done, total))
         with _writing(partial, output) as tar:
             record_bytes = record_json(record).encode()
@@ -107,8 +118,8 @@ def write_archive(store: Store, run_id: str, output: Path, *, client,
             members[RECORD] = {"sha256": hashlib.sha256(record_bytes).hexdigest(),
                                "size": len(record_bytes)}
             written.add(tar, tmp_image, IMAGE)
-            base = dataset if dataset.is_dir() else dataset.parent
-            for entry in digest.files:
+            base = dataset if dataset is None or dataset.is_dir() else dataset.parent
+            for entry in digest.files if digest else ():
                 rel = entry.path.removeprefix("./") if dataset.is_dir() else dataset.name
                 name = f"{DATASET}/{rel}"
                 written.add(tar, base / rel, name)
@@ -118,7 +129,8 @@ def write_archive(store: Store, run_id: str, output: Path, *, client,
                 written.add(tar, file, name)
                 members[name] = {"sha256": artifact.sha256, "size": artifact.size}
             manifest = {"schema": ARCHIVE_SCHEMA, "run_id": record.id, "created_at": utc_now(),
-                        "dataset_kind": digest.kind, "members": members}
+                        "dataset_kind": digest.kind if digest else NO_DATASET,
+                        "members": members}
             _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
         os.replace(partial, output)
     except OSError as exc:
@@ -246,6 +258,22 @@ def _members(path: Path, manifest) -> dict[str, dict]:
     return members
 
 
+def _archived_dataset(path: Path, target: Path, manifest: dict, record: RunRecord) -> Path | None:
+    """The extracted dataset, checked against the record; None for a job without one."""
+    if record.inputs.dataset is None:
+        if manifest.get("dataset_kind") != NO_DATASET or (target / DATASET).exists():
+            raise _damaged(path, "it holds a dataset its record does not name")
+        return None
+    if manifest.get("dataset_kind") == NO_DATASET:
+        raise _damaged(path, "it has no dataset")
+    dataset = target / DATASET
+    if manifest.get("dataset_kind") == "file":
+        dataset = next(dataset.iterdir())
+    if hash_dataset(dataset).sha256 != record.inputs.dataset.sha256:
+        raise _damaged(path, "its dataset does not hash to the one its record names")
+    return dataset
+
+
 def load_archive(path: Path, store: Store, *, client, accept: Accept,
                  progress: Progress | None = None) -> LoadedArchive:
     """Check the archive's paths and sizes, extract it with a ceiling while hashing every
@@ -267,11 +295,7 @@ def load_archive(path: Path, store: Store, *, client, accept: Accept,
         _extract(path, target, manifest, progress)
         record = parse_record((target / RECORD).read_text(encoding="utf-8", errors="replace"),
                               f"the record in the archive {path}")
-        dataset = target / DATASET
-        if manifest.get("dataset_kind") == "file":
-            dataset = next(dataset.iterdir())
-        if hash_dataset(dataset).sha256 != record.inputs.dataset.sha256:
-            raise _damaged(path, "its dataset does not hash to the one its record names")
+        dataset = _archived_dataset(path, target, manifest, record)
         accepted = accept(record, dataset)
         progress("load image", 0, 1)
         image_id = _load_image(path, target / IMAGE, record.inputs.image.id, client, loaded_image)
@@ -372,7 +396,8 @@ def _check_listing(path: Path, store: Store) -> dict:
     for required in (RECORD, IMAGE):
         if required not in members:
             raise _damaged(path, f"it has no {required}")
-    if not any(name.startswith(DATASET + "/") for name in members):
+    if manifest.get("dataset_kind") != NO_DATASET and \
+            not any(name.startswith(DATASET + "/") for name in members):
         raise _damaged(path, "it has no dataset")
     extra = set(sizes) - set(members) - {MANIFEST}
     if extra:

@@ -136,9 +136,10 @@ class VariedVerification:
 def host_context(prepared: PreparedRun) -> HostContext:
     spec = prepared.spec
     return HostContext(host_cpus=prepared.host.get("host_cpus"),
-                       dataset_path=Path(spec.dataset.path), dataset_kind=prepared.dataset.kind,
-                       dataset_bytes=prepared.dataset.bytes,
-                       dataset_files=len(prepared.dataset.files),
+                       dataset_path=Path(spec.dataset.path) if spec.dataset else None,
+                       dataset_kind=prepared.dataset.kind if prepared.dataset else "none",
+                       dataset_bytes=prepared.dataset.bytes if prepared.dataset else 0,
+                       dataset_files=len(prepared.dataset.files) if prepared.dataset else 0,
                        memory_bytes=spec.resources.memory_bytes)
 
 

@@ -61,7 +61,7 @@ class VariationValue:
 class HostContext:
     """What decides whether a factor can be varied on this engine, for this spec."""
     host_cpus: int | None
-    dataset_path: Path
+    dataset_path: Path | None       # None: the job has no dataset
     dataset_kind: str               # "file" or "tree"
     dataset_bytes: int
     dataset_files: int
@@ -204,6 +204,8 @@ def vary_file_order(job: ContainerJob, rng: random.Random) -> tuple[ContainerJob
 
 
 def _dataset_copyable(context: HostContext) -> str | None:
+    if context.dataset_path is None:
+        return "the job has no dataset: there is no listing order to vary"
     if context.dataset_kind != "tree":
         return "the dataset is a single file: there is no listing order to vary"
     if first_listing(context.dataset_path) is None:

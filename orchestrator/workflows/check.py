@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 
 from orchestrator.execution.job import Executor
@@ -30,6 +31,9 @@ from orchestrator.spec.load import load_spec
 from orchestrator.spec.model import ImageSpec
 from orchestrator.store.db import Store
 from orchestrator.parallel import RunPlan, fits_in_parallel, run_all, run_concurrently
+
+if TYPE_CHECKING:
+    from orchestrator.images import FreshBuilds
 
 
 @dataclass(frozen=True)
@@ -71,33 +75,22 @@ def capture_manifest(spec, image_id: str, engine: Executor, host: dict) -> Envir
 
 
 def environment_drift(spec, prepared: PreparedRun, *, engine: Executor,
-                      observer: RunObserver, label: str) -> tuple[EnvironmentRow, ...]:
-    import docker.errors
-    from orchestrator.images import build_image
+                      observer: RunObserver, label: str,
+                      fresh_builds: "FreshBuilds") -> tuple[EnvironmentRow, ...]:
     observer.stage(label, f"rebuilding {spec.image.build.context} without cache")
-    client = engine.client
-    # Without the cache: what the Dockerfile gives today, not what it gave when it was pinned.
-    fresh_id = build_image(client, spec.image.build, nocache=True,
-                           progress=lambda phase, done, total, text:
-                           observer.progress(label, phase, done, total, text))
-    try:
-        pinned = capture_manifest(spec, prepared.image.id, engine, prepared.host)
-        fresh = capture_manifest(spec, fresh_id, engine, prepared.host)
-    finally:
-        # The fresh layers must not become the build cache that the pinned ID is rebuilt from.
-        if fresh_id and fresh_id != prepared.image.id:
-            try:
-                # force: a swarm backend tagged it when pushing it for its nodes.
-                client.images.remove(fresh_id, noprune=False, force=True)
-            except docker.errors.APIError:
-                pass
+    fresh_builds.pinned.add(prepared.image.id)
+    fresh_id = fresh_builds.build(engine.client, spec.image.build,
+                                  lambda phase, done, total, text:
+                                  observer.progress(label, phase, done, total, text))
+    pinned = capture_manifest(spec, prepared.image.id, engine, prepared.host)
+    fresh = capture_manifest(spec, fresh_id, engine, prepared.host)
     rows, _ = compare_environments(pinned, fresh, "pinned", "rebuilt")
     # Hostname, run IDs and the like differ between any two containers; they are not drift.
     return tuple(r for r in rows if r.section not in ("hostname",))
 
 
-def check_spec(path: Path, *, store: Store, engine: Executor,
-               observer: RunObserver) -> SpecCheck:
+def check_spec(path: Path, *, store: Store, engine: Executor, observer: RunObserver,
+               fresh_builds: "FreshBuilds") -> SpecCheck:
     label = path.stem
     try:
         spec = load_spec(path)
@@ -111,7 +104,7 @@ def check_spec(path: Path, *, store: Store, engine: Executor,
                            label=label)
         if spec.image.build is not None:
             drift = environment_drift(spec, prepared, engine=engine, observer=observer,
-                                      label=label)
+                                      label=label, fresh_builds=fresh_builds)
         approval = baseline_of(store, spec.name)
         reference = store.get(approval.run_id) if approval else store.latest_succeeded(spec.name)
         if reference is not None:
@@ -139,11 +132,18 @@ def check_spec(path: Path, *, store: Store, engine: Executor,
 
 def check_all(paths: list[Path], *, store: Store, engine: Executor, observer: RunObserver,
               jobs: int = 1) -> list[SpecCheck]:
-    if jobs <= 1:
-        return [check_spec(p, store=store, engine=engine, observer=observer) for p in paths]
-    return run_concurrently(
-        lambda p: check_spec(p, store=store, engine=engine, observer=observer),
-        paths, workers=jobs, engine=engine)
+    from orchestrator.images import FreshBuilds     # it loads the Docker SDK
+    fresh_builds = FreshBuilds()       # one rebuild per distinct build context, shared
+
+    def one(path: Path) -> SpecCheck:
+        return check_spec(path, store=store, engine=engine, observer=observer,
+                          fresh_builds=fresh_builds)
+    try:
+        if jobs <= 1:
+            return [one(p) for p in paths]
+        return run_concurrently(one, paths, workers=jobs, engine=engine)
+    finally:
+        fresh_builds.remove(engine.client)
 
 
 def specs_to_check(specs: list[Path] | None) -> list[Path]:
