@@ -2,6 +2,8 @@
 when they could never be written, and written with an error that names them when they fail."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from orchestrator.errors import UsageError
@@ -34,8 +36,18 @@ def _refuse_through_a_file(named: Path, folder: Path, what: str) -> None:
 
 
 def write_text(path: Path, text: str, what: str) -> None:
+    """UTF-8 whatever the locale (a report holds any character a job wrote), and atomically:
+    a reader or a crash never sees half a report, and a failed write leaves the old one."""
+    temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent,
+                                         prefix=f".{path.name}.", suffix=".partial",
+                                         delete=False) as handle:
+            temporary = Path(handle.name)
+            handle.write(text)
+        os.replace(temporary, path)
     except OSError as exc:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
         raise UsageError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None

@@ -24,7 +24,7 @@ class OutputsError(Exception):
     """The job's outputs are not usable; the message says what is wrong (exit 5)."""
 
 
-def read_metrics(path: Path, *, root: Path | None = None) -> dict[str, float]:
+def read_metrics(path: Path, *, root: Path | None = None) -> dict[str, Any]:
     """Metrics as flat dotted names → floats. Raises OutputsError with a clear sentence.
 
     `root`: the outputs folder; a path that leaves it through a linked folder is refused."""
@@ -54,8 +54,9 @@ def read_metrics(path: Path, *, root: Path | None = None) -> dict[str, float]:
     return parse_metrics(raw, path.name)
 
 
-def parse_metrics(raw: bytes, name: str) -> dict[str, float]:
-    """The metrics file's bytes (`name` is its file name) as flat dotted names → floats."""
+def parse_metrics(raw: bytes, name: str) -> dict[str, Any]:
+    """The metrics file's bytes (`name` is its file name) as flat dotted names → values: a
+    float, a string, a boolean, None, or a list of floats (a curve)."""
     if len(raw) > MAX_METRICS_BYTES:
         raise OutputsError(f"the metrics file {name} is over the {MAX_METRICS_BYTES}-byte limit")
     try:
@@ -65,14 +66,14 @@ def parse_metrics(raw: bytes, name: str) -> dict[str, float]:
     except (ValueError, RecursionError) as exc:
         raise OutputsError(f"the metrics file {name} is not valid JSON ({_short(exc)})") from None
     if not isinstance(document, dict):
-        raise OutputsError(f"the metrics file {name} must hold a JSON object of numbers, "
+        raise OutputsError(f"the metrics file {name} must hold a JSON object of metrics, "
                            f"not a {type(document).__name__}")
     metrics: dict[str, float] = {}
     problems: list[str] = []
     _flatten(document, "", metrics, problems, depth=0)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise OutputsError(f"the metrics file {name} has values that are not numbers: {shown}")
+        raise OutputsError(f"the metrics file {name} cannot be read as metrics: {shown}")
     return metrics
 
 
@@ -84,14 +85,27 @@ def _flatten(node: dict, prefix: str, into: dict[str, float], problems: list[str
         name = f"{prefix}{_escaped(key)}"
         if isinstance(value, dict):
             _flatten(value, name + ".", into, problems, depth + 1)
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{name} = {_short(value)}")
+        elif value is None or isinstance(value, (bool, str)):
+            into[name] = value          # compared exactly; a text is no reason to fail a run
+        elif isinstance(value, list):
+            into[name] = _curve(value)
         else:
-            try:
-                into[name] = float(value)
-            except OverflowError:
-                # An int beyond float range (JSON allows any length): its sign is what is left.
-                into[name] = math.inf if value > 0 else -math.inf
+            into[name] = _number(value)
+
+
+def _number(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        # An int beyond float range (JSON allows any length): its sign is what is left.
+        return math.inf if value > 0 else -math.inf
+
+
+def _curve(values: list) -> list[float] | str:
+    """A list of numbers is a curve; any other list is kept as its JSON text, compared exactly."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return [_number(v) for v in values]
+    return json.dumps(values, sort_keys=True)
 
 
 def _escaped(key: str) -> str:

@@ -233,3 +233,25 @@ def unknown_record_field(data) -> str | None:
             if extra:
                 return f"outputs.artifacts.{name}.{extra[0]}"
     return None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run in a line: a row of the store's runs list, and how a comparison names its runs."""
+    id: str
+    spec: str
+    status: str
+    started_at: str
+    finished_at: str | None = None
+    duration_s: float | None = None
+    image_id: str | None = None
+    note: str | None = None
+    reason: str | None = None        # outputs.reason, e.g. "timeout", when it did not succeed
+
+    @classmethod
+    def of(cls, record: RunRecord) -> "RunSummary":
+        outputs = record.outputs
+        return cls(id=record.id, spec=record.inputs.spec_name, status=record.status,
+                   started_at=record.started_at, finished_at=record.finished_at,
+                   duration_s=outputs.duration_s if outputs else None,
+                   image_id=record.inputs.image.id, reason=outputs.reason if outputs else None)

@@ -34,7 +34,10 @@ def _print_run_summary(record) -> None:
     outputs = record.outputs
     say(f"run {record.id}: {record.status} in {outputs.duration_s:.1f}s")
     if outputs.metrics:
-        rows = [(k, f"{v:.6g}") for k, v in sorted(outputs.metrics.items())]
+        from orchestrator.compare.comparison import natural_key
+        from orchestrator.compare.numbers import metric_value_text
+        rows = [(k, metric_value_text(outputs.metrics[k]))
+                for k in sorted(outputs.metrics, key=natural_key)]
         say(tabulate(rows, headers=["metric", "value"], tablefmt="simple"))
     if record.status == SUCCEEDED and outputs.message:     # a capped log, an unmatched pattern
         say(f"reprun: note: {outputs.message}", err=True)

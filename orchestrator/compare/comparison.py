@@ -7,6 +7,7 @@ change it; they are what the likely causes (`compare.causes`) are made of.
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -15,14 +16,16 @@ from orchestrator.compare.artifacts.findings import PARTS_KEPT, SAME
 from orchestrator.compare.artifacts.policy import IGNORE, ArtifactPolicies
 from orchestrator.compare.causes import failure_text, likely_causes
 from orchestrator.compare.environment import compare_environments
+from orchestrator.compare.series import compare_series
 from orchestrator.compare.tolerance import Tolerances, parse_tolerances
 from orchestrator.compare.value import (ABSENT, A_DIFFERS, A_EQUIVALENT, A_IDENTICAL, A_IGNORED,
                                         ARTIFACT_STATUSES, DIFFERS, EQUIVALENT, IDENTICAL,
                                         INCOMPLETE, METRIC_STATUSES, MISSING_A, MISSING_B,
                                         M_BEYOND, M_IDENTICAL, M_IGNORED, M_WITHIN, ArtifactRow,
-                                        Comparison, EnvironmentRow, InputRow, MetricRow,
-                                        RunSummary, Sections,
-                                        Verdict, display_text, same_float)
+                                        CURVE, MIXED, M_DIFFERS, NUMBER, Comparison,
+                                        EnvironmentRow, InputRow, MetricRow, RunSummary,
+                                        Sections, SeriesRow, Verdict, display_text, metric_kind,
+                                        same_float, same_value)
 from orchestrator.clock import utc_now
 from orchestrator.errors import UsageError
 from orchestrator.records import SUCCEEDED, RunRecord
@@ -58,12 +61,14 @@ def compare_records(
     inputs = compare_inputs(a, b)
     environment, env_notes = compare_environments(a.environment, b.environment, a.id, b.id)
     notes.extend(env_notes)
-    metrics, metric_notes = compare_metrics(_metrics_of(a), _metrics_of(b), parsed_tolerances)
+    metrics, metric_notes, curves = compare_metrics(_metrics_of(a), _metrics_of(b),
+                                                    parsed_tolerances)
     notes.extend(metric_notes)
+    series = (*compare_steps(a, b, parsed_tolerances), *curves)
     artifacts = compare_artifacts(a, b, parsed_tolerances.artifacts, contents)
 
     unsuccessful = [r for r in (a, b) if r.status != SUCCEEDED]
-    verdict = INCOMPLETE if unsuccessful else results_verdict(metrics, artifacts)
+    verdict = INCOMPLETE if unsuccessful else results_verdict(metrics, artifacts, series)
     for record in unsuccessful:
         notes.append(f"run {record.id} did not succeed ({failure_text(record)}); "
                      "its results cannot be trusted")
@@ -79,10 +84,11 @@ def compare_records(
     baseline = baseline_id if baseline_id is not None else a.id
     return Comparison(
         created_at=created_at or _now(),
-        a=_summary(a, baseline=a.id == baseline),
-        b=_summary(b, baseline=b.id == baseline and a.id != baseline),
+        a=RunSummary.of(a),
+        b=RunSummary.of(b),
+        baseline=baseline,
         sections=Sections(inputs=inputs, environment=environment, metrics=metrics,
-                          artifacts=artifacts),
+                          artifacts=artifacts, series=series),
         verdict=verdict,
         summary=_summary_line(verdict, unsuccessful, inputs, environment, metrics, artifacts),
         causes=causes,
@@ -110,8 +116,9 @@ def combined_verdict(comparisons: Iterable[Comparison]) -> Verdict:
     return max(verdicts, key=lambda v: v.rank)
 
 
-def results_verdict(metrics: Sequence[MetricRow], artifacts: Sequence[ArtifactRow]) -> str:
-    metric_statuses = {row.status for row in metrics}
+def results_verdict(metrics: Sequence[MetricRow], artifacts: Sequence[ArtifactRow],
+                    series: Sequence[SeriesRow] = ()) -> Verdict:
+    metric_statuses = {row.status for row in (*metrics, *series)}
     artifact_statuses = {row.status for row in artifacts}
     if not artifact_statuses <= {A_IDENTICAL, A_EQUIVALENT, A_IGNORED}:
         return DIFFERS
@@ -149,29 +156,49 @@ def _input_row(name: str, a: Any, b: Any) -> InputRow:
 
 # --- metrics --------------------------------------------------------------------------------
 
-def _metrics_of(record: RunRecord) -> dict[str, float]:
+def _metrics_of(record: RunRecord) -> dict[str, Any]:
     if record.outputs is None:
         return {}
-    return {name: float(value) for name, value in (record.outputs.metrics or {}).items()}
+    return dict(record.outputs.metrics or {})
+
+
+def natural_key(name: str) -> tuple:
+    """`round.2` before `round.10`: runs of digits compare as numbers."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", name) if part)
 
 
 def compare_metrics(
-    a: dict[str, float], b: dict[str, float], tolerances: Tolerances,
-) -> tuple[tuple[MetricRow, ...], list[str]]:
+    a: dict[str, Any], b: dict[str, Any], tolerances: Tolerances,
+) -> tuple[tuple[MetricRow, ...], list[str], tuple[SeriesRow, ...]]:
+    """One row per metric; a list metric (a curve) also gets a series, compared step by step."""
     rows: list[MetricRow] = []
     notes: list[str] = []
-    for name in sorted(set(a) | set(b)):
+    series: list[SeriesRow] = []
+    for name in sorted(set(a) | set(b), key=natural_key):
         tolerance = tolerances.for_metric(name)
         va, vb = a.get(name), b.get(name)
+        ka, kb = metric_kind(va), metric_kind(vb)
+        kind = ka if name not in b else kb if name not in a else ka if ka == kb else MIXED
         delta: float | None = None
-        if va is not None and vb is not None:
+        if kind == NUMBER and name in a and name in b:
             delta = 0.0 if same_float(va, vb) else vb - va
+        if kind == CURVE:
+            curve = compare_series(
+                name, "metric", None if name not in a else list(enumerate(va)),
+                None if name not in b else list(enumerate(vb)), tolerance)
+            series.append(curve)
+            delta = curve.largest_delta if curve.status == M_BEYOND else None
         if tolerance.kind == "ignore":
             status = M_IGNORED
-        elif va is None:
+        elif name not in a:
             status = MISSING_A
-        elif vb is None:
+        elif name not in b:
             status = MISSING_B
+        elif kind == CURVE:
+            status = curve.status
+        elif kind != NUMBER:
+            status = M_IDENTICAL if same_value(va, vb) else M_DIFFERS
         elif same_float(va, vb):
             status = M_IDENTICAL
             if math.isnan(va):
@@ -181,9 +208,29 @@ def compare_metrics(
             status = M_BEYOND
         else:
             status = M_WITHIN if tolerance.allows(va, vb) else M_BEYOND
-        rows.append(MetricRow(name=name, a=va, b=vb, delta=delta, tolerance=tolerance.text,
-                              status=status))
-    return tuple(rows), notes
+        shown_tolerance = tolerance.text if kind in (NUMBER, CURVE) or status == M_IGNORED \
+            else "exact"
+        rows.append(MetricRow(name=name, a=_frozen(va), b=_frozen(vb), delta=delta,
+                              tolerance=shown_tolerance, status=status, kind=kind))
+    return tuple(rows), notes, tuple(series)
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def compare_steps(a: RunRecord, b: RunRecord, tolerances: Tolerances) -> tuple[SeriesRow, ...]:
+    """The per-step streams of both runs, series by series, in natural order of their names."""
+    left, right = _steps_of(a), _steps_of(b)
+    return tuple(compare_series(name, "steps", left.get(name), right.get(name),
+                                tolerances.for_metric(name))
+                 for name in sorted(set(left) | set(right), key=natural_key))
+
+
+def _steps_of(record: RunRecord) -> dict[str, list[tuple[int, float]]]:
+    steps = getattr(record.outputs, "steps", None) or {}
+    return {name: [(int(step), float(value)) for step, value in points]
+            for name, points in steps.items()}
 
 
 # --- artifacts ------------------------------------------------------------------------------
@@ -223,13 +270,6 @@ def compare_artifacts(ra: RunRecord, rb: RunRecord, policies: ArtifactPolicies,
                 kind=found.kind, detail=found.detail, fallback=found.fallback,
                 parts=found.parts[:PARTS_KEPT], excerpt=found.excerpt, figures=found.figures))))
     return tuple(rows)
-
-
-def _summary(record: RunRecord, *, baseline: bool) -> RunSummary:
-    return RunSummary(
-        run_id=record.id, spec_name=record.inputs.spec_name, status=record.status,
-        started_at=record.started_at, image_id=record.inputs.image.id, baseline=baseline,
-        reason=record.outputs.reason if record.outputs else None)
 
 
 def _count(n: int, word: str) -> str:

@@ -15,8 +15,11 @@ from typing import Any
 
 from orchestrator.compare.artifacts.findings import PartFigures
 from orchestrator.errors import ExitCode, UsageError
+from orchestrator.records import RunSummary
 
-REPORT_SCHEMA = "reprun.report/1"
+REPORT_SCHEMA = "reprun.report/2"
+# Reports of version 1 named a run by `run_id`/`spec_name` and flagged the baseline on it.
+OLD_REPORT_SCHEMAS = ("reprun.report/1",)
 
 
 class Verdict(StrEnum):
@@ -53,7 +56,26 @@ M_BEYOND = "beyond"
 M_IGNORED = "ignored"
 MISSING_A = "missing-a"
 MISSING_B = "missing-b"
-METRIC_STATUSES = (M_IDENTICAL, M_WITHIN, M_BEYOND, M_IGNORED, MISSING_A, MISSING_B)
+M_DIFFERS = "differs"                    # a text, boolean or null value that is not the same
+METRIC_STATUSES = (M_IDENTICAL, M_WITHIN, M_BEYOND, M_DIFFERS, M_IGNORED, MISSING_A, MISSING_B)
+
+# Kinds of metric value. Numbers and curves are compared under the metric's tolerance; text,
+# booleans and null exactly (a tolerance has no meaning for them).
+NUMBER, TEXT, BOOLEAN, NULL, CURVE, MIXED = "number", "text", "boolean", "null", "curve", "mixed"
+METRIC_KINDS = (NUMBER, TEXT, BOOLEAN, NULL, CURVE, MIXED)
+MetricValue = float | str | bool | tuple[float, ...] | None
+
+
+def metric_kind(value: Any) -> str:
+    if value is None:
+        return NULL
+    if isinstance(value, bool):
+        return BOOLEAN
+    if isinstance(value, str):
+        return TEXT
+    if isinstance(value, (list, tuple)):
+        return CURVE
+    return NUMBER
 
 # Artifact statuses.
 A_IDENTICAL = "identical"
@@ -90,17 +112,6 @@ def display_text(value: Any) -> str | None:
 
 
 @dataclass(frozen=True)
-class RunSummary:
-    run_id: str
-    spec_name: str
-    status: str
-    started_at: str
-    image_id: str
-    baseline: bool = False
-    reason: str | None = None        # outputs.reason, e.g. "timeout", when it did not succeed
-
-
-@dataclass(frozen=True)
 class InputRow:
     field: str                       # "seed", "image.id", "params.C", ...
     a: str | None                    # display text; None when absent from that run
@@ -117,6 +128,18 @@ class EnvironmentRow:
     change: str                      # added | removed | changed
 
 
+def same_value(x: Any, y: Any) -> bool:
+    """Equality of metric values where NaN equals NaN, a curve is compared item by item, and
+    a boolean is never the number 1 or 0."""
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        return len(x) == len(y) and all(map(same_value, x, y))
+    if isinstance(x, bool) or isinstance(y, bool) or isinstance(x, str) or isinstance(y, str):
+        return type(x) is type(y) and x == y
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+        return same_float(float(x), float(y))
+    return x is None and y is None
+
+
 def same_float(x: float | None, y: float | None) -> bool:
     if x is None or y is None:
         return x is y
@@ -126,19 +149,20 @@ def same_float(x: float | None, y: float | None) -> bool:
 @dataclass(frozen=True, eq=False)
 class MetricRow:
     name: str
-    a: float | None                  # None when the run did not report the metric
-    b: float | None
-    delta: float | None              # b - a; 0.0 when identical; None when one side is missing
+    a: MetricValue                   # None also when the run did not report it (see status)
+    b: MetricValue
+    delta: float | None              # b - a (for a curve: its largest); None when not numbers
     tolerance: str                   # "exact", "abs 1e-09", "rel 0.01", "ignore"
     status: str                      # one of METRIC_STATUSES
+    kind: str = NUMBER               # one of METRIC_KINDS; "mixed" when the two kinds differ
 
     # NaN never equals itself; a report read back from JSON must still equal the original.
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MetricRow):
             return NotImplemented
-        return (self.name, self.tolerance, self.status) == (
-            other.name, other.tolerance, other.status) and all(
-            same_float(x, y) for x, y in
+        return (self.name, self.tolerance, self.status, self.kind) == (
+            other.name, other.tolerance, other.status, other.kind) and all(
+            same_value(x, y) for x, y in
             ((self.a, other.a), (self.b, other.b), (self.delta, other.delta)))
 
     def __hash__(self) -> int:
@@ -171,12 +195,56 @@ class Cause:
     details: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, eq=False)
+class SeriesRow:
+    """Two runs' values of one series (a per-step stream, or a list metric), step by step."""
+    name: str
+    source: str                      # "steps" (the outputs.steps stream) or "metric"
+    a_steps: tuple[int, ...]
+    a: tuple[float, ...]
+    b_steps: tuple[int, ...]
+    b: tuple[float, ...]
+    tolerance: str
+    status: str                      # identical | within | beyond | ignored | missing-a/-b
+    agree_until: int | None = None   # the last step before `first_differ`
+    first_differ: int | None = None  # the first step beyond tolerance, or only in one run
+    a_at: float | None = None        # the values at `first_differ`
+    b_at: float | None = None
+    largest_step: int | None = None  # where |b - a| is largest, from `first_differ` on
+    largest_delta: float | None = None
+    summary: str = ""                # "identical up to step 14; first differ at step 15: ..."
+
+    _FLOATS = ("a_at", "b_at", "largest_delta")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SeriesRow):
+            return NotImplemented
+        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
+        return all(same_float(mine[k], theirs[k]) if k in self._FLOATS
+                   else (len(mine[k]) == len(theirs[k]) and all(
+                       map(same_float, mine[k], theirs[k]))) if k in ("a", "b")
+                   else mine[k] == theirs[k] for k in mine)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.source, self.status))
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "SeriesRow":
+        values = {**row, **{k: _decode_float(row.get(k)) for k in cls._FLOATS}}
+        for key in ("a", "b"):
+            values[key] = tuple(_decode_float(v) for v in row.get(key, ()))
+        for key in ("a_steps", "b_steps"):
+            values[key] = tuple(int(v) for v in row.get(key, ()))
+        return cls(**values)
+
+
 @dataclass(frozen=True)
 class Sections:
     inputs: tuple[InputRow, ...] = ()
     environment: tuple[EnvironmentRow, ...] = ()
     metrics: tuple[MetricRow, ...] = ()
     artifacts: tuple[ArtifactRow, ...] = ()
+    series: tuple[SeriesRow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,6 +259,7 @@ class Comparison:
     notes: tuple[str, ...] = ()
     # Free-form sections other features add (e.g. variations): rendered as key/value tables.
     extra: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None      # the id of the run the other is judged against
     schema: str = REPORT_SCHEMA
 
     @property
@@ -203,24 +272,24 @@ class Comparison:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Comparison":
+        if data.get("schema") in OLD_REPORT_SCHEMAS:
+            data = _upgraded(data)
         if data.get("schema") != REPORT_SCHEMA:
             raise UsageError(
                 f"this is not a {REPORT_SCHEMA} report (its schema is {data.get('schema')!r})")
         sections = data.get("sections", {})
         return cls(
-            schema=data["schema"],
             created_at=data["created_at"],
             a=RunSummary(**data["a"]),
             b=RunSummary(**data["b"]),
+            baseline=data.get("baseline"),
             sections=Sections(
                 inputs=tuple(InputRow(**row) for row in sections.get("inputs", ())),
                 environment=tuple(
                     EnvironmentRow(**row) for row in sections.get("environment", ())),
-                metrics=tuple(
-                    MetricRow(**{**row, **{k: _decode_float(row.get(k))
-                                           for k in ("a", "b", "delta")}})
-                    for row in sections.get("metrics", ())),
+                metrics=tuple(_metric_row(row) for row in sections.get("metrics", ())),
                 artifacts=tuple(_artifact_row(row) for row in sections.get("artifacts", ())),
+                series=tuple(SeriesRow.from_dict(row) for row in sections.get("series", ())),
             ),
             verdict=Verdict(data["verdict"]),
             summary=data.get("summary", ""),
@@ -230,6 +299,36 @@ class Comparison:
             notes=tuple(data.get("notes", ())),
             extra=dict(data.get("extra") or {}),
         )
+
+
+def _metric_row(row: dict[str, Any]) -> MetricRow:
+    kind = row.get("kind", NUMBER)
+
+    def value(raw: Any) -> MetricValue:
+        if isinstance(raw, list):
+            return tuple(_decode_float(v) for v in raw)
+        if raw is None or isinstance(raw, bool):
+            return raw
+        # Non-finite numbers are written as "NaN"/"Infinity": in a row of numbers a string is
+        # one of those; in any other row it is the text the job wrote.
+        if isinstance(raw, str) and kind != NUMBER:
+            return raw
+        return _decode_float(raw)
+
+    return MetricRow(name=row["name"], a=value(row.get("a")), b=value(row.get("b")),
+                     delta=_decode_float(row.get("delta")), tolerance=row["tolerance"],
+                     status=row["status"], kind=kind)
+
+
+def _upgraded(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 report in today's shape, so that old reports still render."""
+    def run(old: dict[str, Any]) -> dict[str, Any]:
+        return {"id": old["run_id"], "spec": old["spec_name"], "status": old["status"],
+                "started_at": old["started_at"], "image_id": old.get("image_id"),
+                "reason": old.get("reason")}
+    marked = [side["run_id"] for side in (data["a"], data["b"]) if side.get("baseline")]
+    return {**data, "schema": REPORT_SCHEMA, "a": run(data["a"]), "b": run(data["b"]),
+            "baseline": marked[0] if marked else None}
 
 
 _NON_FINITE_TEXT = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}

@@ -14,7 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from orchestrator.compare.value import Comparison
+from orchestrator.compare.numbers import delta_shown, metric_value_text, tell_apart
+from orchestrator.compare.value import (MISSING_A, MISSING_B, NUMBER, REPORT_SCHEMA, Comparison,
+                                        MetricRow)
 from orchestrator.errors import UsageError
 
 FORMATS = frozenset({"terminal", "md", "html", "json", "junit"})
@@ -35,7 +37,9 @@ _MODULES = {
     "junit": "orchestrator.reports.junit",
 }
 
-SCHEMA_RESOURCE = "report-v1.schema.json"
+# Each report schema a JSON report may carry; older ones are read and upgraded.
+SCHEMA_RESOURCES = {"reprun.report/2": "report-v2.schema.json",
+                    "reprun.report/1": "report-v1.schema.json"}
 
 # The terminal and Markdown reports list at most this many environment changes.
 ENVIRONMENT_ROWS_SHOWN = 30
@@ -62,14 +66,16 @@ def render(comparison: Comparison, fmt: str, **options: Any) -> str:
 
 def write_report(comparison: Comparison, path: str | Path) -> str:
     """Write the report in the format its extension names; returns the format."""
+    from orchestrator.files import write_text
     fmt = format_for_path(path)
     text = render(comparison, fmt)
-    Path(path).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    write_text(Path(path), text if text.endswith("\n") else text + "\n", "report")
     return fmt
 
 
-def report_schema() -> dict[str, Any]:
-    text = resources.files(__package__).joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+def report_schema(schema: str = REPORT_SCHEMA) -> dict[str, Any]:
+    resource = SCHEMA_RESOURCES[schema]
+    text = resources.files(__package__).joinpath(resource).read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -86,22 +92,22 @@ def load_json_report(path: str | Path) -> Comparison:
     problems = validation_errors(data)
     if problems:
         raise UsageError(
-            f"{path} is not a reprun report (schema reprun.report/1); the first problems:",
+            f"{path} is not a reprun report (schema {REPORT_SCHEMA}); the first problems:",
             details=problems[:5])
     return Comparison.from_dict(data)
 
 
 def validation_errors(data: Any) -> list[str]:
     """Where `data` departs from the report schema, one line per problem (empty when valid)."""
-    if not isinstance(data, dict) or data.get("schema") != "reprun.report/1":
+    if not isinstance(data, dict) or data.get("schema") not in SCHEMA_RESOURCES:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        return [f"schema: expected 'reprun.report/1', found {found!r}"]
+        return [f"schema: expected {REPORT_SCHEMA!r}, found {found!r}"]
+    schema = report_schema(data["schema"])
     try:
         import jsonschema
     except ImportError:  # pragma: no cover - jsonschema comes with the test extra
-        required = report_schema()["required"]
-        return [f"{key}: missing" for key in required if key not in data]
-    validator = jsonschema.Draft202012Validator(report_schema())
+        return [f"{key}: missing" for key in schema["required"] if key not in data]
+    validator = jsonschema.Draft202012Validator(schema)
     return [
         f"{'/'.join(str(p) for p in error.absolute_path) or '(top)'}: {error.message}"
         for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
@@ -156,7 +162,8 @@ def size(n: int | None) -> str:
 
 def run_label(comparison: Comparison, side: str) -> str:
     run = comparison.a if side == "a" else comparison.b
-    return f"{run.run_id} (baseline)" if run.baseline else run.run_id
+    marked = run.id == comparison.baseline and (side == "a" or comparison.a.id != run.id)
+    return f"{run.id} (baseline)" if marked else run.id
 
 
 def tables(
@@ -167,16 +174,20 @@ def tables(
     s = comparison.sections
     runs = Table(
         "runs", "Runs", ("", "run", "spec", "status", "started", "image"),
-        tuple((side, run_label(comparison, side), run.spec_name,
+        tuple((side, run_label(comparison, side), run.spec,
                run.status + (f" ({run.reason})" if run.reason not in (None, "ok") else ""),
                run.started_at, short_sha(run.image_id, sha_chars))
               for side, run in (("a", comparison.a), ("b", comparison.b))),
         tuple(run.status for run in (comparison.a, comparison.b)))
     metrics = Table(
         "metrics", "Metrics", ("metric", "a", "b", "delta", "tolerance", "status"),
-        tuple((m.name, number(m.a), number(m.b), number(m.delta, signed=True), m.tolerance,
-               m.status) for m in s.metrics),
+        tuple((m.name, *metric_cells(m), m.tolerance, m.status) for m in s.metrics),
         tuple(m.status for m in s.metrics), empty="no metrics in either run")
+    series = Table(
+        "series", "Series", ("series", "from", "status", "steps a", "steps b", "where they part"),
+        tuple((r.name, "steps file" if r.source == "steps" else "list metric", r.status,
+               str(len(r.a_steps)), str(len(r.b_steps)), r.summary) for r in s.series),
+        tuple(r.status for r in s.series), empty="no per-step series in either run")
     artifacts = Table(
         "artifacts", "Artifacts", ("artifact", "a sha256", "b sha256", "a bytes", "b bytes",
                                    "status"),
@@ -195,8 +206,9 @@ def tables(
               for row in env_rows),
         tuple(row.change for row in env_rows), more=len(s.environment) - len(env_rows),
         empty="no environment changes")
-    return [runs, metrics, artifacts, *artifact_content_tables(s.artifacts), inputs, environment,
-            *extra_tables(comparison.extra)]
+    shown_series = [series] if s.series else []
+    return [runs, metrics, *shown_series, artifacts, *artifact_content_tables(s.artifacts),
+            inputs, environment, *extra_tables(comparison.extra)]
 
 
 def artifact_content_tables(artifacts) -> list[Table]:
@@ -230,6 +242,17 @@ def artifact_content_tables(artifacts) -> list[Table]:
 
 def _pair(a: str | None, b: str | None) -> str:
     return text(a) if a == b else f"{text(a)} vs {text(b)}"
+
+
+def metric_cells(m: MetricRow) -> tuple[str, str, str]:
+    """a, b and delta of one metric row, numbers with the digits that tell them apart."""
+    missing_a, missing_b = m.status == MISSING_A, m.status == MISSING_B
+    if m.kind == NUMBER and isinstance(m.a, float) and isinstance(m.b, float):
+        ta, tb = tell_apart(m.a, m.b)
+        return ta, tb, delta_shown(m.delta, m.a, m.b)
+    return (MISSING if missing_a else metric_value_text(m.a),
+            MISSING if missing_b else metric_value_text(m.b),
+            MISSING if m.delta is None else delta_shown(m.delta))
 
 
 def extra_tables(extra: dict[str, Any]) -> list[Table]:

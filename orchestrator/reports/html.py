@@ -52,14 +52,14 @@ def render(comparison: Comparison) -> str:
         '<meta http-equiv="Content-Security-Policy" '
         "content=\"default-src 'none'; style-src 'unsafe-inline'\">",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>reprun: {escape(verdict)} — {escape(a.spec_name)}</title>",
+        f"<title>reprun: {escape(verdict)} — {escape(a.spec)}</title>",
         f"<style>{_CSS}</style>",
         "</head>",
         "<body>",
         f'<header class="banner verdict-{escape(verdict, quote=True)}" id="verdict">',
         f"<h1>{escape(verdict.upper())}</h1>",
-        f"<p>run <code>{escape(a.run_id)}</code> vs run <code>{escape(b.run_id)}</code>"
-        f" of spec <code>{escape(a.spec_name)}</code></p>",
+        f"<p>run <code>{escape(a.id)}</code> vs run <code>{escape(b.id)}</code>"
+        f" of spec <code>{escape(a.spec)}</code></p>",
         f"<p>{escape(comparison.summary)}</p>",
         "</header>",
         "<main>",

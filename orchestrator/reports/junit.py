@@ -72,14 +72,14 @@ def junit_xml(suite_name: str, cases: list[JUnitCase], *, properties: dict[str, 
 
 def render(comparison: Comparison) -> str:
     a, b = comparison.a, comparison.b
-    spec = a.spec_name
+    spec = a.spec
     cases: list[JUnitCase] = []
 
     def case(classname: str, name: str, **outcome) -> None:
         cases.append(JUnitCase(f"reprun.{spec}.{classname}", name, **outcome))
 
     failed = [r for r in (a, b) if r.status != "succeeded"]
-    message = "; ".join(f"run {r.run_id} {r.status}"
+    message = "; ".join(f"run {r.id} {r.status}"
                         + (f" ({r.reason})" if r.reason not in (None, "ok") else "")
                         for r in failed)
     case("runs", "run", failure=("incomplete", message, "") if failed else None)
@@ -118,8 +118,8 @@ def render(comparison: Comparison) -> str:
                *(f"note: {n}" for n in comparison.notes),
                *_extra_lines(comparison)]
     return junit_xml(f"reprun {spec}", cases, timestamp=comparison.created_at,
-                     properties={"verdict": comparison.verdict, "run_a": a.run_id,
-                                 "run_b": b.run_id, "schema": comparison.schema},
+                     properties={"verdict": comparison.verdict, "run_a": a.id,
+                                 "run_b": b.id, "schema": comparison.schema},
                      output="\n".join(summary))
 
 

@@ -28,8 +28,8 @@ def render(comparison: Comparison) -> str:
     out = [
         f"## reprun: {comparison.verdict}",
         "",
-        f"**Verdict: {comparison.verdict.upper()}** — run `{_code(a.run_id)}` vs run "
-        f"`{_code(b.run_id)}` of spec `{_code(a.spec_name)}`",
+        f"**Verdict: {comparison.verdict.upper()}** — run `{_code(a.id)}` vs run "
+        f"`{_code(b.id)}` of spec `{_code(a.spec)}`",
         "",
         escape(comparison.summary),
     ]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from orchestrator.compare.comparison import natural_key
+from orchestrator.compare.numbers import metric_value_text
 from orchestrator.records import RunRecord
 
 
@@ -52,8 +54,9 @@ def render_record(record: RunRecord, *, baseline=None) -> str:
                              + (" (capped)" if outputs.log_truncated else "")))
     parts = [tabulate(facts, tablefmt="plain")]
     if outputs and outputs.metrics:
-        parts.append(tabulate(sorted(outputs.metrics.items()), headers=["metric", "value"],
-                              floatfmt=".6g"))
+        parts.append(tabulate([(name, metric_value_text(outputs.metrics[name]))
+                               for name in sorted(outputs.metrics, key=natural_key)],
+                              headers=["metric", "value"], disable_numparse=True))
     if outputs and outputs.artifacts:
         parts.append(tabulate([(name, a.sha256[:16], a.size) for name, a in sorted(outputs.artifacts.items())],
                               headers=["artifact", "sha256", "bytes"]))

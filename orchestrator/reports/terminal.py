@@ -50,7 +50,7 @@ def render(comparison: Comparison, *, color: bool = False) -> str:
     a, b = comparison.a, comparison.b
     lines = [
         paint(comparison.verdict.upper(), _VERDICT_COLOUR.get(comparison.verdict), bold=True)
-        + plain(f"  {a.run_id} vs {b.run_id}  ({a.spec_name})"),
+        + plain(f"  {a.id} vs {b.id}  ({a.spec})"),
         plain(comparison.summary),
     ]
     for table in tables(comparison):

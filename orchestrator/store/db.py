@@ -32,7 +32,7 @@ from orchestrator.clock import utc_now, utc_text  # noqa: F401  (utc_text: the s
 from orchestrator.errors import InfrastructureError, UsageError
 from orchestrator.execution.owners import process_alive
 from orchestrator.records import (FINAL_STATUSES, INTERRUPTED, RUNNING, NewerRecord, RunRecord,
-                                  unknown_record_field)
+                                  RunSummary, unknown_record_field)
 from orchestrator.store.schema import (LEDGER_COLUMNS, LEDGER_SCHEMA, SCHEMA, connect,
                                        connect_read_only)
 
@@ -147,16 +147,14 @@ class ChainHead:
         return cls(int(parts[0]), parts[1], parts[2])
 
 
-@dataclass(frozen=True)
-class RunSummary:
-    id: str
-    spec: str
-    status: str
-    started_at: str
-    finished_at: str | None
-    duration_s: float | None
-    image_id: str | None
-    note: str | None
+def utc_now() -> str:
+    return utc_text(datetime.now(timezone.utc))
+
+
+def utc_text(moment: datetime) -> str:
+    """A time as the store writes it, so that its text sorts as its time: UTC, ms, Z."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from orchestrator.store.schema import LEDGER_COLUMNS, LEDGER_SCHEMA, SCHEMA, connect
 
 
 def default_store_root() -> Path:

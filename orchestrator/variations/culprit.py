@@ -295,7 +295,7 @@ def _culprit(plan: VariationPlan, group: Sequence[str], trial: TrialRun, search:
         *effects[2:],
         *deltas,
         f"run {trial.record.id} varied only {_joined(list(group))}; everything else as in "
-        f"the control run {trial.comparison.a.run_id}",
+        f"the control run {trial.comparison.a.id}",
         _cost(search.runs + 1, factors + 1, together=len(group) > 1),
     )
     return Cause(CAUSE_ENVIRONMENT, f"result depends on {what}: " + "; ".join(effects[:2]),
@@ -313,12 +313,12 @@ def _cost(runs: int, one_at_a_time: int, *, together: bool) -> str:
 
 def _nondeterministic(fixed: TrialRun) -> Cause:
     comparison = fixed.comparison
-    effects = _effects(comparison, f"run {comparison.a.run_id}", f"run {comparison.b.run_id}")
+    effects = _effects(comparison, f"run {comparison.a.id}", f"run {comparison.b.id}")
     hints = [c.summary for c in comparison.causes
              if c.kind == CAUSE_NONDETERMINISM and not c.summary.startswith("nondeterministic")]
     return Cause(CAUSE_NONDETERMINISM,
                  f"nondeterministic even with every factor fixed: run {fixed.record.id}, with "
-                 f"nothing varied, differs from the control run {comparison.a.run_id}",
+                 f"nothing varied, differs from the control run {comparison.a.id}",
                  (*effects, *hints))
 
 

@@ -172,7 +172,7 @@ def save_reports(results: list[SpecCheck], *, store: Store, report_dir: Path | N
     for result in results:
         if result.comparison is None:
             continue
-        store.save_report([result.comparison.a.run_id, result.comparison.b.run_id],
+        store.save_report([result.comparison.a.id, result.comparison.b.id],
                           result.comparison.verdict, render(result.comparison, "json"))
         if report_dir is not None:
             for fmt, ext in (("md", "md"), ("html", "html")):

@@ -87,12 +87,12 @@ def compare_and_report(store: Store, records, report_paths, *,
                                   for other in records[1:]]
     written = []
     for comparison in comparisons:
-        saved = store.save_report([comparison.a.run_id, comparison.b.run_id],
+        saved = store.save_report([comparison.a.id, comparison.b.id],
                                   comparison.verdict, render(comparison, "json"))
         files = []
         for path in report_paths:
             target = path if len(comparisons) == 1 else path.with_name(
-                f"{path.stem}-{comparison.b.run_id}{path.suffix}")
+                f"{path.stem}-{comparison.b.id}{path.suffix}")
             write_text(target, render(comparison, format_for_path(path)), "report")
             files.append(target)
         written.append(WrittenReport(comparison, tuple(files), saved))
