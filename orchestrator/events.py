@@ -19,6 +19,7 @@ class RunObserver:
     def stage(self, label: str, text: str) -> None: ...
     def progress(self, label: str, phase: str, done: int, total: int, text: str = "") -> None: ...
     def output(self, label: str, chunk: bytes) -> None: ...
+    def step(self, label: str, step: int, values: dict[str, float]) -> None: ...
     def finished(self, label: str, record) -> None: ...
 
 
@@ -76,6 +77,14 @@ class TerminalObserver(RunObserver):
             self._write("\r\033[K" + line + ("\n" if final else ""))
         else:
             self._write(line + "\n")
+
+    def step(self, label: str, step: int, values: dict[str, float]) -> None:
+        from orchestrator.compare.numbers import shown
+        # Names come from the job: shown without control characters, a few of them.
+        names = sorted(values)[:6]
+        text = ", ".join(f"{''.join(c if c.isprintable() else '?' for c in name[:40])} "
+                         f"{shown(values[name])}" for name in names)
+        self.stage(label, f"step {step}: {text}")
 
     def output(self, label: str, chunk: bytes) -> None:
         if not self.show_output:

@@ -107,6 +107,8 @@ class Outputs:
     # Every other file the run left in its folder (manifest.txt, files in out/ that are no
     # artifact), hashed by the store when it seals the record, so `runs verify` covers them too.
     kept_files: dict[str, Artifact] = field(default_factory=dict)
+    # The per-step stream (outputs.steps): series name -> [[step, value], ...], bounded.
+    steps: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,8 @@ def _document(record: RunRecord, dataset: Path | None, redacted: tuple[str, ...]
         "params": inputs.params,
         "env": {k: v for k, v in _mapping(inputs.env).items() if v != REDACTED},
         "secrets": list(redacted),
-        "outputs": inputs.outputs,
+        # A spec never writes a key as null: an older record has no `steps`, a newer one None.
+        "outputs": {k: v for k, v in _mapping(inputs.outputs).items() if v is not None},
         "resources": {"cpus": resources.get("cpus"), "memory": resources.get("memory_bytes"),
                       "timeout": resources.get("timeout_s"), "pids": resources.get("pids"),
                       **{key: resources[recorded] for key, recorded in

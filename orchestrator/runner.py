@@ -4,6 +4,7 @@ is interrupted.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from orchestrator.errors import InfrastructureError, JobFailed, PinMismatch
 from orchestrator.events import RunObserver
 from orchestrator.execution.hermetic import RunPaths, applied_settings, container_job, gpu_refusal
 from orchestrator.images import ResolvedImage, resolve_image
+from orchestrator.steps import StepStream, StepWatcher, read_steps
 from orchestrator.outputs import (OutputsError, find_artifacts, read_metrics, sha256_file,
                                   unmatched_patterns)
 from orchestrator.manifest.probes import (PROBES, RUN_PROBES, ManifestCapture, image_facts,
@@ -193,9 +195,13 @@ def execute(prepared: PreparedRun, *, store: Store, engine: Executor, observer: 
     observer.stage(label, f"run {run_id}: training in {prepared.image.id[:19]} "
                           f"(network {job.network}, {job.nano_cpus / 1e9:g} CPU)")
     interrupted = False
+    watching = (StepWatcher(paths.outputs / spec.outputs.steps,
+                            lambda step, values: observer.step(label, step, values))
+                if spec.outputs.steps else contextlib.nullcontext())
     try:
-        outcome = engine.run(job, manifest.feed,
-                             on_event=lambda text: observer.stage(label, text))
+        with watching:
+            outcome = engine.run(job, manifest.feed,
+                                 on_event=lambda text: observer.stage(label, text))
     except KeyboardInterrupt:
         interrupted = True
         outcome = ContainerOutcome(None, OutcomeReason.INTERRUPTED, 0.0,
@@ -259,6 +265,8 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
                 artifacts, links = found.artifacts, found.notes()
         except OutputsError as exc:
             reason, message = OutcomeReason.OUTPUTS, str(exc)
+    steps = (read_steps(paths.outputs / spec.outputs.steps)
+             if spec.outputs.steps and collected is None else StepStream())
     status = {OutcomeReason.OK: SUCCEEDED, OutcomeReason.INTERRUPTED: INTERRUPTED,
               OutcomeReason.ENGINE: ERROR}.get(reason, FAILED)
     manifest_text = plan.capture.text
@@ -278,6 +286,7 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
     if reason == OutcomeReason.EXIT and _ran_out_of_shared_memory(outcome, log):
         notes.append(f"out of shared memory: raise resources.shm (/dev/shm was "
                      f"{job.shm_bytes >> 20} MiB)")
+    notes += steps.notes
     if reason == OutcomeReason.OK:
         notes += links
         notes += [f"the artifact pattern {pattern!r} matched no file, so nothing it was meant "
@@ -307,7 +316,9 @@ def _record(prepared: PreparedRun, run_id: str, started_at: str, seed: int, job:
                       duration_s=round(outcome.duration_s, 3), metrics=redactor.keys(metrics),
                       artifacts=redactor.keys(artifacts), log_sha256=log_sha, log_bytes=log.seen,
                       log_truncated=log.truncated,
-                      message=redactor.text(message) if message else message)
+                      message=redactor.text(message) if message else message,
+                      steps=redactor.keys({k: [[s, v] for s, v in points]
+                                           for k, points in steps.series.items()}))
     environment = plan.parse({**prepared.host, **(collected.host if collected else {})})
     environment = dataclasses.replace(environment, env=recorded_environment_env(
         environment.env, set_by_reprun=job.env, spec_env=spec.env, declared=spec.secrets))

@@ -626,3 +626,80 @@ def test_the_spec_and_the_comparison_share_one_tolerance():
     assert model.Tolerance is Tolerance
     assert parse_tolerances({"metrics": {"loss": {"rel": 0.01}}}).for_metric("loss") == \
         Tolerance("rel", 0.01)
+
+
+# --- metrics beyond numbers -----------------------------------------------------------------
+
+def test_text_booleans_and_null_are_compared_exactly_and_a_differing_text_differs():
+    a = with_metrics(make_record("run-a"), optimizer="sgd", converged=True, best=None)
+    same = with_metrics(make_record("run-b"), optimizer="sgd", converged=True, best=None)
+    rows = {m.name: m for m in compare_records(a, same).sections.metrics}
+    assert (rows["optimizer"].kind, rows["optimizer"].status) == ("text", "identical")
+    assert (rows["converged"].kind, rows["best"].kind) == ("boolean", "null")
+    other = with_metrics(make_record("run-b"), optimizer="adam", converged=1.0, best=None)
+    comparison = compare_records(a, other)
+    rows = {m.name: m for m in comparison.sections.metrics}
+    assert (rows["optimizer"].status, rows["optimizer"].tolerance) == ("differs", "exact")
+    # True is not the number 1: the kinds differ, so the values do.
+    assert (rows["converged"].kind, rows["converged"].status) == ("mixed", "differs")
+    assert comparison.verdict == "differs"
+
+
+def test_a_list_metric_is_a_curve_compared_step_by_step_under_its_tolerance():
+    a = with_metrics(make_record("run-a"), curve=[0.5, 0.4, 0.3, 0.2])
+    close = with_metrics(make_record("run-b"), curve=[0.5, 0.4, 0.3 + 1e-12, 0.2])
+    comparison = compare_records(a, close, tolerances={"metrics": {"curve": {"abs": 1e-9}}})
+    assert comparison.verdict == "equivalent"
+    assert comparison.sections.series[0].status == "within"
+    short = with_metrics(make_record("run-b"), curve=[0.5, 0.4, 0.3])
+    row, = compare_records(a, short).sections.series
+    assert (row.status, row.agree_until, row.first_differ) == ("beyond", 2, 3)
+    assert "run a has 4 steps, run b 3" in row.summary
+
+
+def test_metric_names_sort_naturally():
+    a = with_metrics(make_record("run-a"), **{"round.10": 1.0, "round.2": 1.0, "round.1": 1.0})
+    names = [m.name for m in compare_records(a, a).sections.metrics]
+    assert names.index("round.1") < names.index("round.2") < names.index("round.10")
+
+
+def test_a_metrics_file_of_text_lists_and_null_is_read_not_refused():
+    from orchestrator.outputs import parse_metrics
+    metrics = parse_metrics(json.dumps({"opt": "sgd", "ok": False, "best": None,
+                                        "curve": [1, 2.5], "tags": ["a", 1],
+                                        "n": {"deep": 3}}).encode(), "metrics.json")
+    assert metrics == {"opt": "sgd", "ok": False, "best": None, "curve": [1.0, 2.5],
+                       "tags": '["a", 1]', "n.deep": 3.0}
+
+
+def test_a_steps_file_is_read_bounded_and_odd_lines_are_counted_not_fatal():
+    from orchestrator.steps import MAX_STEPS_BYTES, parse_steps
+    raw = b"\n".join([b'{"step": 0, "loss": 1.0, "name": "x"}', b'{"step": 1, "loss": 0.5}',
+                      b'{"step": "2", "loss": 0.4}', b"[1, 2]", b'{"step": 1, "loss": 0.45}',
+                      b'{"step": 3, "lo'])
+    stream = parse_steps(raw, "steps.jsonl")
+    assert stream.series == {"loss": [(0, 1.0), (1, 0.45)]}
+    assert stream.latest == (1, {"loss": 0.45})
+    assert any("3 line(s)" in note for note in stream.notes)
+    huge = b'{"step": 1, "loss": 0.5}\n' * (MAX_STEPS_BYTES // 20)
+    capped = parse_steps(huge, "steps.jsonl")
+    assert capped.series == {"loss": [(1, 0.5)]} and "capped" in capped.notes[0]
+
+
+def test_a_version_1_report_is_still_read_and_rendered():
+    from orchestrator.reports import render, validation_errors
+    old = {"schema": "reprun.report/1", "created_at": "2024-05-01T11:00:00Z",
+           "a": {"run_id": "r1", "spec_name": "s", "status": "succeeded",
+                 "started_at": "t", "image_id": IMAGE_A, "baseline": True, "reason": "ok"},
+           "b": {"run_id": "r2", "spec_name": "s", "status": "succeeded",
+                 "started_at": "t", "image_id": IMAGE_A, "baseline": False, "reason": "ok"},
+           "sections": {"inputs": [], "environment": [], "artifacts": [],
+                        "metrics": [{"name": "loss", "a": 0.5, "b": "NaN", "delta": "NaN",
+                                     "tolerance": "exact", "status": "beyond"}]},
+           "verdict": "differs", "summary": "differs", "causes": [], "notes": [], "extra": {}}
+    assert validation_errors(old) == []
+    comparison = Comparison.from_dict(old)
+    assert (comparison.a.id, comparison.baseline, comparison.schema) == ("r1", "r1",
+                                                                       "reprun.report/2")
+    assert math.isnan(comparison.sections.metrics[0].b)
+    assert "r1 (baseline)" in render(comparison, "terminal")

@@ -395,3 +395,61 @@ def test_the_junit_report_marks_a_failed_run_and_survives_control_characters():
     suite = ET.fromstring(render(compare_records(a, b), "junit").encode()).find("testsuite")
     run = [c for c in suite.iter("testcase") if c.get("name") == "run"][0]
     assert "run-b failed" in run.find("failure").get("message")
+
+
+# --- series ---------------------------------------------------------------------------------
+
+def parting_at(step: int, steps: int = 30) -> Comparison:
+    """Two runs whose loss curves are identical up to `step - 1` and part at `step`."""
+    def curve(shift: float) -> list[list[float]]:
+        return [[s, 1.0 / (s + 1) + (shift * (s - step + 1) if s >= step else 0.0)]
+                for s in range(steps)]
+    a, b = make_record("run-a"), make_record("run-b")
+    a = dataclasses.replace(a, outputs=dataclasses.replace(a.outputs, steps={"loss": curve(0.0)}))
+    b = dataclasses.replace(b, outputs=dataclasses.replace(b.outputs, steps={"loss": curve(1e-3)}))
+    return compare_records(a, b, created_at="2024-05-01T11:00:00Z")
+
+
+def test_every_format_names_the_step_where_two_curves_part():
+    comparison = parting_at(15)
+    row, = comparison.sections.series
+    assert row.summary.startswith("identical up to step 14; first differ at step 15: loss "
+                                  "0.0625 vs 0.0635; largest difference +0.015000 at step 29")
+    for fmt in ("terminal", "md", "html", "junit"):
+        assert "first differ at step 15" in render(comparison, fmt), fmt
+    data = json.loads(render(comparison, "json"))
+    assert data["sections"]["series"][0]["first_differ"] == 15
+    assert load_json_report_text(render(comparison, "json")) == comparison
+
+
+def load_json_report_text(text: str) -> Comparison:
+    return Comparison.from_dict(json.loads(text))
+
+
+@pytest.mark.skipif(_chromium() is None,
+                    reason="chromium is not installed (bash scripts/test-deps.sh installs it)")
+def test_the_html_report_draws_both_curves_and_their_difference_with_the_step_marked(tmp_path):
+    page = render(parting_at(15), "html")
+    assert "<script" not in page and "http" not in page.split("<svg", 1)[1].replace(
+        'xmlns="http://www.w3.org/2000/svg"', "")
+    assert "content=\"default-src 'none'; style-src 'unsafe-inline'\"" in page
+    report = tmp_path / "report.html"
+    report.write_text(page, encoding="utf-8")
+    result = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+         report.as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    chart = re.search(r'<svg[^>]*class="series-chart"[^>]*data-series="loss".*?</svg>', dom, re.S)
+    assert chart, "the browser's DOM has no chart of the loss series"
+    svg = chart.group(0)
+    for line in ("run-a", "run-b", "difference"):
+        polyline = re.search(rf'<polyline class="{line}"[^>]*points="([^"]+)"', svg)
+        assert polyline and len(polyline.group(1).split()) >= 15, line
+    marker = re.search(r'<line class="divergence" data-step="(\d+)" x1="([\d.]+)"', svg)
+    assert marker and marker.group(1) == "15"
+    # The marker sits where step 15 is drawn: the 16th point of run b's curve.
+    b_points = re.search(r'<polyline class="run-b"[^>]*points="([^"]+)"', svg).group(1).split()
+    assert float(marker.group(2)) == pytest.approx(float(b_points[15].split(",")[0]), abs=0.1)

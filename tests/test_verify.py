@@ -122,3 +122,68 @@ def test_a_report_file_that_is_not_a_reprun_report_is_refused(project):
     (project.root / "junk.json").write_text('{"hello": 1}')
     result = project.reprun("report", "junk.json", "--format", "md")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+# A job whose training curve is the same in every run up to step 14 and parts at step 15: from
+# there on it adds noise drawn from the OS, which no seed controls. A list metric does the same.
+PARTS_AT_15 = """
+import json, os
+noise = lambda: 1e-3 * (1 + int.from_bytes(os.urandom(4), "little") / 2**32)
+curve = []
+with open("/out/steps.jsonl", "w") as steps:
+    for step in range(30):
+        loss = 1.0 / (step + 1) + (noise() if step >= 15 else 0.0)
+        steps.write(json.dumps({"step": step, "loss": loss, "lr": 0.1}) + "\\n")
+        curve.append(loss)
+    steps.write("not json\\n")
+json.dump({"loss": curve[-1], "val.curve": curve, "optimizer": "sgd", "converged": True,
+           "best_epoch": None, "round": {"2": 0.5, "10": 0.25}}, open("/out/metrics.json", "w"))
+"""
+
+
+def test_a_curve_that_parts_at_step_15_is_named_at_that_step_in_every_report(project):
+    project.dataset()
+    spec = project.spec(script=PARTS_AT_15, extra="")
+    text = spec.read_text().replace(
+        'artifacts: ["*.bin"]}', 'artifacts: ["*.bin"], steps: steps.jsonl}')
+    spec.write_text(text)
+    assert project.reprun("validate", str(spec)).returncode == 0
+    reports = {fmt: project.root / f"r.{fmt}" for fmt in ("md", "html", "json", "xml")}
+    result = project.reprun("verify", str(spec), "--quiet",
+                            *[arg for path in reports.values() for arg in ("--report", str(path))])
+    # Text, booleans and null metrics no longer fail the run after training (exit 5).
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "first differ at step 15: loss" in result.stdout
+    assert "identical up to step 14" in result.stdout
+
+    data = json.loads(reports["json"].read_text())
+    series = {(s["source"], s["name"]): s for s in data["sections"]["series"]}
+    steps = series[("steps", "loss")]
+    assert (steps["agree_until"], steps["first_differ"], steps["status"]) == (14, 15, "beyond")
+    assert steps["a_steps"] == list(range(30)) and len(steps["b"]) == 30
+    assert series[("steps", "lr")]["status"] == "identical"
+    curve = series[("metric", "val.curve")]
+    assert (curve["agree_until"], curve["first_differ"]) == (14, 15)
+    metrics = {m["name"]: m for m in data["sections"]["metrics"]}
+    assert (metrics["optimizer"]["kind"], metrics["optimizer"]["status"]) == ("text", "identical")
+    assert metrics["converged"]["a"] is True and metrics["best_epoch"]["kind"] == "null"
+    names = [m["name"] for m in data["sections"]["metrics"]]
+    assert names.index("round.2") < names.index("round.10")
+    jsonschema.validate(data, json.loads(
+        (REPO / "orchestrator" / "reports" / "report-v2.schema.json").read_text()))
+
+    markdown = reports["md"].read_text()
+    assert "#### loss around step 15" in markdown
+    window = markdown.split("#### loss around step 15")[1].split("####")[0]
+    assert [line.split("|")[1].strip() for line in window.splitlines()
+            if line.startswith("| ") and "step" not in line] == ["13", "14", "15", "16", "17"]
+    assert "first differ at step 15" in reports["html"].read_text()
+    junit = ET.parse(reports["xml"]).getroot()
+    failed = {case.get("name"): case.find("failure") for case in junit.iter("testcase")
+              if case.get("classname", "").endswith(".series")}
+    assert failed["loss"] is not None and "step 15" in failed["loss"].get("message")
+    assert failed["lr"] is None
+
+    run = json.loads(project.reprun("runs", "--json").stdout)[0]["id"]
+    shown = project.reprun("runs", "show", run)
+    assert "1 line(s) of the steps file steps.jsonl are not an object" in shown.stdout, shown.stdout

@@ -14,9 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from orchestrator.compare.numbers import delta_shown, metric_value_text, tell_apart
+from orchestrator.compare.numbers import delta_shown, metric_value_text, shown, tell_apart
 from orchestrator.compare.value import (MISSING_A, MISSING_B, NUMBER, REPORT_SCHEMA, Comparison,
-                                        MetricRow)
+                                        MetricRow, SeriesRow, same_float)
 from orchestrator.errors import UsageError
 
 FORMATS = frozenset({"terminal", "md", "html", "json", "junit"})
@@ -242,6 +242,25 @@ def artifact_content_tables(artifacts) -> list[Table]:
 
 def _pair(a: str | None, b: str | None) -> str:
     return text(a) if a == b else f"{text(a)} vs {text(b)}"
+
+
+def divergence_table(row: SeriesRow, around: int = 2) -> Table:
+    """The steps around where two series part: a few before, the step itself, a few after."""
+    left, right = dict(zip(row.a_steps, row.a)), dict(zip(row.b_steps, row.b))
+    steps = sorted(set(left) | set(right))
+    at = steps.index(row.first_differ) if row.first_differ in steps else 0
+    cells, statuses = [], []
+    for step in steps[max(at - around, 0):at + around + 1]:
+        va, vb = left.get(step), right.get(step)
+        if va is not None and vb is not None:
+            ta, tb = tell_apart(va, vb)
+            delta = delta_shown(0.0 if same_float(va, vb) else vb - va, va, vb)
+        else:
+            ta, tb, delta = shown(va), shown(vb), MISSING
+        cells.append((str(step), ta, tb, delta))
+        statuses.append("beyond" if step == row.first_differ else "")
+    return Table(f"series.{row.name}", f"{row.name} around step {row.first_differ}",
+                 ("step", "a", "b", "delta"), tuple(cells), tuple(statuses))
 
 
 def metric_cells(m: MetricRow) -> tuple[str, str, str]:

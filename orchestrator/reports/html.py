@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from html import escape
 
-from orchestrator.compare.value import Comparison, MetricRow
-from orchestrator.reports import Table, number, tables
+from orchestrator.compare.value import Comparison, MetricRow, SeriesRow
+from orchestrator.reports import Table, metric_cells, tables
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
@@ -70,6 +70,9 @@ def render(comparison: Comparison) -> str:
         if table.key == "metrics":
             parts.append(_delta_chart(comparison.sections.metrics))
         parts.append(_table(table))
+        if table.key == "series":
+            parts.extend(_series_chart(row) for row in comparison.sections.series
+                         if row.status not in ("identical", "ignored"))
         parts.append("</section>")
     if comparison.causes:
         parts.append('<section id="causes"><h2>Likely causes</h2><ol class="causes">')
@@ -111,32 +114,118 @@ def _table(table: Table) -> str:
 
 
 def _delta_chart(metrics: tuple[MetricRow, ...]) -> str:
-    """A bar per metric, length proportional to |b - a| against the largest finite delta."""
-    shown = [m for m in metrics if m.delta is not None]
-    finite = [abs(m.delta) for m in shown if math.isfinite(m.delta)]
-    largest = max(finite, default=0.0)
-    if not shown or (largest == 0.0 and len(finite) == len(shown)):
+    """A bar per numeric metric, its length the *relative* difference |b - a| / max(|a|, |b|):
+    a count of 13 batches and a loss of 3e-4 sit on one comparable axis."""
+    shown = [(m, _relative(m)) for m in metrics
+             if m.kind == "number" and m.delta is not None and m.delta != 0]
+    if not shown:
         return ""
-    row_height, label_width, half = 18, 180, 200
-    width = label_width + 2 * half + 160
-    height = row_height * len(shown) + 10
-    centre = label_width + half
+    finite = [r for _, r in shown if math.isfinite(r)]
+    largest = max(finite, default=0.0) or 1.0
+    row_height, label_width, span = 18, 180, 320
+    width = label_width + span + 220
+    height = row_height * len(shown) + 24
     items = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="metric deltas, b minus a">',
-        f'<line x1="{centre}" y1="0" x2="{centre}" y2="{height}" stroke="#8c959f"/>',
+        f'viewBox="0 0 {width} {height}" role="img" class="metric-deltas" '
+        'aria-label="relative difference of each metric, b against a">',
+        f'<text x="{label_width}" y="12">relative difference |b − a| / max(|a|, |b|)</text>',
     ]
-    for i, m in enumerate(shown):
-        y = 5 + i * row_height
+    for i, (m, relative) in enumerate(shown):
+        y = 20 + i * row_height
         name = m.name if len(m.name) <= 24 else m.name[:23] + "…"
         items.append(f'<text x="0" y="{y + 12}">{escape(name)}</text>')
         colour = {"beyond": "#cf222e", "within": "#bf8700"}.get(m.status, "#1a7f37")
-        if math.isfinite(m.delta) and largest > 0:
-            length = max(abs(m.delta) / largest * half, 1.0 if m.delta else 0.0)
-            x = centre if m.delta >= 0 else centre - length
-            items.append(f'<rect x="{x:.1f}" y="{y + 2}" width="{length:.1f}" '
-                         f'height="{row_height - 6}" fill="{colour}"/>')
-        items.append(f'<text x="{centre + half + 8}" y="{y + 12}">'
-                     f"{escape(number(m.delta, signed=True))}</text>")
+        length = span if not math.isfinite(relative) else max(relative / largest * span, 1.0)
+        items.append(f'<rect x="{label_width}" y="{y + 2}" width="{length:.1f}" '
+                     f'height="{row_height - 6}" fill="{colour}"/>')
+        _, _, delta = metric_cells(m)
+        label = "n/a" if not math.isfinite(relative) else f"{relative:.2%}"
+        items.append(f'<text x="{label_width + span + 8}" y="{y + 12}">'
+                     f"{escape(label)} (Δ {escape(delta)})</text>")
     items.append("</svg>")
     return "".join(items)
+
+
+def _relative(m: MetricRow) -> float:
+    a, b = float(m.a), float(m.b)
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return math.inf
+    scale = max(abs(a), abs(b))
+    return abs(b - a) / scale if scale else 0.0
+
+
+_WIDTH, _PLOT, _DIFF, _LEFT = 720, 180, 90, 70
+_MOST_POINTS = 2000
+
+
+def _series_chart(row: SeriesRow) -> str:
+    """Both runs' curves, their difference beneath, and the step where they part marked.
+    Inline SVG: no script, nothing fetched, drawn within the page's strict CSP."""
+    left, right = dict(zip(row.a_steps, row.a)), dict(zip(row.b_steps, row.b))
+    steps = sorted(set(left) | set(right))
+    if len(steps) < 2:
+        return ""
+    first, last = steps[0], steps[-1]
+    plot_width = _WIDTH - _LEFT - 10
+    height = _PLOT + _DIFF + 50
+
+    def x(step: int) -> float:
+        return _LEFT + (step - first) / (last - first) * plot_width
+
+    values = [v for v in (*row.a, *row.b) if math.isfinite(v)]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    if high == low:
+        high, low = high + 0.5, low - 0.5
+    deltas = {s: right[s] - left[s] for s in steps if s in left and s in right
+              and math.isfinite(left[s]) and math.isfinite(right[s])}
+    reach = max((abs(d) for d in deltas.values()), default=0.0) or 1.0
+
+    def y(value: float) -> float:
+        return 10 + (high - value) / (high - low) * _PLOT
+
+    def y_delta(delta: float) -> float:
+        return _PLOT + 30 + _DIFF / 2 - delta / reach * (_DIFF / 2)
+
+    def line(points: dict[int, float], to_y, colour: str, css: str) -> str:
+        chosen = _thinned(sorted(points), row.first_differ)
+        coords = " ".join(f"{x(s):.1f},{to_y(points[s]):.1f}" for s in chosen
+                          if math.isfinite(points[s]))
+        return (f'<polyline class="{css}" fill="none" stroke="{colour}" stroke-width="1.5" '
+                f'points="{coords}"/>')
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
+        f'viewBox="0 0 {_WIDTH} {height}" role="img" class="series-chart" '
+        f'data-series="{escape(row.name, quote=True)}" '
+        f'aria-label="{escape(row.name, quote=True)}: run a, run b and their difference">',
+        f'<text x="0" y="{10 + _PLOT / 2:.0f}">{escape(row.name[:10])}</text>',
+        f'<text x="{_LEFT}" y="{_PLOT + 24}">b − a</text>',
+        f'<line x1="{_LEFT}" y1="{y_delta(0):.1f}" x2="{_WIDTH - 10}" y2="{y_delta(0):.1f}" '
+        'stroke="#8c959f"/>',
+        line(left, y, "#0969da", "run-a"),
+        line(right, y, "#bc4c00", "run-b"),
+        line(deltas, y_delta, "#cf222e", "difference"),
+        f'<text x="{_LEFT}" y="{height - 4}">step {first}</text>',
+        f'<text x="{_WIDTH - 80}" y="{height - 4}">step {last}</text>',
+    ]
+    if row.first_differ is not None:
+        at = x(row.first_differ)
+        parts.append(f'<line class="divergence" data-step="{row.first_differ}" x1="{at:.1f}" '
+                     f'y1="0" x2="{at:.1f}" y2="{_PLOT + _DIFF + 30}" stroke="#cf222e" '
+                     'stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{min(at + 4, _WIDTH - 120):.1f}" y="{_PLOT + 24}">'
+                     f"parts at step {row.first_differ}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _thinned(steps: list[int], keep: int | None) -> list[int]:
+    """At most about _MOST_POINTS points per line, always keeping the divergence step."""
+    if len(steps) <= _MOST_POINTS:
+        return steps
+    stride = len(steps) / _MOST_POINTS
+    chosen = {steps[int(i * stride)] for i in range(_MOST_POINTS)} | {steps[-1]}
+    if keep is not None and keep in steps:
+        chosen.add(keep)
+    return sorted(chosen)

@@ -12,12 +12,12 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from orchestrator.compare.value import Comparison
-from orchestrator.reports import MISSING, extra_tables, number, size, text
+from orchestrator.reports import MISSING, extra_tables, metric_cells, size, text
 
 # XML 1.0 cannot carry most control characters, even escaped; a record value might hold them.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
-_FAILING_METRIC = {"beyond", "missing-a", "missing-b"}
+_FAILING_METRIC = {"beyond", "differs", "missing-a", "missing-b"}
 _FAILING_ARTIFACT = {"differs", "missing-a", "missing-b"}
 
 
@@ -85,14 +85,22 @@ def render(comparison: Comparison) -> str:
     case("runs", "run", failure=("incomplete", message, "") if failed else None)
 
     for m in comparison.sections.metrics:
-        detail = (f"a={number(m.a)} b={number(m.b)} delta={number(m.delta, signed=True)} "
-                  f"tolerance={m.tolerance}")
+        ta, tb, delta = metric_cells(m)
+        detail = f"a={ta} b={tb} delta={delta} tolerance={m.tolerance}"
         if m.status in _FAILING_METRIC:
             case("metrics", m.name, failure=(m.status, f"{m.status}: {detail}", detail))
         elif m.status == "ignored":
             case("metrics", m.name, skipped="ignored by tolerance")
         else:
             case("metrics", m.name, output=f"{m.status}: {detail}")
+
+    for s in comparison.sections.series:
+        if s.status in _FAILING_METRIC:
+            case("series", s.name, failure=(s.status, f"{s.status}: {s.summary}", s.summary))
+        elif s.status == "ignored":
+            case("series", s.name, skipped="ignored by tolerance")
+        else:
+            case("series", s.name, output=f"{s.status}: {s.summary}")
 
     for f in comparison.sections.artifacts:
         detail = (f"a={text(f.a_sha256)} ({size(f.a_size)} bytes) "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from orchestrator.compare.value import Comparison
-from orchestrator.reports import Table, tables
+from orchestrator.reports import Table, divergence_table, tables
 
 # Characters that would start Markdown or HTML inside a table cell or a list item. A backslash
 # before ASCII punctuation is always a literal in CommonMark, so escaping more is harmless.
@@ -36,6 +36,12 @@ def render(comparison: Comparison) -> str:
     for table in tables(comparison):
         out += ["", f"### {escape(table.title)}", ""]
         out += _table(table)
+        if table.key == "series":
+            for row in comparison.sections.series:
+                if row.first_differ is not None:
+                    window = divergence_table(row)
+                    out += ["", f"#### {escape(window.title)}", ""]
+                    out += _table(window)
     if comparison.causes:
         out += ["", "### Likely causes", ""]
         for number, cause in enumerate(comparison.causes, 1):

@@ -48,6 +48,7 @@ class OutputsSpec:
     # outputs.max_size, in bytes: what the artifacts hashed after a run may add up to. Named as
     # the key, so that a record's outputs read back as a spec (rerun).
     max_size: int = 4 << 30
+    steps: str | None = None        # a JSON Lines file the job appends one object per step to
 
 
 @dataclass(frozen=True)

@@ -221,6 +221,7 @@ _OUTPUTS_KEYS = {
     "metrics": Key(leaf(STRING, _relative_path)),
     "artifacts": Key(list_of(leaf(STRING, _relative_path))),
     "max_size": Key(leaf(ARGUMENT, _size)),
+    "steps": Key(leaf(STRING, _relative_path)),
 }
 
 
