@@ -702,4 +702,4 @@ def test_a_version_1_report_is_still_read_and_rendered():
     assert (comparison.a.id, comparison.baseline, comparison.schema) == ("r1", "r1",
                                                                        "reprun.report/2")
     assert math.isnan(comparison.sections.metrics[0].b)
-    assert "r1 (baseline)" in render(comparison, "terminal")
+    assert "r1 (baseline)" in render(comparison, "terminal", verbose=True)

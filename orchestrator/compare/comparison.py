@@ -90,7 +90,8 @@ def compare_records(
         sections=Sections(inputs=inputs, environment=environment, metrics=metrics,
                           artifacts=artifacts, series=series),
         verdict=verdict,
-        summary=_summary_line(verdict, unsuccessful, inputs, environment, metrics, artifacts),
+        summary=_summary_line(verdict, unsuccessful, inputs, environment, metrics, artifacts,
+                              series),
         causes=causes,
         notes=tuple(notes),
         extra=dict(extra or {}),
@@ -273,20 +274,24 @@ def compare_artifacts(ra: RunRecord, rb: RunRecord, policies: ArtifactPolicies,
 
 
 def _count(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
+    return f"{n} {word}" + ("" if n == 1 or word.endswith("s") else "s")
 
 
 def _summary_line(
     verdict: str, unsuccessful: Sequence[RunRecord], inputs: Sequence[InputRow],
     environment: Sequence[EnvironmentRow], metrics: Sequence[MetricRow],
-    artifacts: Sequence[ArtifactRow],
+    artifacts: Sequence[ArtifactRow], series: Sequence[SeriesRow] = (),
 ) -> str:
     parts = []
     if unsuccessful:
         parts.append("; ".join(f"run {r.id} did not succeed ({failure_text(r)})"
                                for r in unsuccessful))
     for what, rows, statuses in (("metric", metrics, METRIC_STATUSES),
+                                 ("series", [r for r in series if r.source == "steps"],
+                                  METRIC_STATUSES),
                                  ("artifact", artifacts, ARTIFACT_STATUSES)):
+        if what == "series" and not rows:
+            continue
         if rows:
             counts = [(status, sum(row.status == status for row in rows)) for status in statuses]
             parts.append(f"{_count(len(rows), what)}: " + ", ".join(

@@ -80,6 +80,8 @@ def delta_shown(delta: float | None, a: float | None = None, b: float | None = N
         return "—"
     if delta == 0:
         return "0"
+    if math.isnan(delta):
+        return "NaN"
     special = _special(delta)
     if special is not None and not float(delta).is_integer():
         return special if special.startswith("-") else "+" + special

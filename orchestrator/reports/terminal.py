@@ -6,7 +6,7 @@ import re
 from tabulate import tabulate
 
 from orchestrator.compare.value import Comparison
-from orchestrator.reports import Table, tables
+from orchestrator.reports import Table, metric_cells, short_sha, tables, text
 
 _RESET = "\033[0m"
 _BOLD = "\033[1m"
@@ -41,7 +41,17 @@ def cell(text: str) -> str:
     return plain(text).replace("\n", "\\n")
 
 
-def render(comparison: Comparison, *, color: bool = False) -> str:
+# The default report fits a screen: at most this many rows of what differs and this many
+# causes; -v (verbose) shows every table in full, as the other formats do.
+CONCISE_ROWS = 12
+CONCISE_CAUSES = 3
+_ROWS_PER_KIND = {"metric": 6, "series": 3, "artifact": 3, "input": 3, "environment": 3}
+DEFAULT_WIDTH = 100
+_AGREE = {"identical", "ignored", "succeeded", ""}
+
+
+def render(comparison: Comparison, *, color: bool = False, verbose: bool = False,
+           width: int | None = None) -> str:
     def paint(text: str, colour: str | None, bold: bool = False) -> str:
         if not color or (colour is None and not bold):
             return text
@@ -53,6 +63,8 @@ def render(comparison: Comparison, *, color: bool = False) -> str:
         + plain(f"  {a.id} vs {b.id}  ({a.spec})"),
         plain(comparison.summary),
     ]
+    if not verbose:
+        return _concise(comparison, lines, paint, max(width or DEFAULT_WIDTH, 40))
     for table in tables(comparison):
         lines.append("")
         lines.extend(_table(table, paint))
@@ -66,6 +78,93 @@ def render(comparison: Comparison, *, color: bool = False) -> str:
             lines.append(f"  {number}. {plain(cause.summary)}")
             lines += [f"       - {plain(detail)}" for detail in cause.details]
     return "\n".join(lines) + "\n"
+
+
+def _concise(comparison: Comparison, lines: list[str], paint, width: int) -> str:
+    """The verdict, the rows that differ (one table, capped) and the top causes, each line
+    within `width` (cut with an ellipsis)."""
+    rows, statuses, left_out = _differing_rows(comparison, _column_widths(width))
+    if rows:
+        lines.append("")
+        body = tabulate(rows, headers=["what", "name", "a", "b", "how"], tablefmt="simple",
+                        disable_numparse=True).splitlines()
+        lines.extend(body[:2])
+        for line, status in zip(body[2:], statuses):
+            lines.append(_paint_status(_cut(line, width), status, paint))
+        if left_out:
+            lines.append(f"... and {left_out} more rows that differ")
+    parted = [r for r in comparison.sections.series if r.first_differ is not None]
+    if parted:
+        lines += ["", paint("Where the runs part", None, bold=True)]
+        lines += [f"  {plain(r.name)}: {plain(r.summary)}" for r in parted[:3]]
+        if len(parted) > 3:
+            lines.append(f"  ... and {len(parted) - 3} more series")
+    causes = comparison.causes[:CONCISE_CAUSES]
+    if causes:
+        lines += ["", paint("Likely causes", None, bold=True)]
+        lines += [f"  {n}. {plain(cause.summary)}" for n, cause in enumerate(causes, 1)]
+    more = [f"{count} more {what}{'s' if count > 1 else ''}" for count, what in (
+        (len(comparison.causes) - len(causes), "cause"), (len(comparison.notes), "note"))
+        if count > 0]
+    if more or left_out:
+        lines.append(f"(-v shows everything{': ' + ', '.join(more) if more else ''})")
+    return "\n".join(_cut(line, width) for line in lines) + "\n"
+
+
+def _column_widths(width: int) -> tuple[int, ...]:
+    """what, name, a, b, how: the values get room, the explanation the rest of the line."""
+    what, name, value = 11, max(width // 5, 12), max(width // 7, 10)
+    return what, name, value, value, max(width - what - name - 2 * value - 8, 16)
+
+
+def _differing_rows(comparison: Comparison, widths: tuple[int, ...]
+                    ) -> tuple[list[tuple[str, ...]], list[str], int]:
+    s = comparison.sections
+    found: list[tuple[str, tuple[str, ...], str]] = []      # kind, cells, status
+    for run in (comparison.a, comparison.b):
+        if run.status != "succeeded":
+            found.append(("run", ("run", run.id, "", "", run.status
+                                  + (f" ({run.reason})" if run.reason not in (None, "ok")
+                                     else "")), run.status))
+    for m in s.metrics:
+        if m.status not in _AGREE:
+            ta, tb, delta = metric_cells(m)
+            how = m.status if delta in ("—", "0") else f"delta {delta}, {m.status}"
+            found.append(("metric", ("metric", m.name, ta, tb, f"{how} ({m.tolerance})"),
+                          m.status))
+    for r in s.series:
+        if r.status not in _AGREE and r.source == "steps":
+            found.append(("series", ("series", r.name, f"{len(r.a_steps)} steps",
+                                     f"{len(r.b_steps)} steps", r.status), r.status))
+    for f in s.artifacts:
+        if f.status not in _AGREE:
+            found.append(("artifact", ("artifact", f.name, short_sha(f.a_sha256, 12),
+                                       short_sha(f.b_sha256, 12), f.status), f.status))
+    for row in comparison.inputs_that_differ:
+        found.append(("input", ("input", row.field, text(row.a), text(row.b), "differs"),
+                      "differs"))
+    for row in s.environment:
+        found.append(("environment", (row.section, row.name, text(row.a), text(row.b),
+                                      row.change), row.change))
+    kept, taken = [], {}
+    for kind, cells, status in found:
+        taken[kind] = taken.get(kind, 0) + 1
+        if taken[kind] <= _ROWS_PER_KIND.get(kind, 2) and len(kept) < CONCISE_ROWS:
+            kept.append((cells, status))
+    rows = [tuple(_cut(cell(value), w) for value, w in zip(cells, widths)) for cells, _ in kept]
+    return rows, [status for _, status in kept], len(found) - len(kept)
+
+
+def _paint_status(line: str, status: str, paint) -> str:
+    colour = _STATUS_COLOUR.get(status)
+    return paint(line, colour) if colour else line
+
+
+def _cut(line: str, width: int) -> str:
+    # Escapes from paint() take no columns; only plain lines are measured.
+    if "\033[" in line or len(line) <= width:
+        return line
+    return line[:width - 1] + "…"
 
 
 def _table(table: Table, paint) -> list[str]:

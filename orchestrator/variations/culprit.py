@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from orchestrator.compare.comparison import compare_records
+from orchestrator.compare.numbers import metric_value_text, tell_apart
 from orchestrator.compare.value import (A_DIFFERS, CAUSE_ENVIRONMENT, CAUSE_NONDETERMINISM, DIFFERS,
-                                        INCOMPLETE, MISSING_A, MISSING_B, M_BEYOND, Cause,
-                                        Comparison)
+                                        INCOMPLETE, MISSING_A, MISSING_B, M_BEYOND, M_DIFFERS,
+                                        NUMBER, CAUSE_INPUT, Cause, Comparison)
 from orchestrator.execution.job import Executor
 from orchestrator.errors import InfrastructureError
 from orchestrator.knowledge import known_cause
@@ -226,8 +227,9 @@ def verify_varied(prepared: PreparedRun, plan: VariationPlan, *, store: Store, e
         causes.append(seed_finding)
     comparison = varied.comparison
     extra = {**comparison.extra, **_extra(plan, trials, outcome, search, repeat)}
-    comparison = dataclasses.replace(comparison, causes=(*causes, *comparison.causes),
-                                     extra=extra)
+    # What the variation changed on purpose is no cause unless the search named it (above).
+    kept = tuple(c for c in comparison.causes if c.kind not in (CAUSE_INPUT, CAUSE_ENVIRONMENT))
+    comparison = dataclasses.replace(comparison, causes=(*causes, *kept), extra=extra)
     return VariedVerification(plan, tuple(trials), comparison)
 
 
@@ -248,14 +250,6 @@ def _seed_finding(trial: TrialRun, plan: VariationPlan) -> Cause:
                  f"results were {trial.comparison.verdict} (run {trial.record.id})",
                  (f"known cause {entry.id}: {entry.fix} ({entry.source})",))
 
-def _pair(a: float, b: float) -> tuple[str, str]:
-    """The two numbers with just enough digits to tell them apart: 0.9721 and 0.9718."""
-    for digits in range(4, 18):
-        ta, tb = f"{a:.{digits}g}", f"{b:.{digits}g}"
-        if ta != tb:
-            return ta, tb
-    return repr(a), repr(b)
-
 
 def _effects(comparison: Comparison, at_a: str, at_b: str) -> list[str]:
     effects = []
@@ -265,8 +259,9 @@ def _effects(comparison: Comparison, at_a: str, at_b: str) -> list[str]:
             effects.append(f"the job {run.status}" + (f" ({run.reason})" if run.reason else "")
                            + f" at {where}")
     for m in comparison.sections.metrics:
-        if m.status == M_BEYOND:
-            ta, tb = _pair(m.a, m.b)
+        if m.status in (M_BEYOND, M_DIFFERS):
+            ta, tb = (tell_apart(m.a, m.b) if m.kind == NUMBER
+                      else (metric_value_text(m.a), metric_value_text(m.b)))
             effects.append(f"{m.name} {ta} at {at_a}, {tb} at {at_b}")
         elif m.status in (MISSING_A, MISSING_B):
             effects.append(f"{m.name} is reported only at {at_b if m.status == MISSING_A else at_a}")
