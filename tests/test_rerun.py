@@ -115,7 +115,7 @@ def test_an_approved_baseline_is_shown_and_used_by_check(project):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "baseline" in result.stdout
     report = json.loads(sorted((project.store / "reports").glob("*.json"))[-1].read_text())
-    assert report["a"]["run_id"] == first
+    assert report["a"]["id"] == first and report["baseline"] == first
 
 
 def delete_from_registry(reference: str) -> None:

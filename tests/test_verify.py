@@ -102,7 +102,7 @@ def test_every_report_format_is_written_and_reads_back(project):
                             "--report", "r.json", "--report", "r.xml")
     assert result.returncode == 0, result.stderr
     root = project.root
-    schema = json.loads((REPO / "orchestrator" / "reports" / "report-v1.schema.json").read_text())
+    schema = json.loads((REPO / "orchestrator" / "reports" / "report-v2.schema.json").read_text())
     report = json.loads((root / "r.json").read_text())
     jsonschema.validate(report, schema)
     assert report["verdict"] == "identical"

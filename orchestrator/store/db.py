@@ -147,16 +147,6 @@ class ChainHead:
         return cls(int(parts[0]), parts[1], parts[2])
 
 
-def utc_now() -> str:
-    return utc_text(datetime.now(timezone.utc))
-
-
-def utc_text(moment: datetime) -> str:
-    """A time as the store writes it, so that its text sorts as its time: UTC, ms, Z."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-from orchestrator.store.schema import LEDGER_COLUMNS, LEDGER_SCHEMA, SCHEMA, connect
-
-
 def default_store_root() -> Path:
     return Path(os.environ.get("REPRUN_STORE", ".reprun"))
 
