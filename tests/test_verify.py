@@ -212,3 +212,47 @@ def test_the_latest_step_is_shown_while_the_job_runs(project):
     assert len(shown) >= 2 and "step 0: loss 1" in shown[0], result.stderr
     assert [int(line.split("] step ")[1].split(":")[0]) for line in shown] == \
         sorted(int(line.split("] step ")[1].split(":")[0]) for line in shown)
+
+
+@pytest.mark.parametrize("script, reason, timeout", [
+    ("import sys; sys.exit(3)", "exit", "2m"),
+    ("import json; json.dump([1, 2], open('/out/metrics.json', 'w'))", "outputs", "2m"),
+    ("import time; time.sleep(60)", "timeout", "3s"),
+], ids=["crash", "bad-outputs", "timeout"])
+def test_a_run_that_fails_still_writes_every_report_with_the_incomplete_verdict(
+        project, script, reason, timeout):
+    project.dataset()
+    spec = project.spec(script=script,
+                        resources=f"{{cpus: 1, memory: 512m, timeout: {timeout}}}")
+    paths = [project.root / f"r.{ext}" for ext in ("json", "md", "html", "xml")]
+    result = project.reprun("verify", str(spec), "-q",
+                            *[arg for path in paths for arg in ("--report", str(path))])
+    assert result.returncode == 5, result.stdout + result.stderr
+    data = json.loads(paths[0].read_text())
+    assert data["verdict"] == "incomplete"
+    assert data["a"]["reason"] == reason and data["a"]["status"] == "failed"
+    assert any(c["kind"] == "run" and reason in c["summary"] for c in data["causes"])
+    assert "incomplete" in paths[1].read_text() and "INCOMPLETE" in paths[2].read_text()
+    run_case = next(c for c in ET.parse(paths[3]).getroot().iter("testcase")
+                    if c.get("name") == "run")
+    assert run_case.find("failure").get("type") == "incomplete"
+    # The failure is still told as before, with its exit code.
+    assert "failed" in result.stderr
+
+
+def test_diff_writes_an_html_report_under_a_locale_that_is_not_utf8(project):
+    project.dataset()
+    spec = project.spec(script=WRITE_METRICS + "\nprint('ünïcödé → 日本')")
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    assert project.reprun("run", str(spec), "-q").returncode == 0
+    first, second = (r["id"] for r in json.loads(project.reprun("runs", "--json").stdout))
+    # en_US.ISO-8859-1 where it is installed; where it is not, Python falls back to ASCII,
+    # which fails the same way (UTF-8 mode is turned off so that it does not rescue us).
+    latin = {"LC_ALL": "en_US.ISO-8859-1", "LANG": "en_US.ISO-8859-1",
+             "PYTHONIOENCODING": "", "PYTHONUTF8": "0"}
+    result = project.reprun("diff", first, second, "--report", "x.html", "--report", "x.md",
+                            extra_env=latin)
+    assert result.returncode == 0, result.stderr
+    page = (project.root / "x.html").read_bytes().decode("utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "IDENTICAL" in page
+    assert not list(project.root.glob(".x.html.*"))          # no temporary file left behind

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -11,6 +12,11 @@ import typer
 from orchestrator.cli.shared import (backend_option, observer, open_backend, open_store,
                                      quiet_option, report_option, say, tabulate)
 from orchestrator.errors import UsageError
+
+
+def verbose_option():
+    return typer.Option(False, "--verbose", "-v",
+                        help="Every table in full, not only what differs (as the reports are).")
 
 
 def run(ctx: typer.Context, spec: Path,
@@ -58,7 +64,8 @@ def verify(ctx: typer.Context, spec: Path,
                                          "with sources of nondeterminism removed and name the "
                                          "one (see docs/variations.md)."),
            backend: Optional[str] = backend_option(),
-           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+           quiet: bool = typer.Option(False, "--quiet", "-q"),
+           verbose: bool = verbose_option()) -> None:
     """Train a spec N times (default twice) and say whether the results match."""
     from orchestrator.spec.load import load_spec
     from orchestrator.workflows import verify as workflow
@@ -73,7 +80,7 @@ def verify(ctx: typer.Context, spec: Path,
         sequential=sequential, report_paths=report, use_cache=not no_cache, vary=names,
         vary_seed=vary_seed, repeat=f"reprun verify {shlex.quote(str(spec))}",
         diagnose=diagnose)
-    _print_reports(outcome)
+    _print_reports(outcome, verbose)
 
 
 def diagnose(ctx: typer.Context, run_a: str, run_b: str,
@@ -93,12 +100,14 @@ def diagnose(ctx: typer.Context, run_a: str, run_b: str,
                                      dataset=dataset, report_paths=report))
 
 
-def _print_reports(outcome) -> None:
+def _print_reports(outcome, verbose: bool = False) -> None:
     from orchestrator.reports import render
     color = bool(sys.stdout and sys.stdout.isatty())
+    width = shutil.get_terminal_size((100, 24)).columns
     for written in outcome.reports:
         # The report escapes what it shows itself, and may colour it.
-        typer.echo(render(written.comparison, "terminal", color=color))
+        typer.echo(render(written.comparison, "terminal", color=color, verbose=verbose,
+                          width=width))
         for path in written.files:
             say(f"report written: {path}", err=True)
         say(f"report saved in the store: {written.saved}", err=True)
@@ -106,16 +115,18 @@ def _print_reports(outcome) -> None:
 
 
 def diff(ctx: typer.Context, run_a: str, run_b: str,
-         report: List[Path] = typer.Option([], "--report", help="Write a report; repeatable.")) -> None:
+         report: List[Path] = typer.Option([], "--report", help="Write a report; repeatable."),
+         verbose: bool = verbose_option()) -> None:
     """Compare two recorded runs (exit 0 identical/equivalent, 1 differs)."""
     from orchestrator.workflows import verify as workflow
     workflow.check_report_paths(report)
-    _print_reports(workflow.diff(open_store(ctx), run_a, run_b, report))
+    _print_reports(workflow.diff(open_store(ctx), run_a, run_b, report), verbose)
 
 
 def report(path: Path, fmt: str = typer.Option("terminal", "--format", "-f",
                                               help="terminal, md, html, json or junit."),
-           output: Optional[Path] = typer.Option(None, "--output", "-o")) -> None:
+           output: Optional[Path] = typer.Option(None, "--output", "-o"),
+           verbose: bool = verbose_option()) -> None:
     """Render a stored JSON report again, in any format."""
     from orchestrator.files import refuse_unwritable_file, write_text
     from orchestrator.reports import FORMATS, load_json_report, render
@@ -123,7 +134,9 @@ def report(path: Path, fmt: str = typer.Option("terminal", "--format", "-f",
         raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(sorted(FORMATS))}.")
     if output:
         refuse_unwritable_file(output, "report")
-    text = render(load_json_report(path), fmt)
+    options = {"verbose": verbose, "width": shutil.get_terminal_size((100, 24)).columns} \
+        if fmt == "terminal" else {}
+    text = render(load_json_report(path), fmt, **options)
     if output:
         write_text(output, text, "report")
     else:
@@ -140,7 +153,8 @@ def rerun(ctx: typer.Context,
           env_from_caller: List[str] = typer.Option([], "--env-from-caller", metavar="NAME", help="Give an archived run your value of the secret NAME; repeatable."),
           report: List[Path] = typer.Option([], "--report", help="Write a report; repeatable."),
           backend: Optional[str] = backend_option(),
-          quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+          quiet: bool = typer.Option(False, "--quiet", "-q"),
+          verbose: bool = verbose_option()) -> None:
     """Replay a recorded run from its record alone, then compare with the original."""
     from orchestrator.workflows import verify as workflow
     if (run_id is None) == (from_archive is None):
@@ -149,4 +163,4 @@ def rerun(ctx: typer.Context,
     outcome = workflow.rerun(open_store(ctx), open_backend(backend), observer(quiet),
                              run_id=run_id, from_archive=from_archive, dataset=dataset,
                              allow=allow, env_from_caller=env_from_caller, report_paths=report)
-    _print_reports(outcome)
+    _print_reports(outcome, verbose)

@@ -54,6 +54,15 @@ def raise_for_failed(records, store: Store) -> None:
             line for error in errors for line in (error.message, *("  " + d for d in error.details))])
 
 
+def report_failures(store: Store, records, report_paths) -> None:
+    """When a run failed, the reports asked for are still written (verdict `incomplete`, with
+    the reason), so that CI always finds one; then the failure is raised as before."""
+    if report_paths and any(r.status != SUCCEEDED for r in records) \
+            and not any(r.status == INTERRUPTED for r in records):
+        compare_and_report(store, records, report_paths)
+    raise_for_failed(records, store)
+
+
 def log_tail(store: Store, run_id: str) -> list[str]:
     log = store.run_dir(run_id) / "log.txt"
     if not log.exists():
@@ -143,7 +152,7 @@ def verify(spec, *, store: Store, engine: Executor, observer: RunObserver, times
     plans = [RunPlan(label=f"run {i + 1}/{times}") for i in range(times)]
     records = run_all(prepared, plans, store=store, engine=engine, observer=observer,
                       parallel=parallel)
-    raise_for_failed(records, store)
+    report_failures(store, records, report_paths)
     comparisons = diagnosis.after_plain_pair(prepared, records, store=store, engine=engine,
                                              observer=observer, diagnose=diagnose,
                                              command=repeat or "reprun verify SPEC")
@@ -206,7 +215,7 @@ def rerun(store: Store, engine: Executor, observer: RunObserver, *,
         observer.stage("rerun", "not replayed (unknown to this reprun): " + ", ".join(not_replayed))
     record = execute(prepared, store=store, engine=engine, observer=observer, label="rerun",
                      transform=transform)
-    raise_for_failed([record], store)
+    report_failures(store, [original, record], report_paths)
     return compare_and_report(store, [original, record], report_paths)
 
 
