@@ -470,3 +470,35 @@ def test_the_html_report_draws_both_curves_and_their_difference_with_the_step_ma
     # The marker sits where step 15 is drawn: the 16th point of run b's curve.
     b_points = re.search(r'<polyline class="run-b"[^>]*points="([^"]+)"', svg).group(1).split()
     assert float(marker.group(2)) == pytest.approx(float(b_points[15].split(",")[0]), abs=0.1)
+
+
+def test_markdown_neutralises_bidi_overrides_mentions_and_autolinks():
+    a = make_record("run-a", metrics={"acc\u202egpj.exe": 1.0, "@octocat": 1.0,
+                                      "see https://evil.example/x": 1.0, "www.evil.example": 1.0})
+    out = render(compare_records(a, a), "md")
+    assert "\u202e" not in out and "acc\\u202egpj.exe" in out
+    table = out.split("### Metrics")[1].split("###")[0]
+    assert "| `@octocat` |" in table
+    assert "| `see https://evil.example/x` |" in table and "| `www.evil.example` |" in table
+    # Nowhere outside a code span: no mention, no link for GitHub to make.
+    outside = re.sub(r"`[^`]*`", "", out)
+    assert "@octocat" not in outside and "https://" not in outside and "www." not in outside
+
+
+def test_the_same_image_pushed_to_a_registry_is_not_an_image_difference():
+    before = make_record("run-a")
+    pushed = make_record("run-b")
+    pushed = dataclasses.replace(pushed, inputs=dataclasses.replace(
+        pushed.inputs, image=ImageFacts(id=IMAGE_A, repo_digest="127.0.0.1:5000/x@sha256:" + "c" * 64)),
+        environment=dataclasses.replace(pushed.environment, host={"repo_digest": None}))
+    comparison = compare_records(before, pushed)
+    assert not any("image differs" in c.summary for c in comparison.causes)
+    assert comparison.inputs_that_differ == ()
+    for fmt in ("terminal", "md", "html"):
+        out = render(comparison, fmt, **({"verbose": True} if fmt == "terminal" else {}))
+        assert "(absent)" not in out and "null" not in out, fmt
+
+
+def test_the_html_report_shows_the_likely_causes_before_the_tables(differs):
+    page = render(differs, "html")
+    assert page.index('id="causes"') < page.index('id="metrics"') < page.index('id="environment"')

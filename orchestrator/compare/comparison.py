@@ -6,6 +6,7 @@ change it; they are what the likely causes (`compare.causes`) are made of.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import shlex
@@ -137,7 +138,7 @@ def compare_inputs(a: RunRecord, b: RunRecord) -> tuple[InputRow, ...]:
     # A fact recorded as None (no repo digest for a built image) is absent, not the text "null".
     rows = [
         _input_row("image.id", ia.image.id, ib.image.id),
-        _input_row("image.repo_digest", ia.image.repo_digest, ib.image.repo_digest),
+        _repo_digest_row(ia.image, ib.image),
         _input_row("dataset.sha256", ia.dataset.sha256 if ia.dataset else None,
                    ib.dataset.sha256 if ib.dataset else None),
         _input_row("seed", ia.seed, ib.seed),
@@ -149,6 +150,15 @@ def compare_inputs(a: RunRecord, b: RunRecord) -> tuple[InputRow, ...]:
             rows.append(_input_row(f"{group}.{key}", left.get(key, ABSENT),
                                    right.get(key, ABSENT)))
     return tuple(rows)
+
+
+def _repo_digest_row(a, b) -> InputRow:
+    """The same image ID is the same image: pushing it to a registry gives it a repo digest
+    that the run before the push could not record, which is no difference."""
+    row = _input_row("image.repo_digest", a.repo_digest, b.repo_digest)
+    if a.id == b.id and None in (a.repo_digest, b.repo_digest):
+        return dataclasses.replace(row, same=True)
+    return row
 
 
 def _input_row(name: str, a: Any, b: Any) -> InputRow:

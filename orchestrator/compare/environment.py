@@ -109,6 +109,10 @@ ENVIRONMENT_SECTIONS = (
 SECTION_BY_NAME = {s.section: s for s in ENVIRONMENT_SECTIONS}
 
 
+def _absent_if_none(value: Any) -> Any:
+    return ABSENT if value is None else value
+
+
 def compare_environments(
     a: EnvironmentManifest, b: EnvironmentManifest, a_id: str = "a", b_id: str = "b",
 ) -> tuple[tuple[EnvironmentRow, ...], list[str]]:
@@ -128,7 +132,9 @@ def compare_environments(
         left = spec.facts(getattr(a, spec.manifest_field))
         right = spec.facts(getattr(b, spec.manifest_field))
         for name in sorted(set(left) | set(right), key=str):
-            ta, tb = display_text(left.get(name, ABSENT)), display_text(right.get(name, ABSENT))
+            # A fact recorded as null (the engine did not say) is shown as absent, never "null".
+            ta, tb = (display_text(_absent_if_none(side.get(name, ABSENT)))
+                      for side in (left, right))
             if ta == tb:
                 continue
             change = ADDED if ta is None else REMOVED if tb is None else CHANGED

@@ -64,6 +64,15 @@ def render(comparison: Comparison) -> str:
         "</header>",
         "<main>",
     ]
+    # The likely causes come first: a --vary run's culprit is what the reader came for, not the
+    # environment rows the variation changed on purpose.
+    if comparison.causes:
+        parts.append('<section id="causes"><h2>Likely causes</h2><ol class="causes">')
+        for cause in comparison.causes:
+            details = "".join(f"<li>{escape(d)}</li>" for d in cause.details)
+            parts.append(f"<li>{escape(cause.summary)}"
+                         + (f"<ul>{details}</ul>" if details else "") + "</li>")
+        parts.append("</ol></section>")
     for table in tables(comparison, environment_rows=None, sha_chars=None):
         parts.append(f'<section id="{escape(table.key, quote=True)}">')
         parts.append(f"<h2>{escape(table.title)}</h2>")
@@ -74,13 +83,6 @@ def render(comparison: Comparison) -> str:
             parts.extend(_series_chart(row) for row in comparison.sections.series
                          if row.status not in ("identical", "ignored"))
         parts.append("</section>")
-    if comparison.causes:
-        parts.append('<section id="causes"><h2>Likely causes</h2><ol class="causes">')
-        for cause in comparison.causes:
-            details = "".join(f"<li>{escape(d)}</li>" for d in cause.details)
-            parts.append(f"<li>{escape(cause.summary)}"
-                         + (f"<ul>{details}</ul>" if details else "") + "</li>")
-        parts.append("</ol></section>")
     if comparison.notes:
         parts.append('<section id="notes"><h2>Notes</h2><ul>')
         parts.extend(f"<li>{escape(note)}</li>" for note in comparison.notes)

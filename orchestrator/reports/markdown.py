@@ -14,12 +14,23 @@ _SPECIAL = re.compile(r"([\\`|*_\[\]<>&~#!])")
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+# Bidirectional overrides and isolates reorder what a reader sees (a name that reads "gpj.exe"
+# backwards); shown as \u202e instead.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# What GitHub turns into a notification or a link: @mentions, URLs and bare www. names (a #
+# is escaped above). Its filters leave code spans alone, so such a value is set as code.
+_ACTIVE = re.compile(r"@|://|\bwww\.|\bmailto:", re.IGNORECASE)
+
+
 def _visible(value: str) -> str:
+    value = _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
 
 
 def escape(value: str) -> str:
     one_line = " ".join(value.splitlines())
+    if _ACTIVE.search(one_line):
+        return "`" + _code(one_line).replace("|", "\\|") + "`"
     return _visible(_SPECIAL.sub(r"\\\1", one_line))
 
 
