@@ -113,7 +113,7 @@ def _concise(comparison: Comparison, lines: list[str], paint, width: int) -> str
 
 def _column_widths(width: int) -> tuple[int, ...]:
     """what, name, a, b, how: the values get room, the explanation the rest of the line."""
-    what, name, value = 11, max(width // 5, 12), max(width // 7, 10)
+    what, name, value = (19 if width >= 100 else 11), max(width // 5, 12), max(width // 7, 10)
     return what, name, value, value, max(width - what - name - 2 * value - 8, 16)
 
 
