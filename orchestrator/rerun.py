@@ -54,7 +54,7 @@ def _compare_spec(record: RunRecord) -> CompareSpec:
         raise UsageError(f"the record of run {record.id} has tolerances reprun cannot read "
                          f"({exc}).") from None
     return CompareSpec(metrics={"default": tolerances.default, **tolerances.metrics},
-                       artifacts=tolerances.artifacts)
+                       artifacts=tolerances.artifacts, test_examples=tolerances.test_examples)
 
 
 def spec_from_record(record: RunRecord, *, dataset_path: Path | None = None,

@@ -352,8 +352,12 @@ def _dataset_facts(spec: RunSpec, digest: DatasetDigest | None) -> DatasetFacts 
 
 
 def compare_settings(spec) -> dict:
-    return {"metrics": {name: dataclasses.asdict(tol) for name, tol in spec.compare.metrics.items()},
-            "artifacts": spec.compare.artifacts}
+    settings = {"metrics": {name: dataclasses.asdict(tol)
+                            for name, tol in spec.compare.metrics.items()},
+                "artifacts": spec.compare.artifacts}
+    if spec.compare.test_examples is not None:
+        settings["test_examples"] = spec.compare.test_examples
+    return settings
 
 
 def failure_of(record: RunRecord, log_tail: list[str] | None = None) -> JobFailed:

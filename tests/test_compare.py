@@ -607,7 +607,7 @@ def test_from_dict_refuses_something_that_is_not_a_report():
 
 def test_each_verdict_maps_to_one_exit_code_as_the_readme_says():
     assert {v.value: v.exit_code for v in Verdict} == {
-        "identical": 0, "equivalent": 0, "differs": 1, "incomplete": 5}
+        "identical": 0, "equivalent": 0, "flaky": 1, "differs": 1, "incomplete": 5}
 
 
 def test_a_run_that_pins_only_three_of_the_six_thread_variables_is_told_which_are_missing():
@@ -703,3 +703,51 @@ def test_a_version_1_report_is_still_read_and_rendered():
                                                                        "reprun.report/2")
     assert math.isnan(comparison.sections.metrics[0].b)
     assert "r1 (baseline)" in render(comparison, "terminal", verbose=True)
+
+
+# --- a verdict from N runs ------------------------------------------------------------------
+
+def runs_scoring(*scores: float, test_examples: int | None = None,
+                 tolerance: dict | None = None) -> list:
+    compare = {"metrics": {"default": tolerance or {"kind": "exact", "value": 0.0}},
+               "artifacts": "bitwise"}
+    if test_examples is not None:
+        compare["test_examples"] = test_examples
+    return [dataclasses.replace(with_metrics(make_record(f"run-{i}"), accuracy=s),
+                                compare=compare) for i, s in enumerate(scores)]
+
+
+def test_some_pairs_agreeing_and_others_not_is_flaky_and_exits_1():
+    from orchestrator.compare.spread import spread_of
+    spread = spread_of(runs_scoring(0.95, 0.95, 0.96, 0.95, 0.96))
+    assert (spread.verdict, spread.pairs, spread.agreeing_pairs) == ("flaky", 10, 4)
+    assert spread.verdict.exit_code == 1
+    assert spread_of(runs_scoring(0.95, 0.95, 0.95)).verdict == "identical"
+    assert spread_of(runs_scoring(0.93, 0.94, 0.95)).verdict == "differs"
+
+
+def test_the_spread_gives_mean_deviation_range_and_a_suggested_tolerance_by_the_rule():
+    from orchestrator.compare.spread import spread_of
+    spread = spread_of(runs_scoring(0.950, 0.954, 0.952, 0.950, 0.951))
+    accuracy = next(m for m in spread.metrics if m.name == "accuracy")
+    assert accuracy.mean == pytest.approx(0.9514) and accuracy.stdev == pytest.approx(0.00167332)
+    assert (accuracy.low, accuracy.high, accuracy.agree) == (0.950, 0.954, False)
+    # Twice the largest difference seen (0.004), to two significant digits, rounded up.
+    assert accuracy.suggested == Tolerance("abs", 0.008)
+    block = spread.suggested_block()
+    assert "    accuracy: {abs: 0.008}\n" in block and block.startswith("compare:\n  metrics:\n")
+    import yaml
+    assert yaml.safe_load(block)["compare"]["metrics"]["accuracy"] == {"abs": 0.008}
+
+
+def test_an_accuracy_measured_on_450_examples_is_set_beside_its_binomial_standard_error():
+    from orchestrator.compare.spread import spread_of
+    spread = spread_of(runs_scoring(0.950, 0.954, 0.952, test_examples=450))
+    accuracy = next(m for m in spread.metrics if m.name == "accuracy")
+    assert accuracy.binomial_se == pytest.approx(math.sqrt(0.952 * 0.048 / 450))   # 0.01008
+    assert "within the 0.010077 expected from the test set" in accuracy.spread_text
+    # The test set's own noise is larger than what was seen: the suggestion covers it.
+    assert accuracy.suggested == Tolerance("abs", 0.021)
+    assert "  test_examples: 450" in spread.suggested_block()
+    loss = next(m for m in spread.metrics if m.name == "loss")
+    assert loss.binomial_se is None

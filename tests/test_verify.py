@@ -256,3 +256,50 @@ def test_diff_writes_an_html_report_under_a_locale_that_is_not_utf8(project):
     page = (project.root / "x.html").read_bytes().decode("utf-8")
     assert page.startswith("<!DOCTYPE html>") and "IDENTICAL" in page
     assert not list(project.root.glob(".x.html.*"))          # no temporary file left behind
+
+
+# A job whose accuracy is one of four values, drawn from its run's own random ID: over five runs
+# some pairs must agree (five runs, four values) and, but for a 1-in-256 draw, some must not.
+FLAKY = """
+import json, os
+token = int(os.environ["REPRUN_RUN_ID"].rsplit("-", 1)[1], 16)
+json.dump({"accuracy": 0.95 + 0.002 * (token % 4), "epochs": 3}, open("/out/metrics.json", "w"))
+"""
+
+
+def test_a_flaky_job_over_five_runs_is_flaky_with_its_spread_and_a_tolerance_to_paste(project):
+    project.dataset()
+    spec = project.spec(script=FLAKY,
+                        compare="{metrics: {default: exact}, artifacts: bitwise, "
+                                "test_examples: 450}")
+    result = project.reprun("verify", str(spec), "--times", "5", "--suggest", "-q",
+                            "--report", "r.json", "--report", "r.md")
+    values = [r["outputs"]["metrics"]["accuracy"] for r in (
+        json.loads(project.reprun("runs", "show", run["id"], "--json").stdout)
+        for run in json.loads(project.reprun("runs", "--json").stdout))]
+    assert len(values) == 5
+    if len(set(values)) == 1:       # the 1-in-256 draw: every run alike
+        assert result.returncode == 0 and result.stdout.startswith("IDENTICAL across 5 runs")
+        return
+    assert result.returncode == 1, result.stdout + result.stderr
+    first = result.stdout.splitlines()[0]
+    agreeing = sum(a == b for i, a in enumerate(values) for b in values[i + 1:])
+    assert first == f"FLAKY across 5 runs: {agreeing} of 10 pairs agree"
+    block = result.stdout[result.stdout.index("compare:\n"):]
+    import yaml
+    pasted = yaml.safe_load(block.split("\n\n")[0])["compare"]
+    suggested = pasted["metrics"]["accuracy"]["abs"]
+    assert suggested >= 2 * (max(values) - min(values)) and pasted["test_examples"] == 450
+    assert pasted["metrics"]["default"] == "exact" and "epochs" not in pasted["metrics"]
+    # The pasted block is a valid spec section, and with it the same runs agree.
+    spec.write_text(spec.read_text().replace(
+        "compare: {metrics: {default: exact}, artifacts: bitwise, test_examples: 450}",
+        "compare: " + json.dumps(pasted)))
+    assert project.reprun("validate", str(spec)).returncode == 0
+    reports = sorted(project.root.glob("r-*.json"))
+    assert len(reports) == 4
+    spread = json.loads(reports[0].read_text())["extra"]["spread"]
+    assert spread["title"].startswith("FLAKY across 5 runs")
+    row = next(r for r in spread["rows"] if r[0] == "accuracy")
+    assert row[4] == "no" and "expected from the test set" in row[7]
+    assert "FLAKY across 5 runs" in sorted(project.root.glob("r-*.md"))[0].read_text()

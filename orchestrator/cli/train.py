@@ -65,13 +65,18 @@ def verify(ctx: typer.Context, spec: Path,
                                          "one (see docs/variations.md)."),
            backend: Optional[str] = backend_option(),
            quiet: bool = typer.Option(False, "--quiet", "-q"),
-           verbose: bool = verbose_option()) -> None:
+           verbose: bool = verbose_option(),
+           suggest: bool = typer.Option(
+               False, "--suggest", help="With --times 3 or more: print the compare: block the "
+                                        "observed spread suggests (docs/reports.md).")) -> None:
     """Train a spec N times (default twice) and say whether the results match."""
     from orchestrator.spec.load import load_spec
     from orchestrator.workflows import verify as workflow
     spec_value = load_spec(spec)
     workflow.check_report_paths(report)
     names = workflow.vary_names(vary, vary_seed, times)
+    if suggest and times < 3:
+        raise UsageError("--suggest reads the spread of several runs; give --times 3 or more.")
     outcome = workflow.verify(
         spec_value, store=open_store(ctx), engine=open_backend(backend),
         # Each line of job output says which run printed it ([run 1/2] | ...), in parallel or
@@ -80,6 +85,11 @@ def verify(ctx: typer.Context, spec: Path,
         sequential=sequential, report_paths=report, use_cache=not no_cache, vary=names,
         vary_seed=vary_seed, repeat=f"reprun verify {shlex.quote(str(spec))}",
         diagnose=diagnose)
+    if outcome.spread is not None:
+        typer.echo(outcome.spread.summary)
+        if suggest:
+            typer.echo(outcome.spread.suggested_block(spec_value.compare.artifacts,
+                                                      keep=spec_value.compare.metrics))
     _print_reports(outcome, verbose)
 
 

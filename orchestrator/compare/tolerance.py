@@ -43,6 +43,7 @@ class Tolerances:
     default: Tolerance = Tolerance()
     metrics: dict[str, Tolerance] = field(default_factory=dict)
     artifacts: ArtifactPolicies = ArtifactPolicies()
+    test_examples: int | None = None    # the test-set size behind accuracy-like metrics
 
     def for_metric(self, name: str) -> Tolerance:
         return self.metrics.get(name, self.default)
@@ -68,7 +69,12 @@ def parse_tolerances(compare: dict[str, Any] | None) -> Tolerances:
         artifacts = parse_policies(compare.get("artifacts"))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return Tolerances(default=default, metrics=metrics, artifacts=artifacts)
+    examples = compare.get("test_examples")
+    if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int)
+                                 or examples < 1):
+        raise UsageError(f"compare.test_examples is {examples!r}; it must be a whole number >= 1")
+    return Tolerances(default=default, metrics=metrics, artifacts=artifacts,
+                      test_examples=examples)
 
 
 def parse_tolerance(name: str, raw: Any) -> Tolerance:

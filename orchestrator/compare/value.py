@@ -26,6 +26,7 @@ class Verdict(StrEnum):
     """Verdicts, from best to worst; `combined_verdict` keeps the worst."""
     IDENTICAL = "identical"
     EQUIVALENT = "equivalent"
+    FLAKY = "flaky"                  # of N runs, some pairs agree and others do not
     DIFFERS = "differs"
     INCOMPLETE = "incomplete"
 
@@ -42,11 +43,13 @@ class Verdict(StrEnum):
 _VERDICT_EXIT = {
     Verdict.IDENTICAL: ExitCode.OK,
     Verdict.EQUIVALENT: ExitCode.OK,
+    # Results that reproduce only some of the time do not reproduce: exit 1, as `differs`.
+    Verdict.FLAKY: ExitCode.DIFFERS,
     Verdict.DIFFERS: ExitCode.DIFFERS,
     Verdict.INCOMPLETE: ExitCode.JOB_FAILED,
 }
 
-IDENTICAL, EQUIVALENT, DIFFERS, INCOMPLETE = Verdict
+IDENTICAL, EQUIVALENT, FLAKY, DIFFERS, INCOMPLETE = Verdict
 VERDICTS = tuple(Verdict)
 
 # Metric statuses.

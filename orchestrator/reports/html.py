@@ -19,7 +19,7 @@ main { max-width: 1100px; margin: 0 auto; padding: 0 1.5rem 2rem; }
 .banner h1 { margin: 0; font-size: 1.8rem; letter-spacing: .05em; }
 .banner p { margin: .3rem 0 0; }
 .verdict-identical, .verdict-equivalent { background: #1a7f37; }
-.verdict-differs { background: #cf222e; }
+.verdict-differs, .verdict-flaky { background: #cf222e; }
 .verdict-incomplete { background: #9a6700; }
 h2 { font-size: 1.15rem; margin: 1.6rem 0 .5rem; border-bottom: 1px solid #d0d7de; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }

@@ -17,7 +17,8 @@ _COLOURS = {
     "dim": "\033[2m",
 }
 _VERDICT_COLOUR = {
-    "identical": "green", "equivalent": "green", "differs": "red", "incomplete": "yellow",
+    "identical": "green", "equivalent": "green", "flaky": "red", "differs": "red",
+    "incomplete": "yellow",
 }
 _STATUS_COLOUR = {
     "identical": "green", "succeeded": "green",

@@ -56,6 +56,7 @@ class CompareSpec:
     metrics: dict[str, Tolerance]   # always contains "default"
     # "bitwise", "ignore", or {pattern: policy} as written (compare/artifacts/policy.py)
     artifacts: str | dict[str, Any] = "bitwise"
+    test_examples: int | None = None  # the test-set size behind accuracy-like metrics
 
     def tolerance_for(self, metric: str) -> Tolerance:
         return self.metrics.get(metric) or self.metrics.get("default", Tolerance("exact"))

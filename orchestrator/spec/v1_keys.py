@@ -271,15 +271,17 @@ def _read_artifact_policies(reader: Reader, node: yaml.Node, where: str) -> str 
 
 
 def _build_compare(metrics: dict[str, Tolerance] | None = None,
-                   artifacts: str | dict = "bitwise") -> CompareSpec:
+                   artifacts: str | dict = "bitwise",
+                   test_examples: int | None = None) -> CompareSpec:
     return CompareSpec(metrics={"default": Tolerance("exact"), **(metrics or {})},
-                       artifacts=artifacts)
+                       artifacts=artifacts, test_examples=test_examples)
 
 
 _COMPARE_KEYS = {
     "metrics": Key(named(leaf(STRING, matching(".+", "is empty", "Name the metric")),
                            _read_tolerance)),
     "artifacts": Key(_read_artifact_policies),
+    "test_examples": Key(leaf(INTEGER, in_range(1, MAX_INT))),
 }
 
 _GPU_COUNT = ValueType("a number of GPUs, `all` or a list of device IDs", (int, str),

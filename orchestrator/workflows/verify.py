@@ -31,6 +31,7 @@ class Outcome:
     reports: tuple[WrittenReport, ...]
     exit_code: int
     records: tuple[RunRecord, ...] = field(default_factory=tuple)
+    spread: object = None       # orchestrator.compare.spread.Spread, from three runs or more
 
 
 def raise_for_failed(records, store: Store) -> None:
@@ -88,6 +89,11 @@ def compare_and_report(store: Store, records, report_paths, *,
     from orchestrator.reports import format_for_path, render
     from orchestrator.store.baselines import approved_note
     extra = approved_note(store, [r.id for r in records])
+    spread = None
+    if comparisons is None and len(records) >= 3:
+        from orchestrator.compare.spread import spread_of
+        spread = spread_of(records)
+        extra = {**extra, "spread": spread.table()}
     first = records[0]
     from orchestrator.compare.artifacts.contents import contents_in_store
     contents = contents_in_store(store)
@@ -105,7 +111,8 @@ def compare_and_report(store: Store, records, report_paths, *,
             write_text(target, render(comparison, format_for_path(path)), "report")
             files.append(target)
         written.append(WrittenReport(comparison, tuple(files), saved))
-    return Outcome(tuple(written), combined_verdict(comparisons).exit_code, tuple(records))
+    verdict = spread.verdict if spread is not None else combined_verdict(comparisons)
+    return Outcome(tuple(written), verdict.exit_code, tuple(records), spread)
 
 
 def run_once(spec, *, store: Store, engine: Executor, observer: RunObserver,
