@@ -58,7 +58,7 @@ def run() -> list[tuple]:
     widest = max(map(len, lines))
     return [(f"terminal verdict of a 5,000-package diff: {len(lines)} lines, widest {widest} "
              f"(verbose: {len(full.splitlines())} lines)", concise,
-             "the verbose terminal report", verbose, concise / verbose,
+             "the verbose terminal report", verbose, verbose / concise,
              f"<= 25 lines within {WIDTH} columns", len(lines) <= 25 and widest <= WIDTH)]
 
 

@@ -751,3 +751,34 @@ def test_an_accuracy_measured_on_450_examples_is_set_beside_its_binomial_standar
     assert "  test_examples: 450" in spread.suggested_block()
     loss = next(m for m in spread.metrics if m.name == "loss")
     assert loss.binomial_se is None
+
+
+# --- the spec keys the comparison reads ---------------------------------------------------
+
+@pytest.mark.parametrize("outputs, compare, problem", [
+    ({"steps": "/abs/steps.jsonl"}, {}, "outputs.steps"),
+    ({"steps": 3}, {}, "outputs.steps"),
+    ({}, {"test_examples": 0}, "compare.test_examples"),
+    ({}, {"test_examples": "450"}, "compare.test_examples"),
+], ids=["absolute-steps", "steps-not-text", "no-examples", "examples-as-text"])
+def test_a_bad_steps_file_or_test_set_size_is_refused_by_validate(tmp_path, outputs, compare,
+                                                                   problem):
+    import subprocess
+    import sys
+    import yaml
+    from orchestrator.spec.load import load_spec
+    (tmp_path / "data.csv").write_text("x\n1\n")
+    good = {"version": 1, "name": "job", "image": {"ref": "127.0.0.1:5000/x@sha256:" + "a" * 64},
+            "dataset": {"path": "data.csv", "sha256": "b" * 64}, "seed": 1,
+            "command": ["true"], "outputs": {"steps": "steps.jsonl"},
+            "compare": {"test_examples": 450}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(good))
+    spec = load_spec(path)
+    assert (spec.outputs.steps, spec.compare.test_examples) == ("steps.jsonl", 450)
+    bad = {**good, "outputs": outputs or good["outputs"], "compare": compare or good["compare"]}
+    path.write_text(yaml.safe_dump(bad))
+    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and problem in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
