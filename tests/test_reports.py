@@ -479,7 +479,7 @@ def test_markdown_neutralises_bidi_overrides_mentions_and_autolinks():
     assert "\u202e" not in out and "acc\\u202egpj.exe" in out
     table = out.split("### Metrics")[1].split("###")[0]
     assert "| `@octocat` |" in table
-    assert "| `see https://evil.example/x` |" in table and "| `www.evil.example` |" in table
+    assert "| see https&#58;//evil.example/x |" in table and "| www&#46;evil.example |" in table
     # Nowhere outside a code span: no mention, no link for GitHub to make.
     outside = re.sub(r"`[^`]*`", "", out)
     assert "@octocat" not in outside and "https://" not in outside and "www." not in outside
@@ -502,3 +502,16 @@ def test_the_same_image_pushed_to_a_registry_is_not_an_image_difference():
 def test_the_html_report_shows_the_likely_causes_before_the_tables(differs):
     page = render(differs, "html")
     assert page.index('id="causes"') < page.index('id="metrics"') < page.index('id="environment"')
+
+
+def test_the_html_metric_chart_puts_metrics_of_different_scales_on_one_footing():
+    a = make_record("run-a", metrics={"batches": 13.0, "loss": 3.0e-4})
+    b = make_record("run-b", metrics={"batches": 14.0, "loss": 3.1e-4})
+    page = render(compare_records(a, b), "html")
+    chart = re.search(r'<svg[^>]*class="metric-deltas".*?</svg>', page, re.S).group(0)
+    widths = dict(zip(re.findall(r"<text x=\"0\" y=\"\d+\">([^<]+)</text>", chart),
+                      map(float, re.findall(r'<rect [^>]*width="([\d.]+)"', chart))))
+    # Relative differences: 1/14 = 7.1 % and 0.1/3.1 = 3.2 %, so the loss bar is about half the
+    # batches bar, not a thousandth of it as on one absolute axis.
+    assert widths["loss"] / widths["batches"] == pytest.approx((0.1 / 3.1) / (1 / 14), rel=0.01)
+    assert "7.14%" in chart and "3.23%" in chart

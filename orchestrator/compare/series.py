@@ -29,10 +29,8 @@ def compare_series(name: str, source: str, a: Sequence[Point] | None,
     if tolerance.kind == "ignore":
         return SeriesRow(**row, status=M_IGNORED, summary=f"{name}: ignored by tolerance")
     if a is None or b is None:
-        status = MISSING_A if a is None else MISSING_B
-        which = "a" if a is None else "b"
-        return SeriesRow(**row, status=status, summary=f"{name}: only in run "
-                                                       f"{'b' if which == 'a' else 'a'}")
+        status, only_in = (MISSING_A, "b") if a is None else (MISSING_B, "a")
+        return SeriesRow(**row, status=status, summary=f"{name}: only in run {only_in}")
     agree_until, first, within = None, None, False
     for step in sorted(set(left) | set(right)):
         if step not in left or step not in right:
@@ -76,12 +74,11 @@ def _largest_difference(triples: Iterable[tuple[int, float, float]]
 def _parting(name: str, agree_until: int | None, first: int, left: dict, right: dict,
              within: bool, largest_step: int | None, largest: float | None) -> str:
     how = "within tolerance" if within else "identical"
-    head = (f"{how} up to step {agree_until}; " if agree_until is not None
-            else "")
+    head = f"{how} up to step {agree_until}; " if agree_until is not None else ""
     if first not in left or first not in right:
-        ends = (f"run a has {len(left)} steps, run b {len(right)}")
-        return f"{head}first differ at step {first}: {name} only in run " \
-               f"{'a' if first in left else 'b'} ({ends})"
+        return (f"{head}first differ at step {first}: {name} only in run "
+                f"{'a' if first in left else 'b'} (run a has {len(left)} steps, run b "
+                f"{len(right)})")
     ta, tb = tell_apart(left[first], right[first])
     text = f"{head}first differ at step {first}: {name} {ta} vs {tb}"
     if largest_step is not None and largest is not None:

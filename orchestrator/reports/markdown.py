@@ -17,9 +17,13 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Bidirectional overrides and isolates reorder what a reader sees (a name that reads "gpj.exe"
 # backwards); shown as \u202e instead.
 _BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-# What GitHub turns into a notification or a link: @mentions, URLs and bare www. names (a #
-# is escaped above). Its filters leave code spans alone, so such a value is set as code.
-_ACTIVE = re.compile(r"@|://|\bwww\.|\bmailto:", re.IGNORECASE)
+# What GitHub turns into a notification or a link. Its mention filter reads the rendered text
+# but leaves code spans alone, so a value with an @ is set as code; its autolinks are found in
+# the source text, so the ":" of a scheme and the "." after www become character references,
+# which read the same and link nothing.
+_MENTION = re.compile(r"@")
+_AUTOLINK = re.compile(r"(?<=[A-Za-z])(:)(?=//)|(?<=\bwww)(\.)|(?<=\bmailto)(:)",
+                       re.IGNORECASE)
 
 
 def _visible(value: str) -> str:
@@ -29,9 +33,10 @@ def _visible(value: str) -> str:
 
 def escape(value: str) -> str:
     one_line = " ".join(value.splitlines())
-    if _ACTIVE.search(one_line):
+    if _MENTION.search(one_line):
         return "`" + _code(one_line).replace("|", "\\|") + "`"
-    return _visible(_SPECIAL.sub(r"\\\1", one_line))
+    escaped = _visible(_SPECIAL.sub(r"\\\1", one_line))
+    return _AUTOLINK.sub(lambda m: f"&#{ord(m.group()):d};", escaped)
 
 
 def render(comparison: Comparison) -> str:
