@@ -430,7 +430,7 @@ def test_parallel_runs_get_distinct_cpusets_and_the_diff_shows_them(project, doc
     diff = project.reprun("diff", runs[0]["id"], runs[1]["id"], f"--report={report}")
     assert diff.returncode == 0, diff.stderr
     shown = json.loads(report.read_text())
-    schema = REPO / "orchestrator" / "reports" / "report-v1.schema.json"
+    schema = REPO / "orchestrator" / "reports" / "report-v2.schema.json"
     jsonschema.validate(shown, json.loads(schema.read_text()))
     rows = shown["sections"]["environment"]
     assert [(r["section"], r["name"]) for r in rows] == [("cpuset", "cpuset")], rows

@@ -1,6 +1,6 @@
 """The JSON report: `Comparison.to_dict()`, valid JSON (non-finite floats as strings).
 
-Its shape is `orchestrator/report-v1.schema.json`; `orchestrator.reports.load_json_report`
+Its shape is `orchestrator/reports/report-v2.schema.json`; `orchestrator.reports.load_json_report`
 reads it back so that it can be rendered again in another format.
 """
 from __future__ import annotations

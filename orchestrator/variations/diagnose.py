@@ -210,7 +210,7 @@ def _causes(plain: Comparison, plan: DiagnosisPlan, pairs: Sequence[Intervention
                   f"{what}{together}: with {how}, two runs were {pair.comparison.verdict}",
                   (*fixes,
                    f"runs {pair.records[0].id} and {pair.records[1].id} had only {how}; the "
-                   f"plain runs {plain.a.run_id} and {plain.b.run_id} differ",
+                   f"plain runs {plain.a.id} and {plain.b.id} differ",
                    *not_tried, spent))]
 
 

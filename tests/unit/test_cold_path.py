@@ -43,7 +43,7 @@ def recorded(unit, quiet):
 
 
 def test_commands_that_need_no_engine_never_load_the_docker_sdk(unit, recorded):
-    a, b = recorded.comparison.a.run_id, recorded.comparison.b.run_id
+    a, b = recorded.comparison.a.id, recorded.comparison.b.id
     spec = unit.spec_file()      # its image pinned by digest: lock --check has nothing to ask
     for args, code in ((["--version"], 0), (["--help"], 0), (["validate", str(spec)], 0),
                        (["runs"], 0), (["runs", "show", a], 0), (["diff", a, b], 0),

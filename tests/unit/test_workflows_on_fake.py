@@ -89,7 +89,7 @@ def test_times_n_compares_every_run_with_the_first_and_names_each_report(unit, f
                                                                            tmp_path):
     outcome = verify(unit, fake, quiet, times=3, report_paths=[tmp_path / "r.json"])
     assert len(outcome.reports) == 2
-    second, third = (r.comparison.b.run_id for r in outcome.reports)
+    second, third = (r.comparison.b.id for r in outcome.reports)
     assert {p.name for r in outcome.reports for p in r.files} == {f"r-{second}.json",
                                                                   f"r-{third}.json"}
 
@@ -173,7 +173,7 @@ def test_check_compares_one_new_run_with_the_approved_baseline(unit, quiet):
     (result,) = check_workflow.check_all([unit.spec_file()], store=unit.store, engine=executor,
                                          observer=quiet)
     assert result.compared_with == "baseline"
-    assert result.comparison.a.run_id == base.id and result.exit_code == 0
+    assert result.comparison.a.id == base.id and result.exit_code == 0
     assert len(executor.jobs) == 3
 
 
