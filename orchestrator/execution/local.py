@@ -313,8 +313,9 @@ def _create_kwargs(job: ContainerJob) -> dict[str, Any]:
         memswap_limit=job.memory_bytes,   # no swap: an over-limit job is OOM-killed, not slowed
         pids_limit=job.pids,
         labels={LABEL: "1", LABEL_OWNER: owner_label(), **job.labels},
-        volumes={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
-                 for m in job.mounts},
+        # A list of binds, not the SDK's dict keyed by host path: one host file may be bound
+        # at two places.
+        volumes=[f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in job.mounts],
         shm_size=job.shm_bytes,
         **({"working_dir": job.workdir} if job.workdir else {}),
         **({"device_requests": [gpu_request(job)]} if job.wants_gpus else {}),
