@@ -15,18 +15,11 @@ import time
 import zipfile
 from pathlib import Path
 
+from turns import fastest_in_turns
+
 NPZ_ELEMENTS = 1 << 28            # float32: 1 GiB of data per file
 CHURN_ROWS = 1_000_000
 
-
-def _turns(contenders: dict, tries: int) -> dict[str, float]:
-    best = {name: float("inf") for name in contenders}
-    for _ in range(tries):
-        for name, fn in contenders.items():
-            started = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - started)
-    return best
 
 
 def _npz_files(folder: Path) -> tuple[Path, Path]:
@@ -65,7 +58,7 @@ def run() -> list[tuple]:
     try:
         a, b = _npz_files(folder)
         tolerance = parse_policy({"abs": 1e-5})
-        best = _turns({"compare": lambda: compare_npz(a, b, tolerance),
+        best = fastest_in_turns({"compare": lambda: compare_npz(a, b, tolerance),
                        "read": lambda: (_read_npz(a), _read_npz(b))}, tries=3)
         # Ratios as elsewhere in bench/: baseline seconds / reprun seconds (0.5 = twice as long).
         rows = [("npz 2x1 GiB compared", best["compare"], "both read", best["read"],
@@ -75,7 +68,7 @@ def run() -> list[tuple]:
         b.unlink()
         a, b = _churn_files(folder)
         policy = parse_policy({"predictions": {"truth": "label"}})
-        best = _turns({"churn": lambda: compare_predictions(a, b, policy),
+        best = fastest_in_turns({"churn": lambda: compare_predictions(a, b, policy),
                        "read": lambda: (a.read_bytes(), b.read_bytes())}, tries=3)
         rows.append(("churn 1,000,000 rows", best["churn"], "both read", best["read"],
                      best["read"] / best["churn"], "< 1 s", best["churn"] < 1.0))

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from turns import fastest_in_turns
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 REPRUN = [str(Path(sys.executable).with_name("reprun"))]     # the command users run
@@ -35,16 +37,6 @@ def _best(fn, tries: int) -> float:
         best = min(best, time.perf_counter() - started)
     return best
 
-
-def _turns(contenders: dict, tries: int) -> dict[str, float]:
-    """Fastest of `tries` for each contender, taking turns so that other load hits all alike."""
-    best = {name: float("inf") for name in contenders}
-    for _ in range(tries):
-        for name, fn in contenders.items():
-            started = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - started)
-    return best
 
 
 def _reprun(store: Path, *args: str, cwd: Path) -> None:
@@ -93,7 +85,7 @@ def bench_overhead(scratch: Path) -> list[tuple]:
             "--tmpfs", "/tmp", "--hostname", "reprun", "-v", f"{root / 'data'}:/data:ro",
             "-v", f"{out}:/out", EXAMPLE, "sh", "-c", "echo '{}' > /out/metrics.json"]
     _reprun(store, "run", "-q", str(spec), cwd=root)      # image present, caches filled
-    best = _turns({
+    best = fastest_in_turns({
         "bare": lambda: subprocess.run(bare, check=True, capture_output=True),
         "reprun": lambda: _reprun(store, "run", "-q", str(spec), cwd=root),
         "in-process": _in_process_run(spec, store),
@@ -126,12 +118,12 @@ def bench_verify(scratch: Path) -> list[tuple]:
     store = scratch / "verify-store"
     spec = str(REPO / "specs" / "digits.yaml")
     _reprun(store, "run", "-q", spec, cwd=REPO)
-    best = _turns({
+    best = fastest_in_turns({
         "sequential": lambda: _reprun(store, "verify", "-q", "--sequential", spec, cwd=REPO),
         "parallel": lambda: _reprun(store, "verify", "-q", spec, cwd=REPO),
     }, tries=3)
     ratio = best["sequential"] / best["parallel"]
-    runs = _turns(_in_process_verify(spec, store), tries=3)
+    runs = fastest_in_turns(_in_process_verify(spec, store), tries=3)
     runs_ratio = runs["sequential"] / runs["parallel"]
     return [("verify, two 1-CPU runs in parallel (whole CLI)", best["parallel"],
              "the same, one after another", best["sequential"], ratio,
@@ -183,7 +175,7 @@ def bench_comparison(scratch: Path) -> list[tuple]:
     def compare_only() -> None:
         compare_records(a, b)
 
-    best = _turns({"all": everything, "compare": compare_only}, tries=3)
+    best = fastest_in_turns({"all": everything, "compare": compare_only}, tries=3)
     return [("diff of 2 × 5,000-package manifests, every format rendered", best["all"],
              "the comparison alone", best["compare"], best["compare"] / best["all"],
              "< 0.5 s", best["all"] < 0.5)]
@@ -204,7 +196,7 @@ def bench_store(scratch: Path) -> list[tuple]:
               f"2026-01-01T00:{i // 600 % 60:02d}:{i % 60:02d}Z", text) for i in range(10_000)])
     cwd = scratch
     spec = _noop_project(scratch / "cold")
-    best = _turns({
+    best = fastest_in_turns({
         "interpreter": _interpreter,
         "version": lambda: _reprun(store.root, "--version", cwd=cwd),
         "validate": lambda: _reprun(store.root, "validate", str(spec), cwd=cwd),
