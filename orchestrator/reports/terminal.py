@@ -6,7 +6,7 @@ import re
 from tabulate import tabulate
 
 from orchestrator.compare.value import Comparison
-from orchestrator.reports import Table, metric_cells, short_sha, tables, text
+from orchestrator.reports import Table, extra_tables, metric_cells, short_sha, tables, text
 
 _RESET = "\033[0m"
 _BOLD = "\033[1m"
@@ -48,6 +48,9 @@ CONCISE_ROWS = 12
 CONCISE_CAUSES = 3
 _ROWS_PER_KIND = {"metric": 6, "series": 3, "artifact": 3, "input": 3, "environment": 3}
 DEFAULT_WIDTH = 100
+# Sections that are the explanation itself, short by construction: what a diagnosis tried and
+# what each pair gave are shown by default, as the culprit is.
+EXPLAINING_EXTRAS = ("diagnosis", "diagnosis_pairs")
 _AGREE = {"identical", "ignored", "succeeded", ""}
 
 
@@ -100,6 +103,16 @@ def _concise(comparison: Comparison, lines: list[str], paint, width: int) -> str
         lines += [f"  {plain(r.name)}: {plain(r.summary)}" for r in parted[:3]]
         if len(parted) > 3:
             lines.append(f"  ... and {len(parted) - 3} more series")
+    read = [f for f in comparison.sections.artifacts if f.detail and f.status not in _AGREE]
+    if read:
+        lines += ["", paint("What the artifacts' contents say", None, bold=True)]
+        lines += [f"  {plain(f.name)}: {plain(f.detail)}" for f in read[:5]]
+        if len(read) > 5:
+            lines.append(f"  ... and {len(read) - 5} more artifacts")
+    for table in extra_tables({key: value for key, value in comparison.extra.items()
+                               if key in EXPLAINING_EXTRAS}):
+        lines.append("")
+        lines.extend(_table(table, paint))
     causes = comparison.causes[:CONCISE_CAUSES]
     if causes:
         lines += ["", paint("Likely causes", None, bold=True)]
