@@ -33,7 +33,7 @@ from orchestrator.records import ERROR, SUCCEEDED, RunRecord
 from orchestrator.runner import PreparedRun, execute
 from orchestrator.store.db import Store
 from orchestrator.variations.factors import (FACTOR_NAMES, HostContext, VariationPlan, factor,
-                                             plan_variations)
+                                             image_locales, plan_variations)
 
 Oracle = Callable[[frozenset], bool]
 
@@ -200,21 +200,38 @@ class VariedVerification:
         return self.trials[0].record
 
 
-def host_context(prepared: PreparedRun) -> HostContext:
+def host_context(prepared: PreparedRun, locales: tuple[str, ...] = ()) -> HostContext:
     spec = prepared.spec
     return HostContext(host_cpus=prepared.host.get("host_cpus"),
                        dataset_path=Path(spec.dataset.path) if spec.dataset else None,
                        dataset_kind=prepared.dataset.kind if prepared.dataset else "none",
                        dataset_bytes=prepared.dataset.bytes if prepared.dataset else 0,
                        dataset_files=len(prepared.dataset.files) if prepared.dataset else 0,
-                       memory_bytes=spec.resources.memory_bytes)
+                       memory_bytes=spec.resources.memory_bytes, image_locales=locales)
 
 
-def plan_for(prepared: PreparedRun, names: Sequence[str], seed: int) -> VariationPlan:
+def locales_of_image(engine: Executor | None, image_id: str) -> tuple[str, ...]:
+    """The real locales the job's image has, from `locale -a` in a container of it with no
+    network; none when that cannot be run (no engine here, no `locale` in the image)."""
+    if engine is None:
+        return ()
+    try:
+        listing = engine.client.containers.run(
+            image_id, ["-a"], entrypoint=["locale"], network_disabled=True, remove=True,
+            stdout=True, stderr=False)
+    except Exception:      # the factor falls back to C and POSIX; the plan shows which
+        return ()
+    return image_locales(listing.decode("utf-8", "replace"))
+
+
+def plan_for(prepared: PreparedRun, names: Sequence[str], seed: int,
+             engine: Executor | None = None) -> VariationPlan:
+    """`engine`: where the image's locales are read, when `locale` is asked for."""
     # A job built exactly as the runs' jobs are; only its values are read.
     preview = container_job(prepared.spec, run_id="preview", image_id=prepared.image.id,
                             seed=prepared.spec.seed, paths=RunPaths(Path("/nonexistent")))
-    return plan_variations(names, seed, host_context(prepared), preview)
+    locales = locales_of_image(engine, prepared.image.id) if "locale" in names else ()
+    return plan_variations(names, seed, host_context(prepared, locales), preview)
 
 
 def verify_varied(prepared: PreparedRun, plan: VariationPlan, *, store: Store, engine: Executor,
@@ -306,7 +323,9 @@ def verify_varied(prepared: PreparedRun, plan: VariationPlan, *, store: Store, e
             by_set.update(zip(sets, got))
             return [trial.reproduces for trial in got]
 
-        search, _ = search_side_by_side(names, oracle, fits, first=[frozenset()])
+        # The factors that take more CPUs last: the halves without them can go side by side.
+        order = sorted(names, key=lambda name: run_cpus(prepared, plan, (name,)))
+        search, _ = search_side_by_side(order, oracle, fits, first=[frozenset()])
         fixed = by_set[frozenset()]
         if fixed.reproduces:
             search = None

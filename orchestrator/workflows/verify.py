@@ -171,7 +171,7 @@ def _verify_varied(prepared, names, seed, *, store, engine, observer, report_pat
                    repeat, side_by_side) -> Outcome:
     from orchestrator.variations.culprit import plan_for, verify_varied
     from orchestrator.variations.factors import new_seed
-    plan = plan_for(prepared, names, new_seed() if seed is None else seed)
+    plan = plan_for(prepared, names, new_seed() if seed is None else seed, engine=engine)
     if not plan.variations:
         raise UsageError("none of the factors asked for can be varied here:",
                          details=[f"{s.factor}: {s.reason}" for s in plan.skipped])

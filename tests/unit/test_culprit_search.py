@@ -3,12 +3,15 @@ what each factor changes in a job, what is skipped and why (no engine; the real 
 each hidden dependency are in tests/test_variations.py)."""
 from __future__ import annotations
 
+import json
+import random
 from itertools import combinations
 from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import UsageError
+from orchestrator.execution.hermetic import LABEL_VARIATIONS
 from orchestrator.variations.culprit import search_culprits, search_side_by_side
 from orchestrator.variations.factors import (FACTOR_NAMES, HostContext, parse_vary, plan_variations,
                                              vary_job)
@@ -190,3 +193,20 @@ def test_a_run_with_nothing_varied_that_reproduces_stops_the_search():
     result, known = search_side_by_side(FACTORS, lambda sets: [True] * len(sets),
                                         lambda sets: len(sets) <= 2, first=[frozenset()])
     assert result.groups == () and known[frozenset()] is True and len(known) <= 2
+
+
+def test_the_locale_factor_chooses_a_real_locale_the_image_has_and_a_replay_the_same(tmp_path):
+    from orchestrator.variations.factors import image_locales, replay_transform, vary_locale
+    listing = "C\nC.utf8\nPOSIX\net_EE.utf8\nfr_FR.utf8\n"
+    assert image_locales(listing) == ("et_EE.UTF-8",)
+    assert image_locales("C\nPOSIX\n") == ()
+    job = preview_job(tmp_path)
+    _, value = vary_locale(job, random.Random(1), ("et_EE.UTF-8",))
+    assert value.varied == "LC_ALL=et_EE.UTF-8"
+    _, fallback = vary_locale(job, random.Random(1))
+    assert fallback.varied in ("LC_ALL=C", "LC_ALL=POSIX")
+    varied = vary_job(job, ["locale"], 5, ("tr_TR.UTF-8",))
+    recorded = json.loads(varied.labels[LABEL_VARIATIONS])
+    assert recorded["locales"] == ["tr_TR.UTF-8"]
+    replay, unknown = replay_transform(recorded)
+    assert replay(job).env["LC_ALL"] == "tr_TR.UTF-8" and unknown == []
