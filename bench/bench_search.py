@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from turns import fastest_in_turns
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 REPRUN = [str(Path(sys.executable).with_name("reprun"))]
@@ -127,23 +129,26 @@ def bench_search(scratch: Path) -> list[tuple]:
     root = scratch / "search"
     spec = _project(root, ["python3", "-c", UMASK_JOB, "/out"])
     why_not = _install_reprotest()
-    best = {"parallel": math.inf, "sequential": math.inf, "reprotest": math.inf}
-    runs = {}
-    for _ in range(TRIES):          # taking turns, so that other load hits all alike
-        for name, args in (("parallel", ()), ("sequential", ("--sequential",))):
-            started = time.perf_counter()
+    runs: dict[str, int] = {}
+
+    def vary_all(name: str, *args: str):
+        def go() -> None:
             report = _reprun(root, "verify", str(spec), "--vary", "all", "--vary-seed", "3",
                              *args)
-            best[name] = min(best[name], time.perf_counter() - started)
             assert [c.split(":")[0] for c in _culprits(report)] == [
                 "result depends on the umask"], report["causes"][:2]
             runs[name] = report["_runs"]
-        if why_not is None:
-            started = time.perf_counter()
-            blamed, builds = _reprotest(root)
-            best["reprotest"] = min(best["reprotest"], time.perf_counter() - started)
-            assert blamed == ["umask"], blamed
-            runs["reprotest"] = builds
+        return go
+
+    def reprotest() -> None:
+        blamed, runs["reprotest"] = _reprotest(root)
+        assert blamed == ["umask"], blamed
+
+    contenders = {"parallel": vary_all("parallel"),
+                  "sequential": vary_all("sequential", "--sequential")}
+    if why_not is None:
+        contenders["reprotest"] = reprotest
+    best = fastest_in_turns(contenders, TRIES)
     factors = 15
     most = math.log2(factors) + 3
     rows = [
@@ -169,14 +174,15 @@ def bench_search(scratch: Path) -> list[tuple]:
 def bench_diagnosis(scratch: Path) -> list[tuple]:
     root = scratch / "diagnosis"
     spec = _project(root, ["python3", "-c", UNSEEDED_JOB])
-    best = {"diagnose": math.inf, "plain": math.inf}
-    runs = {}
-    for _ in range(TRIES):
-        for name, args in (("plain", ()), ("diagnose", ("--diagnose",))):
-            started = time.perf_counter()
-            report = _reprun(root, "verify", str(spec), *args)
-            best[name] = min(best[name], time.perf_counter() - started)
-            runs[name] = report["_runs"]
+    runs: dict[str, int] = {}
+
+    def verify(name: str, *args: str):
+        def go() -> None:
+            runs[name] = _reprun(root, "verify", str(spec), *args)["_runs"]
+        return go
+
+    best = fastest_in_turns({"plain": verify("plain"), "diagnose": verify("diagnose",
+                                                                           "--diagnose")}, TRIES)
     return [(f"`verify --diagnose`, unseeded randomness ({runs['diagnose']} runs)",
              best["diagnose"], f"plain `verify` ({runs['plain']} runs)", best["plain"],
              best["plain"] / best["diagnose"], None, None)]
