@@ -57,12 +57,13 @@ def shown_in(manifest: Any) -> list[KnownCause]:
 def for_intervention(name: str, distributions: dict[str, str],
                      manifest: Any = None) -> list[KnownCause]:
     """The entries an intervention's success points to: the general one first, then those of
-    the libraries the job's image carries, leaving out those the manifest shows are not live
-    (torch's thread count when torch runs one thread)."""
+    the libraries the job's image carries; those the manifest shows live come first among them.
+    None is left out for a fact that says not live: the probe reads the settings before the job
+    starts, and the job may change them (`torch.set_num_threads(8)`)."""
     names = {n.lower().replace("_", "-") for n in distributions}
-    return [c for c in CAUSES if name in c.interventions
-            and (not c.libraries or names & set(c.libraries))
-            and live_in(c, manifest) is not False]
+    found = [c for c in CAUSES if name in c.interventions
+             and (not c.libraries or names & set(c.libraries))]
+    return sorted(found, key=lambda c: c.libraries != () and not live_in(c, manifest))
 
 
 def cited(cause: KnownCause, manifest: Any = None) -> str:

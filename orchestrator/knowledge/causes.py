@@ -5,8 +5,8 @@
 distribution names that make it apply to a job (as the manifest lists them), empty for a cause
 any Python job can have. `shows` is the manifest fact that says the cause is live in a run (a
 dotted path into the manifest, an operator, a value: ("frameworks.torch.num_threads", ">", 1)),
-read by the environment probe (manifest/pyprobe.py); an entry whose fact the manifest holds is
-cited only when the fact says so. `test` names the real-engine test that triggers it on a CPU and
+read by the environment probe (manifest/pyprobe.py) before the job starts; an entry whose fact
+says it is live is cited with that fact, and first among its library's entries. `test` names the real-engine test that triggers it on a CPU and
 checks that reprun names it; an entry without one says why (`untested_because`).
 """
 from __future__ import annotations

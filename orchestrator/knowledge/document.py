@@ -13,8 +13,8 @@ reprun cites these entries by id in its likely causes: a diagnosis (`verify --di
 [variations.md](variations.md)) whose pair agrees with *the entropy fixed* cites the entries of
 that intervention for the libraries the job's manifest shows. An entry with a manifest fact
 (the frameworks section the environment probe reads, see [reports.md](reports.md)) is cited
-with that fact, and left out where the fact says the cause is not live (torch's thread count
-when torch runs one thread).
+with that fact (the probe reads the settings before the job starts, so a fact that says "not
+live" leaves nothing out: the job may change the setting itself).
 
 | id | cause | looks like | fix | found by | source |
 |---|---|---|---|---|---|
