@@ -121,6 +121,8 @@ class EnvironmentManifest:
     python: dict[str, Any] = field(default_factory=dict)        # version, executable
     python_distributions: dict[str, str] = field(default_factory=dict)
     blas: list[dict[str, Any]] = field(default_factory=list)    # threadpoolctl's info()
+    # Per importable ML framework (torch, tensorflow, jax, ...): version, determinism settings.
+    frameworks: dict[str, dict[str, Any]] = field(default_factory=dict)
     cpu: dict[str, Any] = field(default_factory=dict)           # model, flags, count, cpuset
     gpu: dict[str, Any] = field(default_factory=dict)           # nvidia-smi: devices, driver
     limits: dict[str, Any] = field(default_factory=dict)        # cpus, memory_bytes, pids

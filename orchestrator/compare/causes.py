@@ -14,7 +14,7 @@ from orchestrator.compare.value import (A_DIFFERS, ADDED, CAUSE_ENVIRONMENT, CAU
                                         DIFFERS, M_IDENTICAL, M_IGNORED, M_WITHIN, ArtifactRow,
                                         Cause, EnvironmentRow, InputRow, MetricRow)
 from orchestrator.execution.hermetic import THREAD_VARIABLES
-from orchestrator.knowledge import known_cause
+from orchestrator.knowledge import cited, known_cause, shown_in
 from orchestrator.records import SUCCEEDED, RunRecord
 
 _INPUT_GROUPS = (
@@ -127,7 +127,7 @@ def _nondeterminism_causes(
         return [Cause(CAUSE_NONDETERMINISM,
                       f"only documents differ ({', '.join(differing)}), the model and metrics "
                       "agree: they embed the time they were written",
-                      (f"known cause {entry.id}: {entry.fix} ({entry.source})",
+                      (cited(entry),
                        "reprun sets SOURCE_DATE_EPOCH in every run (see docs/guarantees.md); a "
                        "writer that ignores it embeds the wall clock")), head]
     if metrics_agree and artifacts_differ:
@@ -158,10 +158,18 @@ def _nondeterminism_causes(
             if isinstance(threads, (int, float)) and threads > 1:
                 unpinned.append(f"run {record.id}: {lib.get('internal_api', '?')} "
                                 f"({lib.get('filepath', '?')}) uses {threads} threads")
-    if unpinned:
+    # What the frameworks' own settings say (the probe's frameworks section), cited once.
+    live: dict[str, tuple] = {}
+    for record in records:
+        for entry in shown_in(record.environment):
+            live.setdefault(entry.id, (entry, record.environment))
+    framework_threads = [cited(entry, manifest) for entry, manifest in live.values()
+                         if "threads" in entry.interventions]
+    if unpinned or framework_threads:
         hints.append(Cause(CAUSE_NONDETERMINISM,
                            "threads are not pinned: parallel reductions may add floats in a "
-                           "different order on each run", tuple(unpinned)))
+                           "different order on each run",
+                           (*unpinned, *framework_threads, cited(known_cause("blas-threads")))))
 
     multi_cpu = []
     for record in records:
@@ -174,19 +182,22 @@ def _nondeterminism_causes(
     if multi_cpu:
         hints.append(Cause(CAUSE_NONDETERMINISM,
                            "more than one CPU: work split across cores can finish and combine "
-                           "in a different order", tuple(multi_cpu)))
+                           "in a different order",
+                           (*multi_cpu, cited(known_cause("parallel-reduction-order")))))
 
     hints.append(Cause(
         CAUSE_NONDETERMINISM,
         "the job may draw randomness that does not come from REPRUN_SEED/{seed}",
-        (f"image, dataset and seed {a.inputs.seed} are identical in both runs",)))
+        (f"image, dataset and seed {a.inputs.seed} are identical in both runs",
+         cited(known_cause("python-random-unseeded")), cited(known_cause("seed-not-wired")))))
 
     hashseed = [f"run {r.id}" for r in env_known
                 if _job_env(r).get("PYTHONHASHSEED") in (None, "", "random")]
     if hashseed:
         hints.append(Cause(CAUSE_NONDETERMINISM,
                            "PYTHONHASHSEED is not set: set and dict iteration order can vary",
-                           tuple(f"{where}: PYTHONHASHSEED not set" for where in hashseed)))
+                           (*(f"{where}: PYTHONHASHSEED not set" for where in hashseed),
+                            cited(known_cause("pythonhashseed")))))
 
     if artifacts_differ and not metrics_agree:
         names = [r.name for r in artifacts if r.status == A_DIFFERS]

@@ -61,6 +61,23 @@ def _blas_facts(libraries: Any) -> dict[str, Any]:
     return facts
 
 
+def _framework_facts(frameworks: Any) -> dict[str, Any]:
+    """{"torch cudnn.benchmark": False, ...}: one fact per framework setting."""
+    facts: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if "." in prefix or " " in prefix else f"{prefix} {key}",
+                     inner)
+        else:
+            facts[prefix] = display_text(value) if isinstance(value, list) else value
+
+    for name, settings in _flat(frameworks).items():
+        walk(name, settings)
+    return facts
+
+
 def _host_facts(host: Any) -> dict[str, Any]:
     # Timestamps and durations differ on every run and say nothing about the engine; nor does
     # which earlier run the image's facts were read in (the facts themselves are compared).
@@ -90,6 +107,7 @@ ENVIRONMENT_SECTIONS = (
     _EnvironmentSection("python-distribution", "python_distributions", _flat,
                         "Python distribution"),
     _EnvironmentSection("blas", "blas", _blas_facts, "BLAS/OpenMP library"),
+    _EnvironmentSection("framework", "frameworks", _framework_facts, "framework setting"),
     _EnvironmentSection("os-package", "os_packages", _flat, "OS package"),
     _EnvironmentSection("python", "python", _flat, "Python"),
     _EnvironmentSection("cpu", "cpu", _cpu_facts, "CPU"),

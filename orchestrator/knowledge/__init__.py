@@ -6,6 +6,8 @@ and docs/causes.md is generated from the table (`python -m orchestrator.knowledg
 """
 from __future__ import annotations
 
+from typing import Any
+
 from orchestrator.knowledge.causes import CAUSES, KnownCause
 
 _BY_ID = {cause.id: cause for cause in CAUSES}
@@ -21,13 +23,52 @@ def shown_by(distributions: dict[str, str]) -> list[KnownCause]:
     return [c for c in CAUSES if c.libraries and names & set(c.libraries)]
 
 
-def for_intervention(name: str, distributions: dict[str, str]) -> list[KnownCause]:
+_UNREAD = object()
+_TESTS = {"==": lambda fact, value: fact == value,
+          ">": lambda fact, value: isinstance(fact, (int, float)) and fact > value}
+
+
+def manifest_fact(manifest: Any, path: str) -> Any:
+    """The fact at a dotted path of a manifest (EnvironmentManifest or its dict); _UNREAD when
+    the manifest does not hold it (an older record, a framework the probe could not import)."""
+    value = manifest
+    for part in path.split("."):
+        value = (value.get(part, _UNREAD) if isinstance(value, dict)
+                 else getattr(value, part, _UNREAD))
+        if value is _UNREAD:
+            return _UNREAD
+    return value
+
+
+def live_in(cause: KnownCause, manifest: Any) -> bool | None:
+    """Whether the manifest shows the cause live: None when it has no such fact to say."""
+    if cause.shows is None or manifest is None:
+        return None
+    path, test, value = cause.shows
+    fact = manifest_fact(manifest, path)
+    return None if fact is _UNREAD else _TESTS[test](fact, value)
+
+
+def shown_in(manifest: Any) -> list[KnownCause]:
+    """The entries whose manifest fact says they are live in this run."""
+    return [c for c in CAUSES if live_in(c, manifest)]
+
+
+def for_intervention(name: str, distributions: dict[str, str],
+                     manifest: Any = None) -> list[KnownCause]:
     """The entries an intervention's success points to: the general one first, then those of
-    the libraries the job's image carries."""
+    the libraries the job's image carries; those the manifest shows live come first among them.
+    None is left out for a fact that says not live: the probe reads the settings before the job
+    starts, and the job may change them (`torch.set_num_threads(8)`)."""
     names = {n.lower().replace("_", "-") for n in distributions}
-    return [c for c in CAUSES if name in c.interventions
-            and (not c.libraries or names & set(c.libraries))]
+    found = [c for c in CAUSES if name in c.interventions
+             and (not c.libraries or names & set(c.libraries))]
+    return sorted(found, key=lambda c: c.libraries != () and not live_in(c, manifest))
 
 
-def cited(cause: KnownCause) -> str:
-    return f"known cause {cause.id}: {cause.fix} ({cause.source})"
+def cited(cause: KnownCause, manifest: Any = None) -> str:
+    shown = ""
+    if live_in(cause, manifest):
+        path, test, value = cause.shows
+        shown = f" (the manifest shows {path} = {manifest_fact(manifest, path)!r})"
+    return f"known cause {cause.id}{shown}: {cause.fix} ({cause.source})"

@@ -3,12 +3,16 @@
 `interventions` are those whose success points to the cause (execution/interventions.py),
 `factors` the --vary factors that expose it (variations/factors.py); `libraries` the Python
 distribution names that make it apply to a job (as the manifest lists them), empty for a cause
-any Python job can have. `test` names the real-engine test that triggers it on a CPU and
+any Python job can have. `shows` is the manifest fact that says the cause is live in a run (a
+dotted path into the manifest, an operator, a value: ("frameworks.torch.num_threads", ">", 1)),
+read by the environment probe (manifest/pyprobe.py) before the job starts; an entry whose fact
+says it is live is cited with that fact, and first among its library's entries. `test` names the real-engine test that triggers it on a CPU and
 checks that reprun names it; an entry without one says why (`untested_because`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,7 @@ class KnownCause:
     interventions: tuple[str, ...] = ()
     factors: tuple[str, ...] = ()
     on_cpu: bool = True
+    shows: tuple[str, str, Any] | None = None      # (manifest path, "==" or ">", value)
     test: str | None = None          # tests/FILE.py::test_name
     untested_because: str | None = None
 
@@ -153,13 +158,15 @@ CAUSES: tuple[KnownCause, ...] = (
         "runs differ with identical inputs on a GPU; torch in the manifest",
         "`torch.use_deterministic_algorithms(True)` (it raises on an op that has no "
         "deterministic version)",
-        _TORCH_NOTES, libraries=("torch",), on_cpu=False, untested_because=_NEEDS_GPU),
+        _TORCH_NOTES, shows=("frameworks.torch.deterministic_algorithms", "==", False),
+        libraries=("torch",), on_cpu=False, untested_because=_NEEDS_GPU),
     KnownCause(
         "torch-cudnn-benchmark", "cuDNN autotuning picks another convolution algorithm",
         "runs differ on a GPU; torch in the manifest with cudnn.benchmark true",
         "`torch.backends.cudnn.benchmark = False` and `torch.backends.cudnn.deterministic = "
         "True`",
-        _TORCH_NOTES, libraries=("torch",), on_cpu=False, untested_because=_NEEDS_GPU),
+        _TORCH_NOTES, shows=("frameworks.torch.cudnn.benchmark", "==", True),
+        libraries=("torch",), on_cpu=False, untested_because=_NEEDS_GPU),
     KnownCause(
         "torch-cublas-workspace", "cuBLAS workspaces reused across streams (CUDA 10.2 and later)",
         "runs differ on a GPU; use_deterministic_algorithms raises about CUBLAS_WORKSPACE_CONFIG",
@@ -177,6 +184,7 @@ CAUSES: tuple[KnownCause, ...] = (
         "the result depends on the CPU count; torch in the manifest",
         "`torch.set_num_threads(n)` with a fixed n (and OMP_NUM_THREADS, which reprun pins)",
         "https://pytorch.org/docs/stable/generated/torch.set_num_threads.html",
+        shows=("frameworks.torch.num_threads", ">", 1),
         libraries=("torch",), interventions=("threads",), factors=("cpus",),
         untested_because=_NOT_IN_TEST_IMAGE.format("torch")),
     KnownCause(
@@ -185,6 +193,7 @@ CAUSES: tuple[KnownCause, ...] = (
         "`torch.backends.cuda.matmul.allow_tf32 = False` and `torch.backends.cudnn.allow_tf32 = "
         "False`; TensorFlow: `tf.config.experimental.enable_tensor_float_32_execution(False)`",
         "https://pytorch.org/docs/stable/notes/cuda.html#tensorfloat-32-tf32-on-ampere-and-later-devices",
+        shows=("frameworks.torch.matmul_allow_tf32", "==", True),
         libraries=("torch", "tensorflow"), on_cpu=False, untested_because=_NEEDS_GPU),
     KnownCause(
         "tf-op-determinism", "TensorFlow's nondeterministic ops",
@@ -192,6 +201,7 @@ CAUSES: tuple[KnownCause, ...] = (
         "`tf.keras.utils.set_random_seed(seed)` and `tf.config.experimental."
         "enable_op_determinism()` (TensorFlow 2.9 and later; TF_DETERMINISTIC_OPS is deprecated)",
         "https://www.tensorflow.org/api_docs/python/tf/config/experimental/enable_op_determinism",
+        shows=("frameworks.tensorflow.op_determinism", "==", False),
         libraries=("tensorflow", "tensorflow-cpu"), interventions=("entropy", "threads"),
         untested_because=_NOT_IN_TEST_IMAGE.format("tensorflow")),
     KnownCause(
@@ -205,6 +215,7 @@ CAUSES: tuple[KnownCause, ...] = (
         "the result depends on the CPU count; xgboost in the manifest",
         "fix `nthread` (n_jobs) and `seed`; on a GPU set `deterministic_histogram`",
         "https://xgboost.readthedocs.io/en/stable/parameter.html",
+        shows=("frameworks.xgboost.nthread", ">", 1),
         libraries=("xgboost",), interventions=("threads",), factors=("cpus",),
         untested_because=_NOT_IN_TEST_IMAGE.format("xgboost")),
     KnownCause(

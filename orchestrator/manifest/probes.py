@@ -173,7 +173,8 @@ def parse_python(text: str) -> dict[str, Any]:
     facts = json.loads(text)
     fields: dict[str, Any] = {"python": facts["python"],
                               "python_distributions": facts.get("distributions", {}),
-                              "blas": facts.get("blas", [])}
+                              "blas": facts.get("blas", []),
+                              "frameworks": facts.get("frameworks", {})}
     if facts.get("missing"):
         fields["missing"] = facts["missing"]
     return fields
@@ -203,7 +204,7 @@ COMMAND_NOT_FOUND = 127
 # the probe (the Python probe imports numpy and scikit-learn).
 IMAGE_BOUND_PROBES = frozenset({"os_release", "dpkg", "apk", "rpm", "python"})
 IMAGE_BOUND_FIELDS = ("os", "os_packages", "package_manager", "python", "python_distributions",
-                      "blas")
+                      "blas", "frameworks")
 RUN_PROBES = tuple(p for p in PROBES if p.name not in IMAGE_BOUND_PROBES)
 
 

@@ -13,6 +13,7 @@ causes and the variations, their values and the search steps in its `extra` sect
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,11 +28,12 @@ from orchestrator.errors import InfrastructureError
 from orchestrator.knowledge import known_cause
 from orchestrator.events import RunObserver
 from orchestrator.execution.hermetic import RunPaths, container_job
+from orchestrator.parallel import run_concurrently
 from orchestrator.records import ERROR, SUCCEEDED, RunRecord
 from orchestrator.runner import PreparedRun, execute
 from orchestrator.store.db import Store
 from orchestrator.variations.factors import (FACTOR_NAMES, HostContext, VariationPlan, factor,
-                                             plan_variations)
+                                             image_locales, plan_variations)
 
 Oracle = Callable[[frozenset], bool]
 
@@ -109,6 +111,70 @@ def search_culprits(factors: Sequence[str], oracle: Oracle, *,
         steps=tuple(steps))
 
 
+class _Unanswered(Exception):
+    def __init__(self, varied: frozenset):
+        self.varied = varied
+
+
+def next_question(factors: Sequence[str], known: dict[frozenset, bool], *,
+                  first_only: bool = False) -> frozenset | None:
+    """The set the search asks about next, given the answers `known`; None: it is done."""
+    def oracle(varied: frozenset) -> bool:
+        if varied not in known:
+            raise _Unanswered(varied)
+        return known[varied]
+    try:
+        search_culprits(factors, oracle, first_only=first_only)
+    except _Unanswered as ask:
+        return ask.varied
+    return None
+
+
+Batch = Callable[[list], list]    # sets of factors -> whether each reproduces, run side by side
+
+
+def search_side_by_side(factors: Sequence[str], run_batch: Batch,
+                        fits: Callable[[list], bool], *, first_only: bool = False,
+                        first: Sequence[frozenset] = ()) -> tuple[SearchResult, dict]:
+    """`search_culprits` with the runs it will need next run side by side while `fits` allows.
+
+    Each round runs the question the search asks now and, speculatively, the ones it would ask
+    after each answer (breadth first), as many as fit. The search itself is then replayed over
+    the answers, so the result is the sequential one whatever ran beside it (for a job whose
+    result is a function of what is varied); a speculative run that was not needed is still
+    recorded, it only costs CPU that was idle. `first`: sets run in the first round whatever
+    the search asks (the run with nothing varied). Returns the result and every answer.
+    """
+    known: dict[frozenset, bool] = {}
+    pending = list(first)
+    while True:
+        asked = next_question(factors, known, first_only=first_only)
+        if asked is None and not pending:
+            break
+        batch, pending, hypotheses = pending, [], []
+        if asked is not None and (not batch or fits([*batch, asked])):
+            batch.append(asked)
+            hypotheses.append((known, asked))
+        while hypotheses:
+            assumed, question = hypotheses.pop(0)
+            for answer in (False, True):
+                after = {**assumed, question: answer}
+                ahead = next_question(factors, after, first_only=first_only)
+                if ahead is None or ahead in batch or ahead in known:
+                    continue
+                if not fits([*batch, ahead]):
+                    hypotheses = []
+                    break
+                batch.append(ahead)
+                hypotheses.append((after, ahead))
+        known.update(zip(batch, run_batch(batch)))
+        if known.get(frozenset()):
+            break          # nondeterministic with nothing varied: there is nothing to search
+    if known.get(frozenset()):
+        return SearchResult((), ()), known
+    return search_culprits(factors, known.__getitem__, first_only=first_only), known
+
+
 # --- verify --vary ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -134,44 +200,77 @@ class VariedVerification:
         return self.trials[0].record
 
 
-def host_context(prepared: PreparedRun) -> HostContext:
+def host_context(prepared: PreparedRun, locales: tuple[str, ...] = ()) -> HostContext:
     spec = prepared.spec
     return HostContext(host_cpus=prepared.host.get("host_cpus"),
                        dataset_path=Path(spec.dataset.path) if spec.dataset else None,
                        dataset_kind=prepared.dataset.kind if prepared.dataset else "none",
                        dataset_bytes=prepared.dataset.bytes if prepared.dataset else 0,
                        dataset_files=len(prepared.dataset.files) if prepared.dataset else 0,
-                       memory_bytes=spec.resources.memory_bytes)
+                       memory_bytes=spec.resources.memory_bytes, image_locales=locales)
 
 
-def plan_for(prepared: PreparedRun, names: Sequence[str], seed: int) -> VariationPlan:
+def locales_of_image(engine: Executor | None, image_id: str) -> tuple[str, ...]:
+    """The real locales the job's image has, from `locale -a` in a container of it with no
+    network; none when that cannot be run (no engine here, no `locale` in the image)."""
+    if engine is None:
+        return ()
+    try:
+        listing = engine.client.containers.run(
+            image_id, ["-a"], entrypoint=["locale"], network_disabled=True, remove=True,
+            stdout=True, stderr=False)
+    except Exception:      # the factor falls back to C and POSIX; the plan shows which
+        return ()
+    return image_locales(listing.decode("utf-8", "replace"))
+
+
+def plan_for(prepared: PreparedRun, names: Sequence[str], seed: int,
+             engine: Executor | None = None) -> VariationPlan:
+    """`engine`: where the image's locales are read, when `locale` is asked for."""
     # A job built exactly as the runs' jobs are; only its values are read.
     preview = container_job(prepared.spec, run_id="preview", image_id=prepared.image.id,
                             seed=prepared.spec.seed, paths=RunPaths(Path("/nonexistent")))
-    return plan_variations(names, seed, host_context(prepared), preview)
+    locales = locales_of_image(engine, prepared.image.id) if "locale" in names else ()
+    return plan_variations(names, seed, host_context(prepared, locales), preview)
 
 
 def verify_varied(prepared: PreparedRun, plan: VariationPlan, *, store: Store, engine: Executor,
-                  observer: RunObserver, repeat: str = "") -> VariedVerification:
-    """Control, varied run, and when they differ the culprit search; runs one after another,
-    since the CPU count is one of the things varied."""
+                  observer: RunObserver, repeat: str = "",
+                  side_by_side: bool = True) -> VariedVerification:
+    """Control, varied run, and when they differ the culprit search. Runs that do not depend on
+    each other go side by side when `side_by_side` and their CPUs (the CPU count is one of the
+    things varied) fit the host's together; the answer is the same either way."""
     trials: list[TrialRun] = []
     observer.stage("vary", f"variation seed {plan.seed} (repeat with --vary-seed {plan.seed})")
     for v in plan.variations:
         observer.stage("vary", f"{v.factor}: {v.value.control} → {v.value.varied}")
     for s in plan.skipped:
         observer.stage("vary", f"{s.factor}: skipped, {s.reason}")
+    searches = itertools.count(1)
+    host_cpus = prepared.host.get("host_cpus")
 
-    def run(role: str, names: Sequence[str]) -> TrialRun:
+    def fits(sets: Sequence[Sequence[str]]) -> bool:
+        cpus = sum(run_cpus(prepared, plan, names) for names in sets)
+        return side_by_side and bool(host_cpus) and cpus <= host_cpus
+
+    def start(role: str, names: Sequence[str]) -> tuple[str, tuple[str, ...], str]:
         names = tuple(n for n in plan.names if n in set(names))
-        label = role if role != "search" else f"search {len(trials) - 2}"
+        label = role if role != "search" else f"search {next(searches)}"
         observer.stage(label, "varying " + (", ".join(names) or "nothing"))
+        return role, names, label
+
+    def record_of(planned: tuple[str, tuple[str, ...], str]) -> RunRecord:
+        role, names, label = planned
         record = execute(prepared, store=store, engine=engine, observer=observer, label=label,
                          transform=plan.transform(names))
         if record.status == ERROR:
             # A lost engine says nothing about the factors: stop rather than blame one.
             raise InfrastructureError(f"run {record.id} ({label}) could not finish: "
                                       f"{record.outputs.message if record.outputs else 'engine error'}")
+        return record
+
+    def finish(planned: tuple[str, tuple[str, ...], str], record: RunRecord) -> TrialRun:
+        role, names, label = planned
         comparison = compare_records(trials[0].record, record) if trials else None
         trial = TrialRun(role, names, record, comparison)
         trials.append(trial)
@@ -180,26 +279,56 @@ def verify_varied(prepared: PreparedRun, plan: VariationPlan, *, store: Store, e
                                   + (" (reproduces)" if trial.reproduces else ""))
         return trial
 
-    control = run("control", ())
-    if control.record.status != SUCCEEDED:
-        return VariedVerification(plan, tuple(trials), None)
+    def run_batch(items: Sequence[tuple[str, Sequence[str]]]) -> list[TrialRun]:
+        planned = [start(role, names) for role, names in items]
+        if len(planned) > 1:
+            records = run_concurrently(record_of, planned, workers=len(planned), engine=engine)
+        else:
+            records = [record_of(p) for p in planned]
+        return [finish(p, r) for p, r in zip(planned, records)]
+
+    def run(role: str, names: Sequence[str]) -> TrialRun:
+        return run_batch([(role, names)])[0]
+
     # The seed should change the result: it gets a run of its own, never a place in the search.
     names = tuple(n for n in plan.names if n != SEED)
-    seed_finding = _seed_finding(run("seed", (SEED,)), plan) if SEED in plan.names else None
+    with_seed = SEED in plan.names
+    first = run_batch([("control", ()), ("seed", (SEED,))] if with_seed and fits([(), (SEED,)])
+                      else [("control", ())])
+    control = first[0]
+    if control.record.status != SUCCEEDED:
+        return VariedVerification(plan, tuple(trials), None)
+    seed_trial = first[1] if len(first) > 1 else (run("seed", (SEED,)) if with_seed else None)
+    seed_finding = _seed_finding(seed_trial, plan) if seed_trial is not None else None
     if not names:
         trial = trials[-1]
         comparison = dataclasses.replace(
             trial.comparison, causes=(seed_finding, *trial.comparison.causes),
             extra={**trial.comparison.extra,
-                   **_extra(plan, trials, seed_finding.summary.split(":")[0], None, repeat)})
+                   **_extra(plan, trials, seed_finding.summary.split(":")[0], None, repeat,
+                            side_by_side=fits([(), ()]))})
         return VariedVerification(plan, tuple(trials), comparison)
     varied = run("varied", names)
     causes: list[Cause] = []
     outcome = f"{varied.comparison.verdict}: no factor changed the result"
     search: SearchResult | None = None
     if varied.reproduces:
-        fixed = run("fixed", ())
+        by_set: dict[frozenset, TrialRun] = {frozenset(names): varied}
+
+        def oracle(sets: list) -> list[bool]:
+            # The run with nothing varied is the search's known "no": run for real, it tells
+            # nondeterminism apart from a dependence on the factors.
+            got = run_batch([("fixed" if not varied_set else "search", tuple(varied_set))
+                             for varied_set in sets])
+            by_set.update(zip(sets, got))
+            return [trial.reproduces for trial in got]
+
+        # The factors that take more CPUs last: the halves without them can go side by side.
+        order = sorted(names, key=lambda name: run_cpus(prepared, plan, (name,)))
+        search, _ = search_side_by_side(order, oracle, fits, first=[frozenset()])
+        fixed = by_set[frozenset()]
         if fixed.reproduces:
+            search = None
             causes.append(_nondeterministic(fixed))
             outcome = "nondeterministic even with every factor fixed"
             if seed_finding is not None:
@@ -208,14 +337,8 @@ def verify_varied(prepared: PreparedRun, plan: VariationPlan, *, store: Store, e
                     "whether the job uses its seed cannot be told: it is nondeterministic even "
                     "with every factor fixed")
         else:
-            by_set: dict[frozenset, TrialRun] = {frozenset(names): varied}
-
-            def oracle(names: frozenset) -> bool:
-                by_set[names] = run("search", tuple(names))
-                return by_set[names].reproduces
-
-            search = search_culprits(names, oracle)
-            causes.extend(_culprit(plan, group, by_set[frozenset(group)], search, len(names))
+            spent = sum(t.role in ("fixed", "search") for t in trials)
+            causes.extend(_culprit(plan, group, by_set[frozenset(group)], spent, len(names))
                           for group in search.groups if by_set[frozenset(group)].reproduces)
             if not causes:
                 causes.append(Cause(
@@ -226,11 +349,19 @@ def verify_varied(prepared: PreparedRun, plan: VariationPlan, *, store: Store, e
     if seed_finding is not None:
         causes.append(seed_finding)
     comparison = varied.comparison
-    extra = {**comparison.extra, **_extra(plan, trials, outcome, search, repeat)}
+    extra = {**comparison.extra,
+             **_extra(plan, trials, outcome, search, repeat, side_by_side=fits([(), ()]))}
     # What the variation changed on purpose is no cause unless the search named it (above).
     kept = tuple(c for c in comparison.causes if c.kind not in (CAUSE_INPUT, CAUSE_ENVIRONMENT))
     comparison = dataclasses.replace(comparison, causes=(*causes, *kept), extra=extra)
     return VariedVerification(plan, tuple(trials), comparison)
+
+
+def run_cpus(prepared: PreparedRun, plan: VariationPlan, names: Sequence[str]) -> float:
+    """The CPUs a run with `names` varied takes: the spec's, or the varied CPU count."""
+    if "cpus" in names:
+        return float(plan.variation("cpus").value.varied.split()[0])
+    return float(prepared.spec.resources.cpus)
 
 
 # --- what the report says ---------------------------------------------------------------------
@@ -276,7 +407,7 @@ def _joined(words: Sequence[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def _culprit(plan: VariationPlan, group: Sequence[str], trial: TrialRun, search: SearchResult,
+def _culprit(plan: VariationPlan, group: Sequence[str], trial: TrialRun, spent: int,
              factors: int) -> Cause:
     variations = [plan.variation(name) for name in group]
     what = _joined([v.label for v in variations]) + (" together" if len(group) > 1 else "")
@@ -291,7 +422,7 @@ def _culprit(plan: VariationPlan, group: Sequence[str], trial: TrialRun, search:
         *deltas,
         f"run {trial.record.id} varied only {_joined(list(group))}; everything else as in "
         f"the control run {trial.comparison.a.id}",
-        _cost(search.runs + 1, factors + 1, together=len(group) > 1),
+        _cost(spent, factors + 1, together=len(group) > 1),
     )
     return Cause(CAUSE_ENVIRONMENT, f"result depends on {what}: " + "; ".join(effects[:2]),
                  details)
@@ -318,7 +449,7 @@ def _nondeterministic(fixed: TrialRun) -> Cause:
 
 
 def _extra(plan: VariationPlan, trials: Sequence[TrialRun], outcome: str,
-           search: SearchResult | None, repeat: str) -> dict:
+           search: SearchResult | None, repeat: str, *, side_by_side: bool) -> dict:
     names = "all" if set(plan.requested) == set(FACTOR_NAMES) else ",".join(plan.requested)
     summary = [
         ["seed", str(plan.seed)],
@@ -328,7 +459,10 @@ def _extra(plan: VariationPlan, trials: Sequence[TrialRun], outcome: str,
         ["outcome", outcome],
         ["runs", f"{len(trials)} (control, varied"
                  + (", nothing varied" if len(trials) > 2 else "")
-                 + (f", {search.runs} for the culprit search" if search else "") + ")"],
+                 + (f", {sum(t.role == 'search' for t in trials)} for the culprit search"
+                    if search else "") + ")"],
+        ["side by side", "runs that do not depend on each other, where their CPUs fit the host"
+                         if side_by_side else "no: one run after another"],
     ]
     factors = [[v.factor, v.label, "varied", v.value.control, v.value.varied, None]
                for v in plan.variations]

@@ -24,7 +24,7 @@ from orchestrator.execution.interventions import (INTERVENTIONS, ImageTraits, In
 from orchestrator.execution.job import Executor
 from orchestrator.knowledge import cited, for_intervention
 from orchestrator.parallel import fits_in_parallel, run_concurrently
-from orchestrator.records import ERROR, SUCCEEDED, RunRecord
+from orchestrator.records import ERROR, SUCCEEDED, EnvironmentManifest, RunRecord
 from orchestrator.runner import PreparedRun, execute
 from orchestrator.store.db import Store
 from orchestrator.variations.culprit import search_culprits
@@ -176,7 +176,8 @@ def diagnose(prepared: PreparedRun, plain_runs: tuple[RunRecord, RunRecord], pla
             search = search_culprits(plan.tried, lambda removed: run_pair(removed).agrees,
                                      first_only=True)
             sources = search.groups[0] if search.groups else None
-    causes = _causes(plain, plan, pairs, by_set, sources, distributions)
+    causes = _causes(plain, plan, pairs, by_set, sources, distributions,
+                     plain_runs[0].environment)
     extra = {**plain.extra, **_extra(plan, pairs, sources)}
     return Diagnosis(plan, tuple(pairs), sources,
                      replace(plain, causes=(*causes, *plain.causes), extra=extra))
@@ -188,7 +189,7 @@ def _joined(words: Sequence[str]) -> str:
 
 def _causes(plain: Comparison, plan: DiagnosisPlan, pairs: Sequence[InterventionPair],
             by_set: dict[frozenset, InterventionPair], sources: tuple[str, ...] | None,
-            distributions: dict[str, str]) -> list[Cause]:
+            distributions: dict[str, str], manifest: EnvironmentManifest) -> list[Cause]:
     spent = f"the diagnosis took {2 * len(pairs)} runs ({len(pairs)} pairs)"
     not_tried = [f"not tried: {intervention(n.name).label} ({n.reason})" for n in plan.not_tried]
     if not plan.tried:
@@ -205,7 +206,8 @@ def _causes(plain: Comparison, plan: DiagnosisPlan, pairs: Sequence[Intervention
     what = _joined([intervention(n).source for n in sources])
     how = _joined([intervention(n).label for n in sources])
     together = " together" if len(sources) > 1 else ""
-    fixes = [cited(entry) for name in sources for entry in for_intervention(name, distributions)]
+    fixes = [cited(entry, manifest) for name in sources
+             for entry in for_intervention(name, distributions, manifest)]
     return [Cause(CAUSE_NONDETERMINISM,
                   f"{what}{together}: with {how}, two runs were {pair.comparison.verdict}",
                   (*fixes,

@@ -39,7 +39,10 @@ _PREVIEW = 4   # listing entries or variable names shown in a value
 # POSIX TZ strings: they work without zoneinfo files in the image, so a varied time zone is
 # never silently UTC. Offsets that are not whole hours catch more date arithmetic.
 TIME_ZONES = ("NPT-5:45", "ACST-9:30", "NST3:30", "HST10", "CHAST-12:45")
-# The locales the base image has besides C.UTF-8 (`locale -a`: C, C.utf8, POSIX).
+# Real locales whose collation and case differ from C's (Turkish dotted and dotless i, Estonian
+# z between s and t): the locale factor picks among those the image has (`locale -a`), and falls
+# back to the two every C library has; another name would silently fall back to C.
+REAL_LOCALES = ("tr_TR.UTF-8", "et_EE.UTF-8")
 LOCALES = ("C", "POSIX")
 # Each gives regular files another mode than the default 0022 does (0644): 0666, 0664, 0646;
 # each keeps the outputs readable by reprun when it does not run as root.
@@ -66,6 +69,7 @@ class HostContext:
     dataset_bytes: int
     dataset_files: int
     memory_bytes: int
+    image_locales: tuple[str, ...] = ()     # of REAL_LOCALES, those the image has
 
 
 Vary = Callable[[ContainerJob, random.Random], "tuple[ContainerJob, VariationValue]"]
@@ -126,9 +130,11 @@ def vary_tz(job: ContainerJob, rng: random.Random) -> tuple[ContainerJob, Variat
     return _env(job, TZ=after), VariationValue(f"TZ={before or '(unset)'}", f"TZ={after}")
 
 
-def vary_locale(job: ContainerJob, rng: random.Random) -> tuple[ContainerJob, VariationValue]:
+def vary_locale(job: ContainerJob, rng: random.Random,
+                locales: tuple[str, ...] = ()) -> tuple[ContainerJob, VariationValue]:
+    """`locales`: the real ones the image has (`image_locales`); without any, C or POSIX."""
     before = job.env.get("LC_ALL") or job.env.get("LANG")
-    after = _choose_other(rng, LOCALES, before)
+    after = _choose_other(rng, locales or LOCALES, before)
     return (_env(job, LC_ALL=after, LANG=after),
             VariationValue(f"LC_ALL={before or '(unset)'}", f"LC_ALL={after}"))
 
@@ -139,6 +145,12 @@ def vary_umask(job: ContainerJob, rng: random.Random) -> tuple[ContainerJob, Var
     return (_env(job, REPRUN_UMASK=after),
             VariationValue(f"umask {before}" if before else "umask 0022 (the engine's default)",
                            f"umask {after}"))
+
+
+def image_locales(listing: str) -> tuple[str, ...]:
+    """Of REAL_LOCALES, those `locale -a` lists (it spells them tr_TR.utf8)."""
+    listed = {line.strip().lower().replace("-", "") for line in listing.splitlines()}
+    return tuple(name for name in REAL_LOCALES if name.lower().replace("-", "") in listed)
 
 
 def vary_user(job: ContainerJob, rng: random.Random) -> tuple[ContainerJob, VariationValue]:
@@ -361,6 +373,7 @@ class VariationPlan:
     requested: tuple[str, ...]
     variations: tuple[Variation, ...]
     skipped: tuple[Skipped, ...]
+    locales: tuple[str, ...] = ()      # the real locales the image has, for `locale`
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -378,16 +391,25 @@ class VariationPlan:
             raise ValueError(f"not part of this plan: {sorted(unknown)}")
 
         def apply(job: ContainerJob) -> ContainerJob:
-            return vary_job(job, [n for n in self.names if n in chosen], self.seed)
+            return vary_job(job, [n for n in self.names if n in chosen], self.seed, self.locales)
         return apply
 
 
-def vary_job(job: ContainerJob, names: Iterable[str], seed: int) -> ContainerJob:
+def _vary(name: str, locales: tuple[str, ...]) -> Vary:
+    return (lambda job, rng: vary_locale(job, rng, locales)) if name == "locale" \
+        else factor(name).vary
+
+
+def vary_job(job: ContainerJob, names: Iterable[str], seed: int,
+             locales: tuple[str, ...] = ()) -> ContainerJob:
     varied: dict[str, str] = {}
     for name in names:
-        job, value = factor(name).vary(job, factor_rng(seed, name))
+        job, value = _vary(name, locales)(job, factor_rng(seed, name))
         varied[name] = value.varied
-    label = json.dumps({"seed": seed, "varied": varied}, sort_keys=True)
+    recorded: dict = {"seed": seed, "varied": varied}
+    if "locale" in varied and locales:
+        recorded["locales"] = list(locales)     # what the choice was made among, for a replay
+    label = json.dumps(recorded, sort_keys=True)
     return dataclasses.replace(job, labels={**job.labels, LABEL_VARIATIONS: label})
 
 
@@ -403,10 +425,10 @@ def plan_variations(names: Iterable[str], seed: int, context: HostContext,
         if reason is not None or f.vary is None:
             skipped.append(Skipped(name, reason or "not supported"))
             continue
-        _, value = f.vary(preview, factor_rng(seed, name))
+        _, value = _vary(name, context.image_locales)(preview, factor_rng(seed, name))
         variations.append(Variation(name, f.label, value))
     return VariationPlan(seed=seed, requested=requested, variations=tuple(variations),
-                         skipped=tuple(skipped))
+                         skipped=tuple(skipped), locales=context.image_locales)
 
 
 # --- replaying a recorded variation (`reprun rerun` of a --vary run) -----------------------------
@@ -418,11 +440,12 @@ def replay_transform(recorded: dict | None) -> tuple[Callable[[ContainerJob], Co
     if not recorded or not recorded.get("varied"):
         return None, []
     seed, varied = recorded.get("seed"), dict(recorded["varied"])
+    locales = tuple(name for name in recorded.get("locales") or () if name in REAL_LOCALES)
     known = [name for name in FACTOR_NAMES if name in varied]
     unknown = sorted(set(varied) - set(known))
     if not isinstance(seed, int):
         return None, sorted(varied)
 
     def apply(job: ContainerJob) -> ContainerJob:
-        return vary_job(job, known, seed)
+        return vary_job(job, known, seed, locales)
     return apply, unknown

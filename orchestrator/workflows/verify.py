@@ -152,7 +152,8 @@ def verify(spec, *, store: Store, engine: Executor, observer: RunObserver, times
                        use_cache=use_cache)
     if vary:
         return _verify_varied(prepared, vary, vary_seed, store=store, engine=engine,
-                              observer=observer, report_paths=report_paths, repeat=repeat)
+                              observer=observer, report_paths=report_paths, repeat=repeat,
+                              side_by_side=not sequential)
     parallel = not sequential and fits_in_parallel(
         spec.resources.cpus, times, prepared.host.get("host_cpus"))
     observer.stage("verify", f"{times} runs, {'in parallel' if parallel else 'one after another'}")
@@ -167,15 +168,15 @@ def verify(spec, *, store: Store, engine: Executor, observer: RunObserver, times
 
 
 def _verify_varied(prepared, names, seed, *, store, engine, observer, report_paths,
-                   repeat) -> Outcome:
+                   repeat, side_by_side) -> Outcome:
     from orchestrator.variations.culprit import plan_for, verify_varied
     from orchestrator.variations.factors import new_seed
-    plan = plan_for(prepared, names, new_seed() if seed is None else seed)
+    plan = plan_for(prepared, names, new_seed() if seed is None else seed, engine=engine)
     if not plan.variations:
         raise UsageError("none of the factors asked for can be varied here:",
                          details=[f"{s.factor}: {s.reason}" for s in plan.skipped])
     result = verify_varied(prepared, plan, store=store, engine=engine, observer=observer,
-                           repeat=repeat)
+                           repeat=repeat, side_by_side=side_by_side)
     if result.comparison is None:
         raise_for_failed([result.control], store)
     return compare_and_report(store, [t.record for t in result.trials[:2]], report_paths,

@@ -3,13 +3,16 @@ what each factor changes in a job, what is skipped and why (no engine; the real 
 each hidden dependency are in tests/test_variations.py)."""
 from __future__ import annotations
 
+import json
+import random
 from itertools import combinations
 from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import UsageError
-from orchestrator.variations.culprit import search_culprits
+from orchestrator.execution.hermetic import LABEL_VARIATIONS
+from orchestrator.variations.culprit import search_culprits, search_side_by_side
 from orchestrator.variations.factors import (FACTOR_NAMES, HostContext, parse_vary, plan_variations,
                                              vary_job)
 
@@ -147,3 +150,63 @@ def test_the_variable_order_the_plan_shows_is_the_one_every_run_varying_it_gets(
     for names in (["env-order"], plan.names, ["umask", "hash-seed", "env-order"]):
         varied = plan.transform(names)(job).env["REPRUN_ENV_ORDER"].split()
         assert [n for n in varied if n in job.env][:len(shown_names)] == shown_names, names
+
+
+# --- the search side by side: the same answer, in fewer rounds ---------------------------------
+
+def side_by_side(clauses, width, factors=FACTORS):
+    rounds, asked = [], []
+
+    def run_batch(sets):
+        rounds.append(list(sets))
+        asked.extend(sets)
+        return [any(clause <= varied for clause in clauses) for varied in sets]
+
+    result, _ = search_side_by_side(factors, run_batch, lambda sets: len(sets) <= width)
+    assert len(asked) == len(set(asked)), "every set is run at most once"
+    return result, rounds
+
+
+CASES = ([[{f}] for f in FACTORS] + [[set(p)] for p in combinations(FACTORS, 2)]
+         + [[{a}, {b}] for a, b in combinations(FACTORS, 2)] + [[{"tz"}, {"user", "aslr"}]])
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_the_search_side_by_side_gives_the_sequential_answer_and_steps(width):
+    for clauses in CASES:
+        sequential = search(clauses)
+        parallel, rounds = side_by_side(clauses, width)
+        assert parallel == sequential, clauses
+        assert all(len(r) <= width for r in rounds)
+        if width == 1:
+            assert len(rounds) == sequential.runs
+
+
+def test_two_runs_at_a_time_take_fewer_rounds_than_one_at_a_time():
+    factors = [f"f{i}" for i in range(14)]
+    one = [len(side_by_side([{c}], 1, factors)[1]) for c in factors]
+    two = [len(side_by_side([{c}], 2, factors)[1]) for c in factors]
+    assert all(b <= a for a, b in zip(one, two)) and sum(two) < sum(one)
+
+
+def test_a_run_with_nothing_varied_that_reproduces_stops_the_search():
+    result, known = search_side_by_side(FACTORS, lambda sets: [True] * len(sets),
+                                        lambda sets: len(sets) <= 2, first=[frozenset()])
+    assert result.groups == () and known[frozenset()] is True and len(known) <= 2
+
+
+def test_the_locale_factor_chooses_a_real_locale_the_image_has_and_a_replay_the_same(tmp_path):
+    from orchestrator.variations.factors import image_locales, replay_transform, vary_locale
+    listing = "C\nC.utf8\nPOSIX\net_EE.utf8\nfr_FR.utf8\n"
+    assert image_locales(listing) == ("et_EE.UTF-8",)
+    assert image_locales("C\nPOSIX\n") == ()
+    job = preview_job(tmp_path)
+    _, value = vary_locale(job, random.Random(1), ("et_EE.UTF-8",))
+    assert value.varied == "LC_ALL=et_EE.UTF-8"
+    _, fallback = vary_locale(job, random.Random(1))
+    assert fallback.varied in ("LC_ALL=C", "LC_ALL=POSIX")
+    varied = vary_job(job, ["locale"], 5, ("tr_TR.UTF-8",))
+    recorded = json.loads(varied.labels[LABEL_VARIATIONS])
+    assert recorded["locales"] == ["tr_TR.UTF-8"]
+    replay, unknown = replay_transform(recorded)
+    assert replay(job).env["LC_ALL"] == "tr_TR.UTF-8" and unknown == []

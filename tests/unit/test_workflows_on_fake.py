@@ -2,6 +2,8 @@
 executor: which runs are made, what is compared with what, and the exit code it ends with."""
 from __future__ import annotations
 
+import json
+import re
 import signal
 import threading
 import time
@@ -10,6 +12,8 @@ import pytest
 
 from unit.fake_executor import FakeExecutor, Job, seeded
 from orchestrator.errors import JobFailed, PinMismatch
+from orchestrator.execution.hermetic import LABEL_VARIATIONS
+from orchestrator.variations.factors import FACTOR_NAMES
 from orchestrator.parallel import RunPlan, fits_in_parallel, run_all, run_concurrently
 from orchestrator.runner import prepare
 from orchestrator.store.baselines import approve
@@ -113,13 +117,57 @@ def depends_on_the_time_zone(job):
 def test_a_job_that_reads_the_time_zone_is_blamed_on_tz_alone(unit, quiet):
     executor = FakeExecutor(depends_on_the_time_zone)
     outcome = verify(unit, executor, quiet, vary=("hostname", "tz", "umask", "hash-seed"),
-                     vary_seed=11)
+                     vary_seed=11, sequential=True)
     comparison = outcome.reports[0].comparison
     assert outcome.exit_code == 1
     culprits = [c.summary for c in comparison.causes if c.summary.startswith("result depends")]
     assert len(culprits) == 1 and culprits[0].startswith("result depends on the time zone")
     # control, varied, fixed, then a search of at most four runs over four factors
     assert 4 <= len(executor.jobs) <= 7
+
+
+class DependsOnTheUmask:
+    """A job whose model is written with the umask's mode bits: the one culprit among all
+    factors. Counts how many of its runs are under way at once."""
+
+    def __init__(self):
+        self.lock, self.running, self.most = threading.Lock(), 0, 0
+
+    def __call__(self, job):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.05)          # long enough for a run beside it to start
+        with self.lock:
+            self.running -= 1
+        return Job(metrics={"score": 1.0 if "REPRUN_UMASK" not in job.env else 2.0})
+
+
+def culprit_search(unit, quiet, *, sequential):
+    job = DependsOnTheUmask()
+    executor = FakeExecutor(job, host_cpus=2)
+    outcome = verify(unit, executor, quiet, vary=FACTOR_NAMES, vary_seed=5, sequential=sequential)
+    comparison = outcome.reports[0].comparison
+    named = [(re.sub(r"\d{8}-\d{6}-[0-9a-f]+", "RUN", c.summary), c.details)
+             for c in comparison.causes]
+    searched = {frozenset(json.loads(j.labels[LABEL_VARIATIONS])["varied"])
+                for j in executor.jobs}
+    return named, searched, job.most, comparison.extra["variation_search"]["rows"]
+
+
+def test_the_culprit_search_side_by_side_names_what_the_sequential_one_names(unit, quiet):
+    named, searched, most, rows = culprit_search(unit, quiet, sequential=True)
+    named_parallel, searched_parallel, most_parallel, rows_parallel = culprit_search(
+        unit, quiet, sequential=False)
+    assert most == 1 and most_parallel == 2      # two 1-CPU runs fit the two CPUs
+    umask = [summary for summary, _ in named_parallel if summary.startswith("result depends")]
+    assert umask == ["result depends on the umask: score 1 at umask 0022 (the engine's "
+                     "default), 2 at umask 0000"]
+    # Everything but the runs' cost is the same; the sequential search's runs are among them.
+    assert [s for s, _ in named] == [s for s, _ in named_parallel]
+    assert searched <= searched_parallel
+    assert [r[2:] for r in rows if r[2] != "search"] == [
+        r[2:] for r in rows_parallel if r[2] != "search"]
 
 
 def test_a_job_that_depends_on_nothing_varied_is_identical_in_two_runs(unit, fake, quiet):
