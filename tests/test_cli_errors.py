@@ -48,7 +48,7 @@ def crash(tmp_path: Path, state: Path, *, private_tmp: Path | None = None):
     if private_tmp is not None:
         # This test's own /tmp: the old fixed path is planted there, not in the machine's /tmp.
         command = ["unshare", "--mount", "sh", "-c",
-                   f'mount --make-rprivate / && mount --bind "$0" /tmp && exec "$@"',
+                   'mount --make-rprivate / && mount --bind "$0" /tmp && exec "$@"',
                    str(private_tmp), *command]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60)
