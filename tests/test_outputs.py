@@ -3,6 +3,7 @@ metric names kept and shown escaped."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest

@@ -552,12 +552,22 @@ def _chain_older_rows(db: sqlite3.Connection) -> None:
 _COVERED_ELSEWHERE = {"record.json", "log.txt", RESERVE_FILE}
 
 
+# A kept file recorded by its size alone: hashing it would have gone past the run's budget.
+UNHASHED = ""
+
+
 def kept_files(run_dir: Path, record: RunRecord) -> dict:
     """Every regular file of the run folder that no other hash of the record covers, by its path
-    in the folder: what the job left besides its artifacts, and the probe's manifest.txt."""
-    from orchestrator.outputs import sha256_file
+    in the folder: what the job left besides its artifacts, and the probe's manifest.txt.
+
+    Hashed while their sizes add up to no more than the run's outputs.max_size, as artifacts
+    are: a job that leaves an 8 GiB sparse file must not buy minutes of hashing after its end
+    and at every `runs verify`. The rest are recorded by size (sha256 UNHASHED)."""
+    from orchestrator.outputs import DEFAULT_MAX_ARTIFACT_BYTES, sha256_file
     from orchestrator.records import Artifact
     artifacts = {f"out/{name}" for name in (record.outputs.artifacts if record.outputs else {})}
+    budget = (record.inputs.outputs or {}).get("max_size") or DEFAULT_MAX_ARTIFACT_BYTES
+    budget = budget if isinstance(budget, int) else DEFAULT_MAX_ARTIFACT_BYTES
     kept = {}
     for folder, dirs, files in os.walk(run_dir, followlinks=False):
         dirs.sort()
@@ -568,7 +578,12 @@ def kept_files(run_dir: Path, record: RunRecord) -> dict:
                     or not path.is_file():
                 continue
             with contextlib.suppress(OSError):
+                size = path.lstat().st_size
+                if size > budget:
+                    kept[rel] = Artifact(UNHASHED, size)
+                    continue
                 sha, size = sha256_file(path)
+                budget -= size
                 kept[rel] = Artifact(sha, size)
     return kept
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from orchestrator.outputs import sha256_file
 from orchestrator.records import INTERRUPTED, RUNNING
 from orchestrator.store.db import (ChainHead, Store, approval_link_id, approval_sha256,
-                                   image_facts_sha256, record_sha256)
+                                   UNHASHED, image_facts_sha256, record_sha256)
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,13 @@ def _check_file(path: Path, what: str, sha256: str | None, size: int | None, run
     if path.is_symlink() or (path.exists() and not path.is_file()):
         audit.problems.append(Problem(run_id, f"its {what} was replaced by something that is "
                                               "not a file"))
+        return
+    if sha256 == UNHASHED:      # recorded by size: over the run's hashing budget
+        try:
+            if path.lstat().st_size != size:
+                audit.problems.append(Problem(run_id, f"its {what} changed size"))
+        except FileNotFoundError:
+            audit.problems.append(Problem(run_id, f"its {what} was removed"))
         return
     try:
         actual, actual_size = sha256_file(path)
