@@ -3,6 +3,7 @@ failure with its documented exit code and one paragraph, never a traceback."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -47,8 +48,15 @@ def crash(tmp_path: Path, state: Path, *, private_tmp: Path | None = None):
     command = [sys.executable, "-c", BUGGY]
     if private_tmp is not None:
         # This test's own /tmp: the old fixed path is planted there, not in the machine's /tmp.
+        # What the command needs from the real /tmp (a checkout, its venv, this test's folder)
+        # is bound back at the same path first.
+        keep = sorted({str(p) for p in (REPO, Path(sys.prefix), tmp_path)
+                       if Path(p).resolve().is_relative_to("/tmp")})
+        binds = "".join(f'mkdir -p "$0"/{shlex.quote(k[len("/tmp/"):])} && '
+                        f'mount --bind {shlex.quote(k)} "$0"/{shlex.quote(k[len("/tmp/"):])} && '
+                        for k in keep)
         command = ["unshare", "--mount", "sh", "-c",
-                   'mount --make-rprivate / && mount --bind "$0" /tmp && exec "$@"',
+                   f'mount --make-rprivate / && {binds}mount --rbind "$0" /tmp && exec "$@"',
                    str(private_tmp), *command]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60)
