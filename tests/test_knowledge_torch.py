@@ -1,6 +1,7 @@
 """The knowledge base's PyTorch entries that a CPU can show, each triggered by a real job in the
 image that has torch (reprun/torch, Debian's PyTorch) and named by reprun: unseeded generators
-and DataLoader workers by the diagnosis's entropy, the intra-op thread count by --vary cpus."""
+and DataLoader workers by the diagnosis's entropy, the intra-op thread count by --vary cpus; and
+which entries a factor points to (pure)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +9,7 @@ import sqlite3
 
 import pytest
 
-from orchestrator.knowledge import cited, known_cause
-
-pytestmark = pytest.mark.engine
+from orchestrator.knowledge import cited, for_factor, known_cause
 
 TORCH_IMAGE = "reprun/torch:latest"
 RESOURCES = "{cpus: 1, memory: 1g, timeout: 5m}"
@@ -80,6 +79,7 @@ SEEDED_WORKERS = DATALOADER_WORKERS.replace(
     "num_workers=2)", "num_workers=2, generator=torch.Generator().manual_seed(int(sys.argv[1])))")
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("script, fixed, entry", [
     (UNSEEDED_TORCH, SEEDED_TORCH, "torch-manual-seed"),
     (DATALOADER_WORKERS, SEEDED_WORKERS, "torch-dataloader-workers")])
@@ -116,6 +116,7 @@ json.dump({"total": float(total)}, open("/out/metrics.json", "w"))
 """
 
 
+@pytest.mark.engine
 def test_a_sum_split_by_torchs_thread_count_is_named_for_the_cpu_count(project, torch_ref):
     spec = torch_spec(project, torch_ref, TORCH_THREAD_SUM)
     done, report = report_of(project, "verify", str(spec), "--vary", "cpus")
@@ -132,3 +133,16 @@ def test_a_sum_split_by_torchs_thread_count_is_named_for_the_cpu_count(project, 
     at_two = next(env for env in recorded_environments(project)
                   if env["frameworks"]["torch"]["num_threads"] == 2)
     assert "the manifest shows frameworks.torch.num_threads = 2" in cited(entry, at_two)
+
+
+def test_a_factor_points_to_the_entries_of_the_jobs_libraries_the_live_ones_first():
+    with_torch = {"torch": "1.13", "numpy": "1.24"}
+    two_threads = {"frameworks": {"torch": {"num_threads": 2}}}
+    ids = [c.id for c in for_factor("cpus", with_torch, two_threads)]
+    assert ids.index("torch-set-num-threads") < ids.index("blas-threads"), ids
+    assert "parallel-reduction-order" in ids and "xgboost-threads" not in ids
+    one_thread = [c.id for c in for_factor("cpus", with_torch,
+                                           {"frameworks": {"torch": {"num_threads": 1}}})]
+    assert one_thread.index("torch-set-num-threads") > one_thread.index("blas-threads")
+    assert "torch-set-num-threads" not in [c.id for c in for_factor("cpus", {"numpy": "1.24"})]
+    assert [c.id for c in for_factor("hash-seed", with_torch)] == ["pythonhashseed"]
