@@ -191,6 +191,10 @@ def test_every_known_cause_has_a_fix_a_source_and_a_test_or_a_reason():
                    or "tested through" in cause.untested_because, cause.id
         if not cause.on_cpu:
             assert cause.test is None and "GPU" in cause.untested_because, cause.id
+        # The tests' torch image (reprun/torch) has torch: a CPU can show every such entry.
+        if cause.on_cpu and "torch" in cause.libraries:
+            assert cause.test and cause.test.startswith("tests/test_knowledge_torch.py::"), \
+                cause.id
 
 
 def test_every_test_a_known_cause_names_exists_and_runs_on_the_engine():

@@ -66,6 +66,15 @@ def for_intervention(name: str, distributions: dict[str, str],
     return sorted(found, key=lambda c: c.libraries != () and not live_in(c, manifest))
 
 
+def for_factor(name: str, distributions: dict[str, str], manifest: Any = None) -> list[KnownCause]:
+    """The entries a --vary factor that changed the result points to, ordered as for an
+    intervention: the general ones and those the manifest shows live first."""
+    names = {n.lower().replace("_", "-") for n in distributions}
+    found = [c for c in CAUSES if name in c.factors
+             and (not c.libraries or names & set(c.libraries))]
+    return sorted(found, key=lambda c: c.libraries != () and not live_in(c, manifest))
+
+
 def cited(cause: KnownCause, manifest: Any = None) -> str:
     shown = ""
     if live_in(cause, manifest):

@@ -6,8 +6,9 @@ distribution names that make it apply to a job (as the manifest lists them), emp
 any Python job can have. `shows` is the manifest fact that says the cause is live in a run (a
 dotted path into the manifest, an operator, a value: ("frameworks.torch.num_threads", ">", 1)),
 read by the environment probe (manifest/pyprobe.py) before the job starts; an entry whose fact
-says it is live is cited with that fact, and first among its library's entries. `test` names the real-engine test that triggers it on a CPU and
-checks that reprun names it; an entry without one says why (`untested_because`).
+says it is live is cited with that fact, and first among its library's entries. `test` names
+the real-engine test that triggers it on a CPU and checks that reprun names it (the PyTorch
+entries' in the image that has torch); an entry without one says why (`untested_because`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ _NOT_IN_TEST_IMAGE = "{} is not in the example image the tests run"
 _NEEDS_GPU = "needs a GPU; the test machine has none"
 _IN_INTERVENTIONS = "tests/test_interventions.py::"
 _IN_VARIATIONS = "tests/test_variations.py::"
+_IN_TORCH = "tests/test_knowledge_torch.py::"
 
 CAUSES: tuple[KnownCause, ...] = (
     KnownCause(
@@ -152,7 +154,7 @@ CAUSES: tuple[KnownCause, ...] = (
         "runs differ; with the entropy fixed two runs are identical; torch in the manifest",
         "`torch.manual_seed(int(os.environ[\"REPRUN_SEED\"]))` before building the model",
         _TORCH_NOTES, libraries=("torch",), interventions=("entropy",),
-        untested_because=_NOT_IN_TEST_IMAGE.format("torch")),
+        test=_IN_TORCH + "test_unseeded_torch_randomness_is_named_for_the_entropy_with_its_entry"),
     KnownCause(
         "torch-deterministic-algorithms", "PyTorch's nondeterministic kernels",
         "runs differ with identical inputs on a GPU; torch in the manifest",
@@ -178,7 +180,7 @@ CAUSES: tuple[KnownCause, ...] = (
         "pass `generator=torch.Generator().manual_seed(seed)` and a `worker_init_fn` that seeds "
         "numpy and random from `torch.initial_seed()`",
         _TORCH_NOTES, libraries=("torch",), interventions=("entropy",),
-        untested_because=_NOT_IN_TEST_IMAGE.format("torch")),
+        test=_IN_TORCH + "test_unseeded_torch_randomness_is_named_for_the_entropy_with_its_entry"),
     KnownCause(
         "torch-set-num-threads", "PyTorch's intra-op thread count follows the CPUs",
         "the result depends on the CPU count; torch in the manifest",
@@ -186,7 +188,7 @@ CAUSES: tuple[KnownCause, ...] = (
         "https://pytorch.org/docs/stable/generated/torch.set_num_threads.html",
         shows=("frameworks.torch.num_threads", ">", 1),
         libraries=("torch",), interventions=("threads",), factors=("cpus",),
-        untested_because=_NOT_IN_TEST_IMAGE.format("torch")),
+        test=_IN_TORCH + "test_a_sum_split_by_torchs_thread_count_is_named_for_the_cpu_count"),
     KnownCause(
         "tf32-ampere", "TF32 matrix products on Ampere and later GPUs",
         "results differ from a run on an older GPU or the CPU beyond float32 rounding",

@@ -25,7 +25,7 @@ from orchestrator.compare.value import (A_DIFFERS, CAUSE_ENVIRONMENT, CAUSE_NOND
                                         NUMBER, CAUSE_INPUT, Cause, Comparison)
 from orchestrator.execution.job import Executor
 from orchestrator.errors import InfrastructureError
-from orchestrator.knowledge import known_cause
+from orchestrator.knowledge import cited, for_factor, known_cause
 from orchestrator.events import RunObserver
 from orchestrator.execution.hermetic import RunPaths, container_job
 from orchestrator.parallel import run_concurrently
@@ -417,9 +417,13 @@ def _culprit(plan: VariationPlan, group: Sequence[str], trial: TrialRun, spent: 
     deltas = [f"{m.name} changes by {m.delta:+.6g} ({m.tolerance} tolerance)"
               for m in trial.comparison.sections.metrics
               if m.status == M_BEYOND and m.delta is not None]
+    varied_env = trial.record.environment
+    known = [cited(entry, varied_env) for name in group
+             for entry in for_factor(name, varied_env.python_distributions or {}, varied_env)]
     details = (
         *effects[2:],
         *deltas,
+        *known,
         f"run {trial.record.id} varied only {_joined(list(group))}; everything else as in "
         f"the control run {trial.comparison.a.id}",
         _cost(spent, factors + 1, together=len(group) > 1),
