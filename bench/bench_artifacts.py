@@ -59,7 +59,7 @@ def run() -> list[tuple]:
         a, b = _npz_files(folder)
         tolerance = parse_policy({"abs": 1e-5})
         best = fastest_in_turns({"compare": lambda: compare_npz(a, b, tolerance),
-                       "read": lambda: (_read_npz(a), _read_npz(b))}, tries=3)
+                                 "read": lambda: (_read_npz(a), _read_npz(b))}, tries=3)
         # Ratios as elsewhere in bench/: baseline seconds / reprun seconds (0.5 = twice as long).
         rows = [("npz 2x1 GiB compared", best["compare"], "both read", best["read"],
                  best["read"] / best["compare"], ">= 0.5 (<= 2x)",
@@ -69,7 +69,7 @@ def run() -> list[tuple]:
         a, b = _churn_files(folder)
         policy = parse_policy({"predictions": {"truth": "label"}})
         best = fastest_in_turns({"churn": lambda: compare_predictions(a, b, policy),
-                       "read": lambda: (a.read_bytes(), b.read_bytes())}, tries=3)
+                                 "read": lambda: (a.read_bytes(), b.read_bytes())}, tries=3)
         rows.append(("churn 1,000,000 rows", best["churn"], "both read", best["read"],
                      best["read"] / best["churn"], "< 1 s", best["churn"] < 1.0))
         # CPU seconds beside wall seconds: other work on the machine cannot inflate them.
