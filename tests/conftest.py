@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 REPRUN = [sys.executable, "-m", "orchestrator.cli"]
 REGISTRY = os.environ.get("REPRUN_REGISTRY", "127.0.0.1:5000")
 EXAMPLE_IMAGE = f"{REGISTRY}/reprun/sklearn:latest"
+TORCH_IMAGE = f"{REGISTRY}/reprun/torch:latest"
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +29,28 @@ def docker_client():
     return client
 
 
+def registry_ref(docker_client, image_name: str) -> str:
+    """An image of scripts/images.sh by its digest in the local registry, as a pinned spec
+    refers to it."""
+    try:
+        image = docker_client.images.get(image_name)
+    except Exception:  # pragma: no cover - the suite needs `make images`
+        pytest.fail(f"no {image_name} in the engine; run `make images` first")
+    digests = [d for d in image.attrs["RepoDigests"] if d.startswith(f"{REGISTRY}/")]
+    assert digests, f"{image_name} was never pushed; run `make images`"
+    return digests[0]
+
+
 @pytest.fixture(scope="session")
 def example_ref(docker_client) -> str:
-    """The example image by registry digest, as a pinned spec refers to it."""
-    image = docker_client.images.get(EXAMPLE_IMAGE)
-    digests = [d for d in image.attrs["RepoDigests"] if d.startswith(f"{REGISTRY}/")]
-    assert digests, "the example image was never pushed; run `make images`"
-    return digests[0]
+    """The example image by registry digest."""
+    return registry_ref(docker_client, EXAMPLE_IMAGE)
+
+
+@pytest.fixture(scope="session")
+def torch_ref(docker_client) -> str:
+    """The image with Debian's PyTorch (images/torch) by registry digest."""
+    return registry_ref(docker_client, TORCH_IMAGE)
 
 
 def containers(client, *, running: bool = False, **filters) -> list:

@@ -299,7 +299,6 @@ def test_a_spec_with_a_policy_that_is_no_policy_is_refused_at_its_line(project):
 
 # --- PyTorch, inside an image that has it -----------------------------------------------------
 
-TORCH_IMAGE = "reprun/torch:latest"
 
 WRITE_STATE_DICT = """
 import json, os, torch
@@ -309,16 +308,6 @@ w[1, 3] += d
 torch.save({"layer.weight": w, "layer.bias": torch.zeros(4)}, "/out/model.pt")
 json.dump({"score": 1.0}, open("/out/metrics.json", "w"))
 """
-
-
-@pytest.fixture(scope="session")
-def torch_ref(docker_client) -> str:
-    from conftest import REGISTRY
-    try:
-        image = docker_client.images.get(f"{REGISTRY}/{TORCH_IMAGE}")
-    except Exception:  # pragma: no cover - the suite needs `make images`
-        pytest.fail(f"no {TORCH_IMAGE} in the local registry; run `make images` first")
-    return next(d for d in image.attrs["RepoDigests"] if d.startswith(f"{REGISTRY}/"))
 
 
 @pytest.mark.engine

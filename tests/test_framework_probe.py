@@ -16,7 +16,6 @@ from orchestrator.knowledge import cited, for_intervention, known_cause, live_in
 from orchestrator.records import EnvironmentManifest
 
 PYPROBE = Path(__file__).parents[1] / "orchestrator" / "manifest" / "pyprobe.py"
-TORCH_IMAGE = "reprun/torch:latest"
 
 
 def recorded_environments(project) -> list[dict]:
@@ -37,13 +36,6 @@ def run_job(project, image: str) -> dict:
 def in_image(docker_client, image: str, code: str) -> str:
     return docker_client.containers.run(image, ["python3", "-c", code], network_disabled=True,
                                         remove=True).decode().strip()
-
-
-@pytest.fixture(scope="module")
-def torch_ref(docker_client) -> str:
-    from conftest import REGISTRY
-    image = docker_client.images.get(f"{REGISTRY}/{TORCH_IMAGE}")
-    return next(d for d in image.attrs["RepoDigests"] if d.startswith(f"{REGISTRY}/"))
 
 
 @pytest.mark.engine

@@ -11,19 +11,8 @@ import pytest
 
 from orchestrator.knowledge import cited, for_factor, known_cause
 
-TORCH_IMAGE = "reprun/torch:latest"
 RESOURCES = "{cpus: 1, memory: 1g, timeout: 5m}"
 ENTROPY = "the job draws unseeded randomness: with the entropy fixed, two runs were identical"
-
-
-@pytest.fixture(scope="module")
-def torch_ref(docker_client) -> str:
-    from conftest import REGISTRY
-    try:
-        image = docker_client.images.get(f"{REGISTRY}/{TORCH_IMAGE}")
-    except Exception:  # pragma: no cover - the suite needs `make images`
-        pytest.fail(f"no {TORCH_IMAGE} in the local registry; run `make images` first")
-    return next(d for d in image.attrs["RepoDigests"] if d.startswith(f"{REGISTRY}/"))
 
 
 def torch_spec(project, torch_ref, script: str, resources: str = RESOURCES):
